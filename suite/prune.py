@@ -1,0 +1,83 @@
+"""Unstructured pruning after training: importance scores -> keep mask -> zeros in the forward pass.
+
+One path for every method: a model exposes a flat importance score over its flat parameter vector
+(L1 |w|, SNR |mu|/sigma, or random) and a prune_ that writes the zeros into the tensors its forward
+reads. Why not torch.nn.utils.prune: it masks a Parameter as weight_orig * mask in a forward
+pre-hook, which cannot make a Bayesian weight's sigma = softplus(rho) exactly 0, so BBB would need a
+second mechanism; writing zeros into the flat vector also costs nothing per forward pass.
+Sparsity is then *measured* on the tensors F.linear receives during a real forward pass.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from .models import MLP
+
+
+def prunable(model: MLP, prune_biases: bool) -> Tensor:
+    """Bool [P]: which entries of the flat vector may be pruned (weights, and biases if asked)."""
+    mask = torch.zeros(model.n_params, dtype=torch.bool)
+    for s in model.layout:
+        mask[s.start:s.end] = prune_biases or not s.is_bias
+    return mask
+
+
+def scores(model: MLP, kind: str, seed: int) -> Tensor:
+    """Flat [P] importance, lower = pruned first. random is seeded so a trial stays reproducible."""
+    if kind == "random":
+        return torch.rand(model.n_params, generator=torch.Generator().manual_seed(seed))
+    return model.importance(kind).float().cpu()
+
+
+def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: MLP) -> tuple[Tensor, float]:
+    """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
+    fraction of every weight matrix / bias vector (layer), lowest score first.
+    Also returns the score threshold (largest pruned score; -inf if none) for the plots."""
+    keep = torch.ones_like(allowed)
+    groups = [allowed.nonzero().squeeze(1)] if scope == "global" else [
+        torch.arange(s.start, s.end) for s in model.layout if allowed[s.start]]
+    threshold = float("-inf")
+    for idx in groups:
+        k = round(sparsity * len(idx))
+        if k == 0:
+            continue
+        low = torch.topk(score[idx], k, largest=False).indices  # exactly k, ties broken by index
+        keep[idx[low]] = False
+        threshold = max(threshold, float(score[idx[low]].max()))
+    return keep, threshold
+
+
+def pruned_copy(model: MLP, keep: Tensor) -> MLP:
+    """A fresh copy of the trained model with the mask applied (the original stays intact)."""
+    m = copy.deepcopy(model)
+    m.prune_(keep.to(m.point_weights().device))
+    return m
+
+
+class _CaptureLinear(TorchFunctionMode):
+    """Records the (weight, bias) tensors of every F.linear call made during a forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[Tensor, Tensor | None]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            self.seen.append((args[1], args[2] if len(args) > 2 else kwargs.get("bias")))
+        return func(*args, **kwargs)
+
+
+@torch.no_grad()
+def measured_sparsity(model: MLP, x: Tensor, prune_biases: bool, flat: Tensor | None = None) -> float:
+    """Fraction of zeros among the weights (and biases if prunable) that a real forward pass on x
+    actually multiplies with; `flat` picks the weights (default: the point estimate)."""
+    with _CaptureLinear() as cap:
+        model(x, flat)
+    tensors = [t for w, b in cap.seen for t in ((w, b) if prune_biases else (w,)) if t is not None]
+    zeros = sum(int((t == 0).sum()) for t in tensors)
+    return zeros / sum(t.numel() for t in tensors)

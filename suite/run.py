@@ -1,0 +1,124 @@
+"""`python -m suite.run --grid NAME|PATH.yaml`: run a grid under Ray Tune, log every trial to MLflow.
+
+Re-running the same command after an interruption trains only what is missing: grid points with a
+FINISHED run are skipped (--rerun trains them again), unfinished ones resume from their last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Grid, load_grid
+
+# Before ray is imported: no usage reporting, and no per-trial result.json/CSV/TensorBoard files
+# (MLflow is the record).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our callback prints progress; no Ray tables
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m suite.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", required=True, help="grid NAME in tune_configs/ (smoke, paper, full, scaling) or a .yaml path")
+    ap.add_argument("--experiment", help="MLflow experiment name (default: the grid's name)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    ap.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001); default: start a local one")
+    ap.add_argument("--cpus-per-trial", type=float, default=None,
+                    help="CPU cores per trial (= torch threads); default 1 (see README for the measurement)")
+    ap.add_argument("--gpus-per-trial", type=float, default=None,
+                    help="GPUs per trial, fractional to share one GPU; default 0.25 when a GPU is visible, else 0")
+    ap.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: as resources allow)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="override every trial's device")
+    ap.add_argument("--data-dir", help="dataset cache dir (default: $BPB_DATA_DIR or ~/.cache/bayes-prune-bench)")
+    ap.add_argument("--storage-path", help="Ray results + resume states (default: <cwd>/ray_results; shared storage on clusters)")
+    ap.add_argument("--dry-run", action="store_true", help="print the expanded trial table and count, train nothing")
+    ap.add_argument("--rerun", action="store_true", help="train grid points that already have a FINISHED run")
+    args = ap.parse_args(argv)
+    if args.cpus_per_trial is not None and args.cpus_per_trial < 1:
+        ap.error(f"--cpus-per-trial={args.cpus_per_trial} is invalid: use a number >= 1.")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        ap.error(f"--gpus-per-trial={args.gpus_per_trial} is invalid: use a number >= 0 (fractions share a GPU).")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        ap.error(f"--max-concurrent={args.max_concurrent} is invalid: use an integer >= 1.")
+    return args
+
+
+def table(grid: Grid, finished: set[str]) -> str:
+    lines = [f"{'#':>3} {'grid_key':16} {'method':12} {'dataset':7} {'seed':>4} {'epochs':>6} {'hidden':12} status"]
+    for i, t in enumerate(grid.trials):
+        status = "finished" if t.grid_key() in finished else "pending"
+        lines.append(f"{i:>3} {t.grid_key():16} {t.label():12} {t.dataset:7} {t.seed:>4} {t.epochs:>6} "
+                     f"{'x'.join(map(str, t.hidden)):12} {status}")
+    lines.append(f"{len(grid.trials)} trials ({len(finished & {t.grid_key() for t in grid.trials})} already finished), "
+                 f"{len(grid.dropped)} invalid combinations dropped (bbb x dropout > 0)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    overrides = {"device": args.device} if args.device else {}
+    if args.data_dir:
+        overrides["data_dir"] = str(Path(args.data_dir).resolve())  # absolute: Ray moves trials' cwd
+    try:
+        grid = load_grid(args.grid, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    experiment = args.experiment or grid.name
+
+    from . import tracking  # heavy imports only after the grid is known to be valid
+    uri = args.tracking_uri or tracking.default_uri()
+    store_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+    client = tracking.connect(uri) if store_exists or not args.dry_run else None
+    exp = client.get_experiment_by_name(experiment) if client else None
+    finished = tracking.finished_keys(client, exp.experiment_id) if exp else set()
+    if args.dry_run:
+        print(table(grid, finished))
+        return 0
+
+    import ray
+    import torch
+
+    from .data import DataError, load_arrays
+    from .sweep import Resources, run_sweep
+    exp_id = tracking.ensure_experiment(client, experiment)
+    reaped = tracking.reap_stale(client, exp_id)
+    if reaped:
+        print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
+    pending = grid.trials if args.rerun else [t for t in grid.trials if t.grid_key() not in finished]
+    print(f"grid {grid.name}: {len(grid.trials)} trials, {len(grid.trials) - len(pending)} already finished, "
+          f"{len(pending)} to run -> experiment {experiment!r} at {uri}")
+    if not pending:
+        print("nothing to do")
+        return 0
+    if any(t.device == "cuda" for t in pending) and not torch.cuda.is_available() and not args.address:
+        print("error: device=cuda but this machine has no CUDA GPU: use --device auto/cpu or --address a GPU cluster.",
+              file=sys.stderr)
+        return 2
+    try:  # fail before Ray starts if a dataset cannot be had; loaded once, shared via the object store
+        arrays = {d: load_arrays(d, args.data_dir) for d in sorted({t.dataset for t in pending})}
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    storage = Path(args.storage_path or "ray_results").resolve()
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if torch.cuda.is_available() else 0.0)
+    res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
+    finally:
+        ray.shutdown()
+    print(f"\n{'grid_key':16} {'trial':44} {'status':8} {'acc@0':>7} {'acc@max':>7} {'wall_s':>7}")
+    for r in rows:
+        f = (lambda v, fmt: format(v, fmt) if v is not None else "-")
+        print(f"{r.key:16} {r.name:44} {r.status:8} {f(r.acc0, '7.4f')} {f(r.acc_max, '7.4f')} {f(r.wall_s, '7.0f')}")
+    ok = all(r.status == "FINISHED" for r in rows) and len(rows) == len(pending)
+    print(f"{sum(r.status == 'FINISHED' for r in rows)}/{len(pending)} finished. "
+          f"Browse: mlflow ui --backend-store-uri {uri}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Ray Tune adapter: one Tune trial per grid point, per-epoch checkpoints, MLflow logging on the driver.
+
+Where logging happens: on the driver, from the results the trials report (a Tune Callback).
+Why: workers on other nodes need no route to the tracking store or credentials for it; a sqlite
+store gets exactly one writer (no "database is locked" with many concurrent trials); and a trial
+that dies mid-way cannot leave a half-logged run behind, since the driver marks it FAILED.
+
+Resumability, two layers:
+  - within a sweep, Ray's FailureConfig retries a crashed trial (or one whose node died) from its
+    last tune.Checkpoint (written every epoch);
+  - across sweeps (the driver was killed), every trial also keeps its latest state at
+    <storage>/<experiment>/resume/<grid_key>/state.pt, so re-running the same command resumes each
+    unfinished grid point at the epoch it reached. The file is removed once the run is FINISHED.
+  Training reseeds per epoch (train.epoch_seed), so a resumed trial gives the same numbers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from . import tracking
+from .config import TrialConfig, from_dict
+from .data import Arrays
+from .trial import level_tag, run_trial, write_artifacts
+
+STATE = "state.pt"
+
+
+def resume_dir(storage: str | Path, experiment: str, key: str) -> Path:
+    return Path(storage) / experiment / "resume" / key
+
+
+def _load_state(path: Path) -> dict | None:
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def _latest_state(rdir: Path) -> dict | None:
+    """The furthest-trained of: Ray's checkpoint for this trial (a retry) and the resume file."""
+    states = [_load_state(rdir / STATE)]
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            states.append(_load_state(Path(d) / STATE))
+    states = [s for s in states if s is not None]
+    return max(states, key=lambda s: len(s["history"]), default=None)
+
+
+def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
+    """A Tune function trainable: one grid point, reporting every epoch and the final metrics."""
+    cfg = from_dict(config["trial"])
+    torch.set_num_threads(int(config["threads"]))
+    rdir = Path(config["resume_root"]) / cfg.grid_key()
+    rdir.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch(log: dict, state) -> None:
+        s = state()
+        tmp = rdir / f".{STATE}.tmp"
+        torch.save(s, tmp)
+        os.replace(tmp, rdir / STATE)  # atomic: a kill mid-write keeps the previous epoch's state
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy(rdir / STATE, Path(d) / STATE)
+            tune.report({"epoch": log["epoch"], "val_acc": log["val_acc"], "history": s["history"]},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=_latest_state(rdir))
+    with tempfile.TemporaryDirectory() as d:
+        write_artifacts(result, Path(d))
+        tune.report({"epoch": cfg.epochs, "history": result.history, "final_metrics": result.metrics,
+                     "final_info": result.info}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@dataclass
+class Row:
+    """One line of the end-of-sweep summary."""
+
+    key: str
+    name: str
+    status: str
+    acc0: float | None = None
+    acc_max: float | None = None
+    wall_s: float | None = None
+
+
+class SweepCallback(tune.Callback):
+    """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA)."""
+
+    def __init__(self, client, exp_id: str, tags: dict[str, str], trials: list[TrialConfig], storage: Path,
+                 experiment: str, out=sys.stdout):
+        self.client, self.exp_id, self.tags, self.out = client, exp_id, tags, out
+        self.storage, self.experiment = storage, experiment
+        self.total_epochs = sum(t.epochs for t in trials)
+        self.n = len(trials)
+        self.runs: dict[str, str] = {}      # Tune trial_id -> MLflow run_id
+        self.logged: dict[str, int] = {}    # run_id -> last epoch logged
+        self.final: dict[str, dict] = {}    # trial_id -> final result
+        self.rows: dict[str, Row] = {}
+        self.epochs_done = 0
+        self.t0 = time.time()
+
+    def _say(self, msg: str) -> None:
+        done = sum(r.status == "FINISHED" for r in self.rows.values())
+        failed = sum(r.status == "FAILED" for r in self.rows.values())
+        rate = self.epochs_done / max(time.time() - self.t0, 1e-9)
+        eta = (self.total_epochs - self.epochs_done) / rate if rate > 0 else float("nan")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", file=self.out, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:  # a retry after a failure keeps its MLflow run
+            self._say(f"{self.rows[trial.trial_id].name} restarted from its last checkpoint")
+            return
+        cfg = from_dict(trial.config["trial"])
+        run_id = tracking.start_run(self.client, self.exp_id, cfg, self.tags)
+        self.runs[trial.trial_id] = run_id
+        name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{cfg.grid_key()[:8]}]"
+        self.rows[trial.trial_id] = Row(cfg.grid_key(), name, "RUNNING")
+        self._say(f"{name} started ({cfg.epochs} epochs)")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.runs[trial.trial_id]
+        new = [h for h in result["history"] if h["epoch"] > self.logged.get(run_id, 0)]
+        if new:
+            tracking.log_epochs(self.client, run_id, new)
+            self.logged[run_id] = new[-1]["epoch"]
+            self.epochs_done += len(new)
+        if "final_metrics" in result:
+            self.final[trial.trial_id] = result
+        elif new:
+            row = self.rows[trial.trial_id]
+            self._say(f"{row.name} epoch {new[-1]['epoch']}/{trial.config['trial']['epochs']} "
+                      f"val_acc {new[-1]['val_acc']:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        res, run_id, row = self.final.pop(trial.trial_id), self.runs[trial.trial_id], self.rows[trial.trial_id]
+        with trial.checkpoint.as_directory() as d:
+            tracking.finish_run(self.client, run_id, res["final_metrics"], res["final_info"], Path(d))
+        shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
+        m = res["final_metrics"]
+        levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
+        row.status, row.acc0, row.wall_s = "FINISHED", m.get("test_acc_p00"), m["total_wall_s"]
+        row.acc_max = m[f"test_acc_{level_tag(levels[-1] / 100)}"]
+        self._say(f"{row.name} finished: acc {row.acc0:.4f} -> {row.acc_max:.4f} in {row.wall_s:.0f}s")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
+        self.rows[trial.trial_id].status = "FAILED"
+        self._say(f"{self.rows[trial.trial_id].name} FAILED (see {trial.local_path or trial.path})")
+
+    def close(self) -> None:
+        """Driver stopping (Ctrl-C, error): no run of ours may be left looking alive or finished."""
+        for tid, row in self.rows.items():
+            if row.status == "RUNNING":
+                self.client.set_terminated(self.runs[tid], "KILLED")
+                row.status = "KILLED"
+
+
+@dataclass
+class Resources:
+    """What each trial gets, and how many run at once."""
+
+    cpus: float
+    gpus: float
+    max_concurrent: int | None
+
+
+def run_sweep(trials: list[TrialConfig], experiment: str, client, exp_id: str, storage: Path,
+              res: Resources, arrays: dict[str, Arrays]) -> list[Row]:
+    """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows."""
+    tags = tracking.repro_tags()
+    cb = SweepCallback(client, exp_id, tags, trials, storage, experiment)
+    param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
+                   "resume_root": str(resume_dir(storage, experiment, ""))}
+    fn = tune.with_resources(tune.with_parameters(trainable, arrays=arrays), {"cpu": res.cpus, "gpu": res.gpus})
+    tuner = tune.Tuner(
+        fn, param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent,
+                                    trial_dirname_creator=lambda t: f"{from_dict(t.config['trial']).grid_key()}_{t.trial_id}"),
+        run_config=tune.RunConfig(
+            name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
+            callbacks=[cb], failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    try:
+        tuner.fit()
+    finally:
+        cb.close()
+    return list(cb.rows.values())

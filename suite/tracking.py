@@ -1,0 +1,121 @@
+"""MLflow: one experiment per sweep, one run per grid point, keyed by the grid_key tag.
+
+Only the sweep driver talks to MLflow (see sweep.py for why): workers need no route to the
+tracking store, and a sqlite store has exactly one writer, so no metric is lost to locking.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .config import TrialConfig
+from .trial import write_artifacts
+
+EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "epoch_time_s")
+BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db (absolute: Ray changes working dirs)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def connect(uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        raise ValueError(f"experiment {name!r} is deleted in this store: restore it (mlflow experiments restore) "
+                         "or pick another --experiment name.")
+    return exp.experiment_id
+
+
+def runs_by_status(client: MlflowClient, exp_id: str, status: str) -> list:
+    return list(client.search_runs([exp_id], filter_string=f"attributes.status = '{status}'", max_results=50000))
+
+
+def finished_keys(client: MlflowClient, exp_id: str) -> set[str]:
+    return {r.data.tags.get("grid_key") for r in runs_by_status(client, exp_id, "FINISHED")}
+
+
+def reap_stale(client: MlflowClient, exp_id: str) -> int:
+    """Mark runs left RUNNING by a driver that died (SIGKILL, power loss) as KILLED.
+    One driver per experiment at a time: a RUNNING run at startup cannot belong to a live sweep."""
+    stale = runs_by_status(client, exp_id, "RUNNING")
+    for r in stale:
+        client.set_terminated(r.info.run_id, "KILLED")
+    return len(stale)
+
+
+def repro_tags() -> dict[str, str]:
+    """git commit (+dirty flag) of the code and the versions that produced the numbers."""
+    import ray
+    import torch
+
+    from . import __version__
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "suite_version": __version__,
+            "torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
+
+
+def start_run(client: MlflowClient, exp_id: str, cfg: TrialConfig, tags: dict[str, str]) -> str:
+    """A RUNNING run with the grid_key tag, identity tags and every TrialConfig field as a param."""
+    name = f"{cfg.label().replace(' ', '')}-{cfg.dataset}-s{cfg.seed}-{cfg.grid_key()[:6]}"
+    all_tags = {"grid_key": cfg.grid_key(), "method": cfg.method, "dataset": cfg.dataset, "dropout": str(cfg.dropout),
+                "seed": str(cfg.seed), "label": cfg.label(), **tags}
+    run = client.create_run(exp_id, run_name=name, tags=all_tags)
+    params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in cfg.to_dict().items()]
+    client.log_batch(run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def log_epochs(client: MlflowClient, run_id: str, epochs: list[dict]) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(e[k]), now, int(e["epoch"])) for e in epochs for k in EPOCH_METRICS if k in e]
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + BATCH])
+
+
+def finish_run(client: MlflowClient, run_id: str, metrics: dict[str, float], info: dict[str, str],
+               artifact_dir: Path | None) -> None:
+    """Final metrics, tags from the trial's info (device, kernels), artifacts; then FINISHED, last,
+    so a run never looks finished unless everything above landed."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for i in range(0, len(items), BATCH):
+        client.log_batch(run_id, metrics=items[i:i + BATCH])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in info.items()])
+    if artifact_dir is not None:
+        client.log_artifacts(run_id, str(artifact_dir))
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_result_locally(client: MlflowClient, exp_id: str, result, tags: dict[str, str]) -> str:
+    """Log an in-process TrialResult as one finished run (used by tests and the bench, not the sweep)."""
+    run_id = start_run(client, exp_id, result.config, tags)
+    log_epochs(client, run_id, result.history)
+    with tempfile.TemporaryDirectory() as d:
+        write_artifacts(result, Path(d))
+        finish_run(client, run_id, result.metrics, result.info, Path(d))
+    return run_id

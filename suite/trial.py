@@ -1,0 +1,184 @@
+"""One trial: data -> model -> training -> pruning sweep -> evaluation -> results. No Ray, no MLflow.
+
+    python -m suite.trial --method bbb --dataset mnist --seed 0 --epochs 1 --train-subset 5000 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import latency, metrics, prune
+from .config import FIELDS, ConfigError, TrialConfig, field_docs, from_dict
+from .data import Arrays, load_arrays, make_splits
+from .models import BayesMLP, MLP, build_model
+from .train import fit_epochs, make_optimizer, train
+
+# on_epoch(log, state): state() returns what a checkpoint needs to resume this trial exactly
+# (live references: serialise or copy them before the next epoch).
+OnEpoch = Callable[[dict, Callable[[], dict]], None]
+
+
+@dataclass
+class TrialResult:
+    """Everything a trial produces; metric names follow DESIGN.md."""
+
+    config: TrialConfig
+    metrics: dict[str, float]                 # final scalars: test_acc_p90, train_wall_s, ...
+    history: list[dict]                       # one dict per epoch
+    info: dict[str, str] = field(default_factory=dict)   # device, kernels chosen: strings, logged as tags
+    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # npz name -> arrays
+    state_dict: dict = field(default_factory=dict)       # the trained, unpruned model
+
+    def to_json(self) -> dict:
+        return {"config": self.config.to_dict(), "grid_key": self.config.grid_key(), "metrics": self.metrics,
+                "history": self.history, "info": self.info}
+
+
+def write_artifacts(r: TrialResult, out: Path) -> None:
+    """The MLflow artifacts of a trial: model.pt (state dict, loads with weights_only=True),
+    weights_hist.npz, snr_hist.npz (bbb) and config.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(r.state_dict, out / "model.pt")
+    for name, arrays in r.artifacts.items():
+        np.savez(out / name, **arrays)
+    (out / "config.json").write_text(json.dumps(r.config.to_dict(), indent=1))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible: use --device cpu or auto.")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def level_tag(p: float) -> str:
+    """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100."""
+    return f"p{round(p * 100):02d}"
+
+
+def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
+              resume: dict | None = None) -> TrialResult:
+    """Train, prune at every level of cfg.sparsities (each on a fresh copy), evaluate; pure in cfg."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = make_splits(arrays or load_arrays(cfg.dataset, cfg.data_dir or None),
+                       cfg.val_size, cfg.train_subset, cfg.seed, device)
+    model = build_model(cfg).to(device)
+    opt = make_optimizer(cfg, model)
+    history: list[dict] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        history = list(resume["history"])
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}
+
+    train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
+    out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "n_params": float(model.n_params),
+           **fit_epochs(history, cfg.resolved_fit_target)}
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    m, i, artifacts = evaluate_pruned(model, cfg, data.x_test, data.y_test)
+    out.update(m)
+    info.update(i)
+    # total = setup + training + evaluation; epochs trained before a resume count with their own times
+    resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
+    out["total_wall_s"] = time.perf_counter() - t_start + resumed
+    return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
+
+
+@torch.no_grad()
+def evaluate_pruned(model: MLP, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor):
+    """The pruning sweep: for each level, prune a fresh copy and measure accuracy, NLL, ECE,
+    sparsity (as the forward pass sees it), latency and size. Returns (metrics, info, artifacts)."""
+    torch.manual_seed(cfg.seed)  # Monte Carlo predictions do not depend on how training used the RNG
+    model.eval()
+    allowed = prune.prunable(model, cfg.prune_biases)
+    score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
+    out, info, thresholds = {}, {"pruner": cfg.resolved_pruner}, []
+    for p in cfg.sparsities:
+        tag = level_tag(p)
+        keep, thr = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
+        thresholds.append(thr)
+        m = prune.pruned_copy(model, keep).eval()
+        for k, v in metrics.classification(m.predict(x), y).items():
+            out[f"test_{k}_{tag}"] = v
+        out[f"sparsity_{tag}"] = prune.measured_sparsity(m, x[:100], cfg.prune_biases)
+        if isinstance(m, BayesMLP):
+            out[f"test_acc_mc_{tag}"] = metrics.accuracy(m.predict_mc(x, cfg.test_samples), y)
+        lat, lat_info = latency.measure(m, x, tag)
+        out.update(lat)
+        info.update(lat_info)
+    weights = torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])
+    out["weight_std"] = float(weights.std())
+    artifacts = {"weights_hist.npz": {
+        "edges": metrics.WEIGHT_EDGES, "counts": metrics.histogram(weights, metrics.WEIGHT_EDGES),
+        "sparsities": np.array(cfg.sparsities), "score_thresholds": np.array(thresholds)}}
+    if isinstance(model, BayesMLP):
+        snr = torch.cat([model.importance("snr")[s.start:s.end] for s in model.layout if not s.is_bias])
+        artifacts["snr_hist.npz"] = {
+            "edges_db": metrics.SNR_DB_EDGES, "counts": metrics.histogram(metrics.snr_db(snr), metrics.SNR_DB_EDGES),
+            "sparsities": np.array(cfg.sparsities),
+            "thresholds_db": np.array([metrics.threshold_db(t) if cfg.resolved_pruner == "snr" else np.nan
+                                       for t in thresholds])}
+    return out, info, artifacts
+
+
+def summary(r: TrialResult) -> str:
+    """A short human-readable table of the pruning sweep."""
+    c, m = r.config, r.metrics
+    lines = [f"{c.label()} on {c.dataset}, seed {c.seed}, {c.epochs} epochs ({r.info['device']}): "
+             f"train {m['train_wall_s']:.1f} s, total {m['total_wall_s']:.1f} s, "
+             f"best val_acc {max(h['val_acc'] for h in r.history):.4f}, "
+             f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}",
+             f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
+             f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8}"]
+    for p in c.sparsities:
+        t = level_tag(p)
+        mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
+        lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "
+                     f"{m[f'test_ece_{t}']:6.4f} {m[f'latency_dense_b1_ms_{t}']:8.3f}ms "
+                     f"{m[f'latency_sparse_b1_ms_{t}']:8.3f}ms {m[f'latency_dense_b1000_ms_{t}']:8.2f}ms "
+                     f"{m[f'latency_sparse_b1000_ms_{t}']:9.2f}ms {m[f'size_csr_bytes_{t}'] / 1e3:8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m suite.trial", description="Run one trial in-process (no Ray, no MLflow).")
+    docs = field_docs()
+    for name in FIELDS:
+        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="V", help=docs.get(name))
+    ap.add_argument("--json", default=None, help="write config, metrics, per-epoch history and info as JSON here")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = vars(ap.parse_args(argv))
+    json_path, threads = args.pop("json"), args.pop("threads")
+    try:
+        cfg = from_dict({k: v for k, v in args.items() if v is not None}, where="command line")
+    except ConfigError as e:
+        ap.error(str(e))
+    if threads:
+        torch.set_num_threads(threads)
+
+    def progress(log: dict, _state) -> None:
+        kl = f" kl {log['train_kl']:.4f}" if "train_kl" in log else ""
+        print(f"epoch {log['epoch']:3d}/{cfg.epochs}  loss {log['train_loss']:.4f} nll {log['train_nll']:.4f}{kl}"
+              f"  val_acc {log['val_acc']:.4f}  {log['epoch_time_s']:.1f}s", flush=True)
+    result = run_trial(cfg, progress)
+    print(summary(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+        print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

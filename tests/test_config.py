@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import pytest
+
+from suite.config import ConfigError, TrialConfig, from_dict, load_grid
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"methd": "sgd"}, "unknown key 'methd'.*Did you mean method"),
+    ({"method": "svm"}, "method='svm' is invalid: allowed sgd \\| bbb"),
+    ({"dropout": 1.0}, "dropout=1.0 is invalid"),
+    ({"dropout": -0.1}, "dropout=-0.1 is invalid"),
+    ({"method": "bbb", "dropout": 0.5}, "dropout=0.5 is invalid: allowed 0 with method=bbb"),
+    ({"epochs": 0}, "epochs=0 is invalid"),
+    ({"epochs": 2.5}, "epochs=2.5 has the wrong type: expected an integer"),
+    ({"sparsities": [0.5, 1.2]}, "sparsities=.* is invalid"),
+    ({"hidden": "a,b"}, "hidden=.* has the wrong type: expected a list of integers"),
+    ({"lr": True}, "lr=True has the wrong type"),
+    ({"dataset": "cifar"}, "dataset='cifar' is invalid: allowed mnist \\| fmnist"),
+    ({"pruner": "snr"}, "pruner='snr' is invalid"),
+    ({"val_size": 60000}, "val_size=60000 is invalid"),
+])
+def test_invalid_values_name_the_field(bad, needle):
+    with pytest.raises(ConfigError, match=needle):
+        from_dict(bad)
+
+
+def test_grid_key_ignores_runtime_fields_only():
+    a = TrialConfig(method="bbb", device="cpu", data_dir="/x", compile=False)
+    b = TrialConfig(method="bbb", device="auto", data_dir="", compile=True)
+    assert a.grid_key() == b.grid_key()
+    assert a.grid_key() != TrialConfig(method="bbb", seed=1).grid_key()
+
+
+def test_cli_rejects_bad_value_before_training():
+    r = subprocess.run([sys.executable, "-m", "suite.trial", "--method", "bbb", "--dropout", "0.5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "dropout=0.5 is invalid" in r.stderr and "epoch" not in r.stdout
+
+
+def test_grid_expansion_counts_and_drops_bbb_with_dropout(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("fixed: {epochs: 1}\ngrid:\n  method: [sgd, bbb]\n  dropout: [0, 0.5]\n  seed: [0, 1, 2]\n")
+    g = load_grid(str(p))
+    assert len(g.trials) == 9 and len(g.dropped) == 3  # 2x2x3 = 12, minus bbb x 0.5 x 3 seeds
+    assert len({t.grid_key() for t in g.trials}) == 9
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("grid:\n  methods: [sgd]\n", "unknown key 'methods'.*Did you mean method"),
+    ("fixed: {epochs: many}\n", "epochs='many' has the wrong type"),
+    ("fixed: {lr: -1}\n", "lr=-1.0 is invalid"),
+    ("grid:\n  seed: 3\n", "grid axis 'seed' must be a non-empty list"),
+    ("fixd: {}\n", "top-level keys"),
+])
+def test_bad_grids_fail_with_the_key(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_grid(str(p))
+
+
+def test_unknown_grid_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="unknown grid 'nope'.*smoke"):
+        load_grid("nope")
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper", "full", "scaling"])
+def test_shipped_grids_expand(name):
+    g = load_grid(name)
+    assert g.trials

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from suite import prune
+from suite.config import TrialConfig
+from suite.metrics import accuracy
+from suite.models import build_model
+
+
+def small(method, **kw):
+    return build_model(TrialConfig(method=method, hidden=(40, 30), compile=False, **kw))
+
+
+def forward_zeros(model, x, flat=None):
+    """Zeros among the weight matrices F.linear actually received, counted independently of prune.py."""
+    with prune._CaptureLinear() as cap:
+        model(x, flat)
+    return sum(int((w == 0).sum()) for w, _ in cap.seen), sum(w.numel() for w, _ in cap.seen)
+
+
+CASES = [("sgd", "magnitude"), ("sgd", "random"), ("bbb", "snr"), ("bbb", "magnitude"), ("bbb", "random")]
+
+
+@pytest.mark.parametrize("method,pruner", CASES)
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9, 0.99])
+def test_global_pruning_zeroes_exactly_round_p_n(method, pruner, p):
+    torch.manual_seed(0)
+    model = small(method)
+    allowed = prune.prunable(model, prune_biases=False)
+    keep, _ = prune.keep_mask(prune.scores(model, pruner, 0), allowed, p, "global", model)
+    pruned = prune.pruned_copy(model, keep)
+    x = torch.rand(4, 784)
+    zeros, n = forward_zeros(pruned, x)
+    assert n == int(allowed.sum())
+    assert zeros == round(p * n)
+    assert prune.measured_sparsity(pruned, x, False) == pytest.approx(round(p * n) / n)
+    if method == "bbb":  # every Monte Carlo sample of a pruned weight is exactly zero
+        for _ in range(3):
+            assert forward_zeros(pruned, x, pruned.sample())[0] == round(p * n)
+    # the original model is untouched
+    assert forward_zeros(model, x)[0] == 0
+
+
+def test_layer_scope_prunes_each_layer_by_the_same_fraction():
+    model = small("sgd")
+    allowed = prune.prunable(model, prune_biases=True)
+    keep, _ = prune.keep_mask(prune.scores(model, "magnitude", 0), allowed, 0.75, "layer", model)
+    for s in model.layout:
+        assert int((~keep[s.start:s.end]).sum()) == round(0.75 * (s.end - s.start))
+
+
+def test_biases_are_pruned_only_when_asked():
+    model = small("sgd")
+    for flag in (False, True):
+        allowed = prune.prunable(model, flag)
+        keep, _ = prune.keep_mask(prune.scores(model, "magnitude", 0), allowed, 1.0, "global", model)
+        bias_pruned = sum(int((~keep[s.start:s.end]).sum()) for s in model.layout if s.is_bias)
+        assert (bias_pruned > 0) == flag
+
+
+def test_snr_prunes_lowest_signal_to_noise_first():
+    torch.manual_seed(0)
+    model = small("bbb")
+    snr = model.importance("snr")
+    keep, thr = prune.keep_mask(prune.scores(model, "snr", 0), prune.prunable(model, False), 0.5, "global", model)
+    allowed = prune.prunable(model, False)
+    assert float(snr[allowed & ~keep].max()) <= float(snr[allowed & keep].min())
+    assert thr == pytest.approx(float(snr[allowed & ~keep].max()))
+    pruned = prune.pruned_copy(model, keep)
+    assert torch.all(pruned.sigma()[~keep] == 0) and torch.all(pruned.mu[~keep] == 0)
+
+
+@pytest.mark.parametrize("method", ["sgd", "bbb"])
+def test_fully_pruned_model_is_at_chance(method, mnist):
+    model = small(method)
+    allowed = prune.prunable(model, prune_biases=True)
+    keep, _ = prune.keep_mask(prune.scores(model, "magnitude", 0), allowed, 1.0, "global", model)
+    pruned = prune.pruned_copy(model, keep)
+    x = torch.tensor(mnist.x_test[:2000], dtype=torch.float32).reshape(2000, -1) / 255
+    y = torch.tensor(mnist.y_test[:2000], dtype=torch.int64)
+    probs = pruned.predict(x)
+    torch.testing.assert_close(probs, torch.full_like(probs, 0.1))  # all-zero network: uniform output
+    assert accuracy(probs, y) < 0.2
