@@ -6,17 +6,11 @@ FINISHED run are skipped (--rerun trains them again), unfinished ones resume fro
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from .config import ConfigError, Grid, load_grid
 
-# Before ray is imported: no usage reporting, and no per-trial result.json/CSV/TensorBoard files
-# (MLflow is the record).
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our callback prints progress; no Ray tables
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -78,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table(grid, finished))
         return 0
 
-    import ray
     import torch
 
     from .data import DataError, load_arrays
-    from .sweep import Resources, run_sweep
+    from .sweep import Resources, run_sweep  # sets Ray's environment defaults before ray is imported
+    import ray
     exp_id = tracking.ensure_experiment(client, experiment)
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
@@ -105,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     storage = Path(args.storage_path or "ray_results").resolve()
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if torch.cuda.is_available() else 0.0)
     res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # address="local" always starts a fresh local instance: a bare ray.init() would silently attach to
+    # whatever cluster `ray start` left registered on this machine (possibly a dead one).
+    ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
     finally:

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from ray import tune
+# Before ray is imported: no usage reporting; no per-trial result.json/CSV/TensorBoard files (MLflow
+# is the record); our callback prints progress instead of Ray's tables; per-epoch checkpoints are the
+# design, not a misconfiguration to warn about.
+for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
+               ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")):
+    os.environ.setdefault(_k, _v)
 
-from . import tracking
-from .config import TrialConfig, from_dict
-from .data import Arrays
-from .trial import level_tag, run_trial, write_artifacts
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from . import tracking  # noqa: E402
+from .config import TrialConfig, from_dict  # noqa: E402
+from .data import Arrays  # noqa: E402
+from .trial import level_tag, run_trial, write_artifacts  # noqa: E402
 
 STATE = "state.pt"
 
@@ -60,6 +67,10 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     rdir = Path(config["resume_root"]) / cfg.grid_key()
     rdir.mkdir(parents=True, exist_ok=True)
 
+    resume = _latest_state(rdir)
+    resumed_from = len(resume["history"]) if resume else 0
+    node = ray.get_runtime_context().get_node_id()  # which machine trains it (a retry may move it)
+
     def on_epoch(log: dict, state) -> None:
         s = state()
         tmp = rdir / f".{STATE}.tmp"
@@ -67,14 +78,16 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
         os.replace(tmp, rdir / STATE)  # atomic: a kill mid-write keeps the previous epoch's state
         with tempfile.TemporaryDirectory() as d:
             shutil.copy(rdir / STATE, Path(d) / STATE)
-            tune.report({"epoch": log["epoch"], "val_acc": log["val_acc"], "history": s["history"]},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({"epoch": log["epoch"], "val_acc": log["val_acc"], "history": s["history"],
+                         "resumed_from": resumed_from, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=_latest_state(rdir))
+    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume)
+    result.info["node_id"] = node
     with tempfile.TemporaryDirectory() as d:
         write_artifacts(result, Path(d))
         tune.report({"epoch": cfg.epochs, "history": result.history, "final_metrics": result.metrics,
-                     "final_info": result.info}, checkpoint=tune.Checkpoint.from_directory(d))
+                     "final_info": result.info, "resumed_from": resumed_from, "node_id": node},
+                    checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass
@@ -87,14 +100,16 @@ class Row:
     acc0: float | None = None
     acc_max: float | None = None
     wall_s: float | None = None
+    resumed_from: int = 0          # epochs restored from a checkpoint (0 = trained from scratch)
+    nodes: set[str] = field(default_factory=set)  # Ray node ids that ran it (two after a node loss)
 
 
 class SweepCallback(tune.Callback):
     """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA)."""
 
     def __init__(self, client, exp_id: str, tags: dict[str, str], trials: list[TrialConfig], storage: Path,
-                 experiment: str, out=sys.stdout):
-        self.client, self.exp_id, self.tags, self.out = client, exp_id, tags, out
+                 experiment: str):
+        self.client, self.exp_id, self.tags = client, exp_id, tags
         self.storage, self.experiment = storage, experiment
         self.total_epochs = sum(t.epochs for t in trials)
         self.n = len(trials)
@@ -111,7 +126,7 @@ class SweepCallback(tune.Callback):
         rate = self.epochs_done / max(time.time() - self.t0, 1e-9)
         eta = (self.total_epochs - self.epochs_done) / rate if rate > 0 else float("nan")
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
-        print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", file=self.out, flush=True)
+        print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.runs:  # a retry after a failure keeps its MLflow run
@@ -125,7 +140,11 @@ class SweepCallback(tune.Callback):
         self._say(f"{name} started ({cfg.epochs} epochs)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.runs[trial.trial_id]
+        run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]
+        row.nodes.add(result["node_id"])
+        if result["resumed_from"] and row.resumed_from != result["resumed_from"]:
+            row.resumed_from = result["resumed_from"]
+            self._say(f"{row.name} resumed at epoch {row.resumed_from}")
         new = [h for h in result["history"] if h["epoch"] > self.logged.get(run_id, 0)]
         if new:
             tracking.log_epochs(self.client, run_id, new)
@@ -134,7 +153,6 @@ class SweepCallback(tune.Callback):
         if "final_metrics" in result:
             self.final[trial.trial_id] = result
         elif new:
-            row = self.rows[trial.trial_id]
             self._say(f"{row.name} epoch {new[-1]['epoch']}/{trial.config['trial']['epochs']} "
                       f"val_acc {new[-1]['val_acc']:.4f}")
 

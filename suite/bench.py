@@ -1,0 +1,272 @@
+"""`python -m suite.bench`: this suite's training and inference speed beside its peers, in one process.
+
+Training steps (MNIST, batch 100, 784-500-500-10, Adam, same samples per step for every BBB):
+  ours SGD / ours BBB                the suite's own models and objective, fed from device tensors
+  plain SGD (tensor loop)            nn.Sequential of nn.Linear + Adam, fed from the same tensors
+  plain SGD (DataLoader)             the same, fed by a torchvision DataLoader (ToTensor, shuffle)
+  BLiTZ BBB                          blitz-bayesian-pytorch BayesianLinear + sample_elbo, from tensors
+  bayesian-torch BBB                 bayesian-torch LinearReparameterization, from tensors
+  tutorial BBB (DataLoader)          the textbook per-layer BBB recipe the original study used
+Contenders are interleaved in rounds and each reports the median ms/step over all rounds, so
+machine noise hits all of them alike. Inference: dense vs sparse forward at 90 % sparsity.
+Peers come from the `bench` extra (pip install -e ".[bench]"); a missing peer is reported, not faked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import latency, prune
+from .config import TrialConfig
+from .data import default_data_dir, ensure, load_arrays
+from .models import build_model
+from .train import make_optimizer
+
+B, LR, PRIOR = 100, 1e-4, (0.5, 1.0, math.exp(-6))
+
+
+def ours(method: str, x, y, samples: int = 1, compile: bool = True) -> Callable[[], None]:
+    cfg = TrialConfig(method=method, train_samples=samples, compile=compile)
+    model, n = build_model(cfg), len(y)
+    opt = make_optimizer(cfg, model)
+    model.train()
+
+    def step():
+        idx = torch.randint(0, n, (B,))
+        loss, _, _ = model.objective(x[idx], y[idx], 1.0 / 600)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def plain_sgd(batches: Callable[[], tuple]) -> Callable[[], None]:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 500), nn.ReLU(), nn.Linear(500, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+
+    def step():
+        xb, yb = batches()
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def tensor_batches(x, y) -> Callable[[], tuple]:
+    def nxt():
+        idx = torch.randint(0, len(y), (B,))
+        return x[idx], y[idx]
+    return nxt
+
+
+def loader_batches(root: Path) -> Callable[[], tuple]:
+    """torchvision MNIST + ToTensor + shuffled DataLoader, cycled forever (the tutorial recipe)."""
+    import torchvision
+    ds = torchvision.datasets.MNIST(str(root), train=True, download=False, transform=torchvision.transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(ds, batch_size=B, shuffle=True)
+    it = iter(loader)
+
+    def nxt():
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(loader)
+            return next(it)
+    return nxt
+
+
+class TutorialBayesLinear(nn.Module):
+    """The textbook BBB layer: own mu/rho tensors, torch.distributions for log q and the mixture prior."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.w_mu = nn.Parameter(torch.empty(n_out, n_in).uniform_(-0.2, 0.2))
+        self.w_rho = nn.Parameter(torch.empty(n_out, n_in).uniform_(-5, -4))
+        self.b_mu = nn.Parameter(torch.empty(n_out).uniform_(-0.2, 0.2))
+        self.b_rho = nn.Parameter(torch.empty(n_out).uniform_(-5, -4))
+        self.log_q = self.log_p = 0.0
+
+    def forward(self, x):
+        pi, s1, s2 = PRIOR
+        d = torch.distributions
+        log_q = log_p = 0.0
+        params = []
+        for mu, rho in ((self.w_mu, self.w_rho), (self.b_mu, self.b_rho)):
+            sigma = torch.log1p(torch.exp(rho))
+            v = mu + sigma * torch.randn_like(mu)
+            log_q = log_q + d.Normal(mu, sigma).log_prob(v).sum()
+            mix = torch.stack([math.log(pi) + d.Normal(0, s1).log_prob(v), math.log(1 - pi) + d.Normal(0, s2).log_prob(v)])
+            log_p = log_p + torch.logsumexp(mix, 0).sum()
+            params.append(v)
+        self.log_q, self.log_p = log_q, log_p
+        return F.linear(x, *params)
+
+
+def tutorial_bbb(batches: Callable[[], tuple], samples: int) -> Callable[[], None]:
+    layers = nn.ModuleList([TutorialBayesLinear(784, 500), TutorialBayesLinear(500, 500), TutorialBayesLinear(500, 10)])
+    opt = torch.optim.Adam(layers.parameters(), lr=LR)
+
+    def forward(x):
+        h = x.view(len(x), -1)
+        for i, layer in enumerate(layers):
+            h = layer(h)
+            h = F.relu(h) if i < 2 else h
+        return h
+
+    def step():
+        xb, yb = batches()
+        loss = 0.0
+        for _ in range(samples):
+            out = forward(xb)
+            kl = sum(layer.log_q - layer.log_p for layer in layers)
+            loss = loss + (kl / 600 + F.cross_entropy(out, yb, reduction="sum")) / len(yb)
+        opt.zero_grad()
+        (loss / samples).backward()
+        opt.step()
+    return step
+
+
+def blitz_bbb(batches, samples: int) -> Callable[[], None]:
+    from blitz.modules import BayesianLinear
+    from blitz.utils import variational_estimator
+    pi, s1, s2 = PRIOR
+
+    @variational_estimator
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = dict(prior_sigma_1=s1, prior_sigma_2=s2, prior_pi=pi)
+            self.l1, self.l2, self.l3 = BayesianLinear(784, 500, **kw), BayesianLinear(500, 500, **kw), BayesianLinear(500, 10, **kw)
+
+        def forward(self, x):
+            return self.l3(F.relu(self.l2(F.relu(self.l1(x)))))
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+
+    def step():
+        xb, yb = batches()
+        loss = net.sample_elbo(xb, yb, nn.CrossEntropyLoss(), sample_nbr=samples, complexity_cost_weight=1 / 60000)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def bayesian_torch_bbb(batches, samples: int) -> Callable[[], None]:
+    from bayesian_torch.layers import LinearReparameterization as L
+    layers = nn.ModuleList([L(784, 500), L(500, 500), L(500, 10)])
+    opt = torch.optim.Adam(layers.parameters(), lr=LR)
+
+    def step():
+        xb, yb = batches()
+        loss = 0.0
+        for _ in range(samples):
+            h, kl = xb, 0.0
+            for i, layer in enumerate(layers):
+                h, k = layer(h)
+                kl = kl + k
+                h = F.relu(h) if i < 2 else h
+            loss = loss + F.cross_entropy(h, yb) + kl / 60000
+        opt.zero_grad()
+        (loss / samples).backward()
+        opt.step()
+    return step
+
+
+def race(contenders: dict[str, Callable[[], None]], rounds: int, steps: int, warmup: int) -> dict[str, float]:
+    """Median ms/step of each contender, measured in interleaved rounds."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def inference(x) -> dict[str, float]:
+    """Dense vs sparse forward of a 90 %-pruned 784-500-500-10 MLP (magnitude, weights only)."""
+    torch.manual_seed(0)
+    model = build_model(TrialConfig(method="sgd")).eval()
+    keep, _ = prune.keep_mask(prune.scores(model, "magnitude", 0), prune.prunable(model, False), 0.9, "global", model)
+    m, info = latency.measure(prune.pruned_copy(model, keep), x[:1000], "p90")
+    return {**{k: v for k, v in m.items() if k.startswith("latency")}, **{k: v for k, v in info.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m suite.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per contender per round (default 15)")
+    ap.add_argument("--samples", type=int, default=1, help="BBB weight samples per step, the same for every BBB (default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--data-dir", default=None, help="dataset cache (default: $BPB_DATA_DIR or ~/.cache/bayes-prune-bench)")
+    ap.add_argument("--json", default="bench_results/bench.json", help="where to write the results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    ensure("mnist", root)
+    a = load_arrays("mnist", root)
+    x = torch.tensor(a.x_train, dtype=torch.float32).reshape(60000, -1) / 255
+    y = torch.tensor(a.y_train, dtype=torch.int64)
+    s = args.samples
+    contenders: dict[str, Callable[[], None]] = {
+        "ours SGD": ours("sgd", x, y),
+        f"ours BBB ({s} sample)": ours("bbb", x, y, s),
+        f"ours BBB eager ({s} sample)": ours("bbb", x, y, s, compile=False),
+        "plain SGD (tensor loop)": plain_sgd(tensor_batches(x, y)),
+        "plain SGD (DataLoader)": plain_sgd(loader_batches(root)),
+        f"tutorial BBB (DataLoader, {s} sample)": tutorial_bbb(loader_batches(root), s),
+    }
+    missing = []
+    for name, make in ((f"BLiTZ BBB ({s} sample)", blitz_bbb), (f"bayesian-torch BBB ({s} sample)", bayesian_torch_bbb)):
+        try:
+            contenders[name] = make(tensor_batches(x, y), s)
+        except ImportError as e:
+            missing.append(f"{name}: {e} (pip install -e '.[bench]')")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(contenders)} contenders x "
+          f"{args.rounds} rounds x {args.steps} steps")
+    steps = race(contenders, args.rounds, args.steps, warmup=10)
+    base = steps["ours SGD"]
+    print(f"\n{'training step (batch 100, 784-500-500-10)':44} {'ms/step':>9} {'x ours SGD':>11}")
+    for name, ms in steps.items():
+        print(f"{name:44} {ms:9.2f} {ms / base:11.2f}")
+    for line in missing:
+        print(f"  not measured: {line}")
+    inf = inference(x)
+    print(f"\n{'inference at 90 % sparsity':44} {'dense ms':>9} {'sparse ms':>10} {'kernel':>10}")
+    for bsz in latency.BATCHES:
+        print(f"{'batch ' + str(bsz):44} {inf[f'latency_dense_b{bsz}_ms_p90']:9.3f} "
+              f"{inf[f'latency_sparse_b{bsz}_ms_p90']:10.3f} {inf[f'sparse_format_b{bsz}_p90']:>10}")
+    ours_bbb = steps[f"ours BBB ({s} sample)"]
+    blitz = steps.get(f"BLiTZ BBB ({s} sample)")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"train_ms_per_step": steps, "inference_p90": inf, "threads": torch.get_num_threads(),
+                               "samples": s, "torch": torch.__version__, "not_measured": missing}, indent=1))
+    print(f"\nwrote {out}")
+    ratios = [f"ours BBB / ours SGD = {ours_bbb / base:.2f}",
+              f"ours BBB / BLiTZ = {ours_bbb / blitz:.2f} ({blitz / ours_bbb:.1f}x faster)" if blitz else "BLiTZ not measured",
+              f"ours SGD / plain tensor loop = {base / steps['plain SGD (tensor loop)']:.2f}",
+              f"sparse/dense b1000 @90% = {inf['latency_sparse_b1000_ms_p90'] / inf['latency_dense_b1000_ms_p90']:.2f}"]
+    print("RATIOS: " + "; ".join(ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

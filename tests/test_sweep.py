@@ -1,0 +1,173 @@
+"""The grid under real Ray and a real (sqlite) MLflow store: end to end, idempotent, resumable, multi-node."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from suite.config import load_grid
+
+CONTRACT = ["test_acc_p{}", "test_nll_p{}", "test_ece_p{}", "sparsity_p{}", "latency_dense_b1_ms_p{}",
+            "latency_sparse_b1_ms_p{}", "latency_dense_b1000_ms_p{}", "latency_sparse_b1000_ms_p{}",
+            "size_csr_bytes_p{}"]
+SCALARS = ["train_wall_s", "total_wall_s", "epochs_to_99pct_best", "weight_std", "n_params"]
+TAGS = ["grid_key", "method", "dataset", "dropout", "seed", "git_commit", "device", "suite_version"]
+
+
+def cli(args, cwd, timeout=600):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "suite.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def runs(db: Path, experiment: str):
+    c = MlflowClient(f"sqlite:///{db}")
+    exp = c.get_experiment_by_name(experiment)
+    return c, c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def tiny_grid(path: Path, epochs: int, seeds: list[int], **fixed) -> Path:
+    spec = {"fixed": {"epochs": epochs, "train_subset": 2000, "val_size": 1000, "hidden": [64], "test_samples": 2,
+                      "sparsities": [0, 0.9], "compile": False, "lr": 1e-3, **fixed},
+            "grid": {"method": ["sgd", "bbb"], "dataset": ["mnist"], "seed": seeds}}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
+    r = cli(["--grid", "smoke"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    grid = load_grid("smoke")
+    c, rs = runs(tmp_path / "mlflow.db", "smoke")
+    assert sorted(x.data.tags["grid_key"] for x in rs) == sorted(t.grid_key() for t in grid.trials)
+    for run in rs:
+        assert run.info.status == "FINISHED"
+        m, tags = run.data.metrics, run.data.tags
+        for tag in ("00", "50", "90"):
+            for name in CONTRACT:
+                assert name.format(tag) in m, name.format(tag)
+            assert m[f"sparsity_p{tag}"] == pytest.approx(int(tag) / 100, abs=1e-3)
+        assert all(s in m for s in SCALARS) and all(t in tags for t in TAGS)
+        assert ("test_acc_mc_p90" in m) == (tags["method"] == "bbb")
+        assert m["test_acc_p00"] > 0.5
+        assert [h.step for h in c.get_metric_history(run.info.run_id, "val_acc")] == [1]
+        arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"model.pt", "weights_hist.npz", "config.json"} <= arts
+        assert ("snr_hist.npz" in arts) == (tags["method"] == "bbb")
+        state = torch.load(c.download_artifacts(run.info.run_id, "model.pt", str(tmp_path)), weights_only=True)
+        assert state
+    assert "SGD" in r.stdout and "FINISHED" in r.stdout  # the summary table
+    again = cli(["--grid", "smoke"], tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert len(runs(tmp_path / "mlflow.db", "smoke")[1]) == len(rs)
+
+
+def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
+    r = cli(["--grid", "full", "--dry-run"], tmp_path)
+    assert r.returncode == 0 and "50 trials" in r.stdout and "30 invalid combinations dropped" in r.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid:\n  methd: [sgd]\n")
+    r = cli(["--grid", str(bad)], tmp_path)
+    assert r.returncode == 2 and "unknown key 'methd'" in r.stderr and "Did you mean method" in r.stderr
+    assert not (tmp_path / "ray_results").exists()
+    r = cli(["--grid", "smoke", "--cpus-per-trial", "0"], tmp_path)
+    assert r.returncode == 2 and "--cpus-per-trial=0.0 is invalid" in r.stderr
+
+
+def _resume_epochs(storage: Path) -> list[int]:
+    out = []
+    for p in storage.glob("*/resume/*/state.pt"):
+        try:
+            out.append(len(torch.load(p, weights_only=True)["history"]))
+        except Exception:  # being replaced right now
+            pass
+    return out
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
+    grid = tiny_grid(tmp_path / "g.yaml", epochs=25, seeds=[0, 1])
+    args = ["--grid", str(grid), "--experiment", "resume", "--max-concurrent", "2"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "suite.run", *args], cwd=tmp_path, env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and not any(e >= 3 for e in _resume_epochs(tmp_path / "ray_results")):
+        time.sleep(0.3)
+    assert p.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(p.pid, signal.SIGKILL)  # the driver and everything it started
+    p.wait()
+    time.sleep(2)
+    r = cli(args, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed at epoch" in r.stdout
+    c, rs = runs(tmp_path / "mlflow.db", "resume")
+    finished = [x for x in rs if x.info.status == "FINISHED"]
+    assert sorted(x.data.tags["grid_key"] for x in finished) == sorted(t.grid_key() for t in load_grid(str(grid)).trials)
+    assert not [x for x in rs if x.info.status == "RUNNING"]
+    assert [x for x in rs if x.info.status == "KILLED"], "the interrupted runs must be marked KILLED"
+    for x in finished:  # every epoch logged exactly once in the finished run
+        assert [h.step for h in c.get_metric_history(x.info.run_id, "val_acc")] == list(range(1, 26))
+    assert not list((tmp_path / "ray_results").glob("*/resume/*/state.pt"))  # cleaned up once logged
+
+
+def test_multinode_spread_and_worker_loss(tmp_path, mnist):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from suite import tracking
+    from suite.sweep import Resources, run_sweep
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # trials only on workers
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        trials = load_grid(str(tiny_grid(tmp_path / "g.yaml", epochs=30, seeds=[0, 1]))).trials
+        client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        exp_id = tracking.ensure_experiment(client, "multinode")
+        out = {}
+
+        def sweep():
+            try:
+                out["rows"] = run_sweep(trials, "multinode", client, exp_id, tmp_path / "ray", Resources(1, 0, None),
+                                        {"mnist": mnist})
+            except BaseException as e:  # surfaced by the assertion below
+                out["error"] = e
+        t = threading.Thread(target=sweep)
+        t.start()
+        deadline = time.time() + 300
+        while time.time() < deadline and t.is_alive() and sum(e >= 3 for e in _resume_epochs(tmp_path / "ray")) < 2:
+            time.sleep(0.2)
+        assert "error" not in out, out.get("error")
+        cluster.remove_node(workers[1])  # a worker machine disappears with a trial mid-way
+        t.join(600)
+        rows = out["rows"]
+        assert [r.status for r in rows] == ["FINISHED"] * len(trials)
+        rs = client.search_runs([exp_id])
+        assert len(rs) == len(trials) and all(r.info.status == "FINISHED" for r in rs)
+        assert len(set().union(*(r.nodes for r in rows))) == 2  # two 1-CPU workers ran trials side by side
+        moved = [r for r in rows if len(r.nodes) == 2]
+        assert moved and all(r.resumed_from >= 3 for r in moved)  # retried elsewhere, from its checkpoint
+        for r in rs:
+            assert [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")] == list(range(1, 31))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_cluster_yaml_validates_like_ray_up():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    root = Path(__file__).resolve().parent.parent
+    config = prepare_config(yaml.safe_load((root / "cluster.yaml").read_text()))
+    validate_config(config)
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    assert any("mlflow server" in c for c in config["head_start_ray_commands"])
+    assert any("pip install -e" in c for c in config["setup_commands"])
