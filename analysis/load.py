@@ -61,9 +61,10 @@ def load(experiment: str, tracking_uri: str) -> Experiment:
     df = pd.DataFrame(rows)
     if df.empty:
         raise AnalysisError(f"experiment {experiment!r} has no FINISHED runs yet (runs by status: {counts or 'none'}).")
-    # an accident upstream (--rerun, two drivers) must not double-count: the latest FINISHED run wins
+    # an accident upstream (--rerun, two drivers) must not double-count: the latest FINISHED run of a
+    # grid point wins. Runs of a concurrency sweep (tag `sweep`) are separate measurements by design.
     n = len(df)
-    df = df.sort_values("end_time").drop_duplicates("grid_key", keep="last").reset_index(drop=True)
+    df = df.sort_values("end_time").drop_duplicates(["grid_key", "sweep"], keep="last").reset_index(drop=True)
     return Experiment(experiment, df, counts, n - len(df), client)
 
 

@@ -58,6 +58,14 @@ def build(exp: Experiment, out: Path) -> Path:
           + f"). Seeds per cell: {seeds.min()}..{seeds.max()}"
           + (" (one seed: no spread is shown; cells say so)." if seeds.max() == 1 else ".")
           + f" Code: {', '.join(sorted(set(df.git_commit.dropna().str[:10])))}; device: {', '.join(sorted(set(df.device.dropna())))}.", ""]
+    sweeps = sorted(s for s in df.sweep.unique() if s)
+    if sweeps:
+        md += [f"This experiment holds {len(sweeps)} concurrency sweeps ({', '.join(sweeps)}) of the same grid: the tables "
+               "pool their repeated runs of each grid point; see the throughput plot.", ""]
+    clash = df.groupby(["dataset", "label", "seed"]).grid_key.nunique()
+    if not sweeps and (clash > 1).any():
+        md += ["Note: some cells pool grid points that differ in more than the seed (e.g. epochs or width); "
+               "their spread is not a seed spread.", ""]
     for ds in sorted(df.dataset.unique()):
         md.append(f"## {plots.DATASET_NAMES.get(ds, ds)}\n")
         for metric, higher in tables.LEVEL_TABLES.items():

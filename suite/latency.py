@@ -10,9 +10,13 @@ time budget so a trial's latency phase stays a few seconds.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import statistics
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -79,10 +83,33 @@ def _scipy_csr(model: MLP) -> tuple[Callable[[Tensor], Tensor], int]:
     return forward, size
 
 
+LOCK = Path(tempfile.gettempdir()) / "bayes-prune-bench-latency.lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path = LOCK):
+    """One latency phase at a time per machine (an flock shared by all processes on the node).
+    Why: trials scheduled side by side would otherwise time their forward passes while competing
+    for the same cores and memory bandwidth; taking turns keeps latency runs from disturbing each
+    other (suite.bench --isolation measures the effect). Training neighbours still run meanwhile."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @torch.no_grad()
-def measure(model: MLP, x: Tensor, tag: str) -> tuple[dict[str, float], dict[str, str]]:
+def measure(model: MLP, x: Tensor, tag: str, mc_samples: int = 0) -> tuple[dict[str, float], dict[str, str]]:
     """Latency and size metrics for one pruned model; x: [>=1000, 784] inputs on the model's device.
+    mc_samples > 0 (BBB) also times the Monte Carlo ensemble prediction (latency_mc_bB_ms_tag).
     Returns (metrics named as in DESIGN.md with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
+    with exclusive():
+        return _measure(model, x, tag, mc_samples)
+
+
+def _measure(model: MLP, x: Tensor, tag: str, mc_samples: int) -> tuple[dict[str, float], dict[str, str]]:
     model.eval()
     device = x.device
     candidates = {"torch_csr": _torch_csr}
@@ -103,5 +130,7 @@ def measure(model: MLP, x: Tensor, tag: str) -> tuple[dict[str, float], dict[str
         xb = x[:bsz]
         out[f"latency_dense_b{bsz}_ms_{tag}"] = median_ms(lambda: model(xb), device)
         out[f"latency_sparse_b{bsz}_ms_{tag}"] = best[bsz][0]
+        if mc_samples:
+            out[f"latency_mc_b{bsz}_ms_{tag}"] = median_ms(lambda: model.predict_mc(xb, mc_samples), device)
     out["size_csr_bytes_" + tag] = float(sizes[best[1000][1]])
     return out, {f"sparse_format_b{bsz}_{tag}": best[bsz][1] for bsz in BATCHES}

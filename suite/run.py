@@ -29,7 +29,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--storage-path", help="Ray results + resume states (default: <cwd>/ray_results; shared storage on clusters)")
     ap.add_argument("--dry-run", action="store_true", help="print the expanded trial table and count, train nothing")
     ap.add_argument("--rerun", action="store_true", help="train grid points that already have a FINISHED run")
+    ap.add_argument("--concurrency", default=None, metavar="K,K,...",
+                    help="sweep-scaling mode: run the whole grid once per level K (e.g. 1,2,4); on CPU at most K trials "
+                         "at once, with GPUs K trials share each GPU (gpus-per-trial 1/K); runs are tagged sweep and "
+                         "concurrency and get sweep_trials_per_hour; default experiment <grid>-concurrency")
     args = ap.parse_args(argv)
+    if args.concurrency is not None:
+        try:
+            args.concurrency = [int(k) for k in args.concurrency.split(",")]
+            assert args.concurrency and min(args.concurrency) >= 1
+        except (ValueError, AssertionError):
+            ap.error(f"--concurrency={args.concurrency!r} is invalid: use positive integers separated by commas, e.g. 1,2,4.")
     if args.cpus_per_trial is not None and args.cpus_per_trial < 1:
         ap.error(f"--cpus-per-trial={args.cpus_per_trial} is invalid: use a number >= 1.")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    experiment = args.experiment or grid.name
+    experiment = args.experiment or (f"{grid.name}-concurrency" if args.concurrency else grid.name)
 
     from . import tracking  # heavy imports only after the grid is known to be valid
     uri = args.tracking_uri or tracking.default_uri()
@@ -81,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
-    pending = grid.trials if args.rerun else [t for t in grid.trials if t.grid_key() not in finished]
+    # a concurrency sweep times the whole grid at every level, so nothing counts as already done
+    pending = grid.trials if args.rerun or args.concurrency else [t for t in grid.trials if t.grid_key() not in finished]
     print(f"grid {grid.name}: {len(grid.trials)} trials, {len(grid.trials) - len(pending)} already finished, "
           f"{len(pending)} to run -> experiment {experiment!r} at {uri}")
     if not pending:
@@ -103,17 +114,43 @@ def main(argv: list[str] | None = None) -> int:
     # whatever cluster `ray start` left registered on this machine (possibly a dead one).
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
+        if not args.concurrency:
+            rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
+        else:
+            rows = []
+            for k in args.concurrency:
+                rows += concurrency_level(k, pending, experiment, client, exp_id, storage, res, arrays)
     finally:
         ray.shutdown()
     print(f"\n{'grid_key':16} {'trial':44} {'status':8} {'acc@0':>7} {'acc@max':>7} {'wall_s':>7}")
     for r in rows:
         f = (lambda v, fmt: format(v, fmt) if v is not None else "-")
         print(f"{r.key:16} {r.name:44} {r.status:8} {f(r.acc0, '7.4f')} {f(r.acc_max, '7.4f')} {f(r.wall_s, '7.0f')}")
-    ok = all(r.status == "FINISHED" for r in rows) and len(rows) == len(pending)
-    print(f"{sum(r.status == 'FINISHED' for r in rows)}/{len(pending)} finished. "
+    expected = len(pending) * len(args.concurrency or [1])
+    ok = all(r.status == "FINISHED" for r in rows) and len(rows) == expected
+    print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. "
           f"Browse: mlflow ui --backend-store-uri {uri}")
     return 0 if ok else 1
+
+
+def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:
+    """One timed sweep of all trials with k at once (k per GPU when trials use GPUs)."""
+    import time
+
+    from .sweep import Resources, run_sweep
+    sweep = f"{time.strftime('%Y%m%d-%H%M%S')}-c{k}"
+    level = Resources(res.cpus, 1.0 / k, None) if res.gpus > 0 else Resources(res.cpus, 0.0, k)
+    print(f"--- concurrency {k}: sweep {sweep}")
+    t0 = time.perf_counter()
+    rows = run_sweep(trials, f"{experiment}-{sweep}", client, exp_id, storage, level, arrays,
+                     {"sweep": sweep, "concurrency": str(k)})
+    wall = time.perf_counter() - t0
+    per_hour = sum(r.status == "FINISHED" for r in rows) / wall * 3600
+    for r in rows:
+        client.log_metric(r.run_id, "sweep_trials_per_hour", per_hour)
+        client.log_metric(r.run_id, "sweep_wall_s", wall)
+    print(f"--- concurrency {k}: {len(rows)} trials in {wall:.0f} s = {per_hour:.1f} trials/hour")
+    return rows
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class Row:
     key: str
     name: str
     status: str
+    run_id: str
     acc0: float | None = None
     acc_max: float | None = None
     wall_s: float | None = None
@@ -111,21 +112,27 @@ class SweepCallback(tune.Callback):
                  experiment: str):
         self.client, self.exp_id, self.tags = client, exp_id, tags
         self.storage, self.experiment = storage, experiment
-        self.total_epochs = sum(t.epochs for t in trials)
+        self.todo = {t.grid_key(): (t.method, t.epochs) for t in trials}   # grid_key -> (method, epochs)
+        self.done_epochs: dict[str, int] = {}                            # grid_key -> epochs trained
+        self.epoch_s: dict[str, list[float]] = {}                        # method -> epoch times seen
         self.n = len(trials)
         self.runs: dict[str, str] = {}      # Tune trial_id -> MLflow run_id
         self.logged: dict[str, int] = {}    # run_id -> last epoch logged
         self.final: dict[str, dict] = {}    # trial_id -> final result
         self.rows: dict[str, Row] = {}
-        self.epochs_done = 0
-        self.t0 = time.time()
+
+    def _eta(self) -> float:
+        """Seconds left: each unfinished trial's remaining epochs at its method's mean epoch time
+        (BBB epochs cost several SGD epochs), spread over the trials running now."""
+        seen = [t for ts in self.epoch_s.values() for t in ts]
+        left = sum((epochs - self.done_epochs.get(key, 0)) * sum(self.epoch_s.get(method, seen)) /
+                   len(self.epoch_s.get(method, seen)) for key, (method, epochs) in self.todo.items())
+        return left / max(1, sum(r.status == "RUNNING" for r in self.rows.values()))
 
     def _say(self, msg: str) -> None:
         done = sum(r.status == "FINISHED" for r in self.rows.values())
         failed = sum(r.status == "FAILED" for r in self.rows.values())
-        rate = self.epochs_done / max(time.time() - self.t0, 1e-9)
-        eta = (self.total_epochs - self.epochs_done) / rate if rate > 0 else float("nan")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(self._eta())) if self.epoch_s else "--:--:--"
         print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -136,7 +143,7 @@ class SweepCallback(tune.Callback):
         run_id = tracking.start_run(self.client, self.exp_id, cfg, self.tags)
         self.runs[trial.trial_id] = run_id
         name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{cfg.grid_key()[:8]}]"
-        self.rows[trial.trial_id] = Row(cfg.grid_key(), name, "RUNNING")
+        self.rows[trial.trial_id] = Row(cfg.grid_key(), name, "RUNNING", run_id)
         self._say(f"{name} started ({cfg.epochs} epochs)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -148,8 +155,8 @@ class SweepCallback(tune.Callback):
         new = [h for h in result["history"] if h["epoch"] > self.logged.get(run_id, 0)]
         if new:
             tracking.log_epochs(self.client, run_id, new)
-            self.logged[run_id] = new[-1]["epoch"]
-            self.epochs_done += len(new)
+            self.logged[run_id] = self.done_epochs[row.key] = new[-1]["epoch"]
+            self.epoch_s.setdefault(self.todo[row.key][0], []).extend(h["epoch_time_s"] for h in new)
         if "final_metrics" in result:
             self.final[trial.trial_id] = result
         elif new:
@@ -190,9 +197,10 @@ class Resources:
 
 
 def run_sweep(trials: list[TrialConfig], experiment: str, client, exp_id: str, storage: Path,
-              res: Resources, arrays: dict[str, Arrays]) -> list[Row]:
-    """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows."""
-    tags = tracking.repro_tags()
+              res: Resources, arrays: dict[str, Arrays], extra_tags: dict[str, str] | None = None) -> list[Row]:
+    """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows.
+    `experiment` names the Ray run and the resume-state folder; extra_tags go on every MLflow run."""
+    tags = {**tracking.repro_tags(), **(extra_tags or {})}
     cb = SweepCallback(client, exp_id, tags, trials, storage, experiment)
     param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
                    "resume_root": str(resume_dir(storage, experiment, ""))}

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from .config import TrialConfig
 from .trial import write_artifacts
 
-EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "epoch_time_s")
+EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "step_time_ms", "epoch_time_s")
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 

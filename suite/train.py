@@ -46,7 +46,8 @@ def evaluate_acc(model: MLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000
 def train(model: MLP, opt: torch.optim.Optimizer, data: Splits, cfg: TrialConfig,
           history: list[dict], on_epoch: EpochCallback | None = None) -> list[dict]:
     """Train from epoch len(history)+1 to cfg.epochs, appending one log dict per epoch:
-    epoch, train_loss, train_nll, train_kl (bbb only), val_acc, epoch_time_s."""
+    epoch, train_loss, train_nll, train_kl (bbb only), val_acc, step_time_ms (mean training step,
+    data order included), epoch_time_s (steps + validation)."""
     n = len(data.y_train)
     weights = kl_weights((n + cfg.batch_size - 1) // cfg.batch_size, cfg.kl_weighting)
     for epoch in range(len(history) + 1, cfg.epochs + 1):
@@ -63,9 +64,10 @@ def train(model: MLP, opt: torch.optim.Optimizer, data: Splits, cfg: TrialConfig
             loss.backward()
             opt.step()
             sums += torch.stack([loss.detach(), nll.detach(), kl.detach() if kl is not None else loss.new_zeros(())])
-        loss_m, nll_m, kl_m = (sums / len(weights)).tolist()
+        loss_m, nll_m, kl_m = (sums / len(weights)).tolist()  # .tolist() syncs the device: steps are done
+        step_ms = 1000 * (time.perf_counter() - t0) / len(weights)
         log = {"epoch": epoch, "train_loss": loss_m, "train_nll": nll_m,
-               "val_acc": evaluate_acc(model, data.x_val, data.y_val)}
+               "val_acc": evaluate_acc(model, data.x_val, data.y_val), "step_time_ms": step_ms}
         if cfg.method == "bbb":
             log["train_kl"] = kl_m
         log["epoch_time_s"] = time.perf_counter() - t0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from . import latency, metrics, prune
 from .config import FIELDS, ConfigError, TrialConfig, field_docs, from_dict
 from .data import Arrays, load_arrays, make_splits
 from .models import BayesMLP, MLP, build_model
-from .train import fit_epochs, make_optimizer, train
+from .train import epoch_seed, fit_epochs, make_optimizer, train
 
 # on_epoch(log, state): state() returns what a checkpoint needs to resume this trial exactly
 # (live references: serialise or copy them before the next epoch).
@@ -58,6 +60,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this trial: CUDA bytes allocated on the device; on CPU the process's peak RSS
+    (a Ray trial runs in its own process; includes the dataset copy and the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def level_tag(p: float) -> str:
     """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100."""
     return f"p{round(p * 100):02d}"
@@ -84,6 +94,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
 
     train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
     out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "n_params": float(model.n_params),
+           "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
            **fit_epochs(history, cfg.resolved_fit_target)}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     m, i, artifacts = evaluate_pruned(model, cfg, data.x_test, data.y_test)
@@ -92,6 +103,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     # total = setup + training + evaluation; epochs trained before a resume count with their own times
     resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
     out["total_wall_s"] = time.perf_counter() - t_start + resumed
+    out["peak_mem_mb"] = peak_memory_mb(device)
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 
 
@@ -99,13 +111,15 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
 def evaluate_pruned(model: MLP, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor):
     """The pruning sweep: for each level, prune a fresh copy and measure accuracy, NLL, ECE,
     sparsity (as the forward pass sees it), latency and size. Returns (metrics, info, artifacts)."""
-    torch.manual_seed(cfg.seed)  # Monte Carlo predictions do not depend on how training used the RNG
     model.eval()
     allowed = prune.prunable(model, cfg.prune_biases)
     score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
     out, info, thresholds = {}, {"pruner": cfg.resolved_pruner}, []
-    for p in cfg.sparsities:
+    for i, p in enumerate(cfg.sparsities):
         tag = level_tag(p)
+        # reseed per level: the Monte Carlo predictions depend neither on how training used the RNG
+        # nor on how many timed repetitions the previous level's latency phase happened to run
+        torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
         keep, thr = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
         thresholds.append(thr)
         m = prune.pruned_copy(model, keep).eval()
@@ -114,7 +128,7 @@ def evaluate_pruned(model: MLP, cfg: TrialConfig, x: torch.Tensor, y: torch.Tens
         out[f"sparsity_{tag}"] = prune.measured_sparsity(m, x[:100], cfg.prune_biases)
         if isinstance(m, BayesMLP):
             out[f"test_acc_mc_{tag}"] = metrics.accuracy(m.predict_mc(x, cfg.test_samples), y)
-        lat, lat_info = latency.measure(m, x, tag)
+        lat, lat_info = latency.measure(m, x, tag, cfg.test_samples if isinstance(m, BayesMLP) else 0)
         out.update(lat)
         info.update(lat_info)
     weights = torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])

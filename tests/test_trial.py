@@ -8,7 +8,7 @@ import pytest
 from suite.config import TrialConfig
 from suite.trial import run_trial
 
-TIMING = ("latency_", "_wall_s", "epoch_time_s")
+TIMING = ("latency_", "_wall_s", "epoch_time_s", "step_time_ms", "peak_mem_mb")
 
 
 def tiny(**kw):
@@ -19,7 +19,7 @@ def tiny(**kw):
 
 def numbers(result):
     m = {k: v for k, v in result.metrics.items() if not any(t in k for t in TIMING)}
-    h = [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in result.history]
+    h = [{k: v for k, v in e.items() if k not in TIMING} for e in result.history]
     return m, h
 
 
@@ -69,6 +69,10 @@ def test_cli_writes_every_contract_metric(tmp_path):
         for name in CONTRACT + ["test_acc_mc_p{}"]:
             assert name.format(tag) in m, name.format(tag)
         assert m[f"sparsity_p{tag}"] == pytest.approx(int(tag) / 100, abs=1e-4)
-    for name in ("train_wall_s", "total_wall_s", "epochs_to_99pct_best", "weight_std", "n_params"):
+    for tag in ("00", "50", "90"):
+        assert f"latency_mc_b1000_ms_p{tag}" in m
+    for name in ("train_wall_s", "total_wall_s", "epochs_to_99pct_best", "weight_std", "n_params", "step_time_ms",
+                 "peak_mem_mb"):
         assert name in m
-    assert set(res["history"][0]) == {"epoch", "train_loss", "train_nll", "train_kl", "val_acc", "epoch_time_s"}
+    assert set(res["history"][0]) == {"epoch", "train_loss", "train_nll", "train_kl", "val_acc", "step_time_ms",
+                                      "epoch_time_s"}
