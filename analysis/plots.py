@@ -40,36 +40,33 @@ def _datasets(df: pd.DataFrame) -> list[str]:
     return sorted(df.dataset.unique())
 
 
-def accuracy_vs_sparsity(exp: Experiment, out: Path) -> list[Path]:
-    """The headline: test accuracy vs pruned fraction, one line per method, band = ±1 std over seeds."""
+def _vs_sparsity(exp: Experiment, out: Path, metric: str, ylabel: str, what: str, stem: str) -> list[Path]:
+    """One line per method of a per-level metric vs the pruned fraction; band = ±1 std over seeds."""
     df, paths = exp.runs, []
     pal = palette(df.label)
     for ds in _datasets(df):
-        long = by_level(df[df.dataset == ds], "test_acc")
+        long = by_level(df[df.dataset == ds], metric)
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        sns.lineplot(long, x="sparsity", y="test_acc", hue="label", hue_order=method_order(long.label), palette=pal,
+        sns.lineplot(long, x="sparsity", y=metric, hue="label", hue_order=method_order(long.label), palette=pal,
                      errorbar="sd", marker="o", ax=ax)
-        ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
-        ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: test accuracy after pruning (no fine-tuning)",
-               xlabel="fraction of weights pruned", ylabel="test accuracy", ylim=(0, 1.02))
+        if metric == "test_acc":
+            ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+            ax.set_ylim(0, 1.02)
+        ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: {what}", xlabel="fraction of weights pruned", ylabel=ylabel)
         ax.legend(title="method (band: ±1 std over seeds)")
-        paths.append(_save(fig, out / f"accuracy_vs_sparsity_{ds}.png"))
+        paths.append(_save(fig, out / f"{stem}_{ds}.png"))
     return paths
+
+
+def accuracy_vs_sparsity(exp: Experiment, out: Path) -> list[Path]:
+    """The headline plot."""
+    return _vs_sparsity(exp, out, "test_acc", "test accuracy", "test accuracy after pruning (no fine-tuning)",
+                        "accuracy_vs_sparsity")
 
 
 def calibration(exp: Experiment, out: Path) -> list[Path]:
-    df, paths = exp.runs, []
-    pal = palette(df.label)
-    for ds in _datasets(df):
-        long = by_level(df[df.dataset == ds], "test_ece")
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        sns.lineplot(long, x="sparsity", y="test_ece", hue="label", hue_order=method_order(long.label), palette=pal,
-                     errorbar="sd", marker="o", ax=ax)
-        ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: calibration after pruning",
-               xlabel="fraction of weights pruned", ylabel="expected calibration error (15 bins)")
-        ax.legend(title="method")
-        paths.append(_save(fig, out / f"ece_vs_sparsity_{ds}.png"))
-    return paths
+    return _vs_sparsity(exp, out, "test_ece", "expected calibration error (15 bins)", "calibration after pruning",
+                        "ece_vs_sparsity")
 
 
 def training_curves(exp: Experiment, out: Path, hist: pd.DataFrame) -> list[Path]:
@@ -125,6 +122,8 @@ def snr_distribution(exp: Experiment, out: Path) -> list[Path]:
         counts = sum(a["counts"] for a in arrays).astype(float)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.stairs(counts / counts.sum(), edges, fill=True, color=_BASE["BBB"], alpha=0.5, label="BBB weights")
+        used = np.nonzero(counts)[0]
+        ax.set_xlim(edges[used[0]] - 5, edges[used[-1] + 1] + 5)
         thr = np.nanmean(np.stack([a["thresholds_db"] for a in arrays]), axis=0)
         for p, t in zip(arrays[0]["sparsities"], thr):
             if p > 0 and np.isfinite(t):

@@ -208,6 +208,36 @@ def inference(x) -> dict[str, float]:
     return {**{k: v for k, v in m.items() if k.startswith("latency")}, **{k: v for k, v in info.items()}}
 
 
+def _latency_worker(locked: bool, barrier, queue) -> None:
+    """One 'trial' timing a 90 %-pruned model with 1 thread, as a cpus-per-trial=1 trial would."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(TrialConfig(method="sgd")).eval()
+    keep, _ = prune.keep_mask(prune.scores(model, "magnitude", 0), prune.prunable(model, False), 0.9, "global", model)
+    pruned, x = prune.pruned_copy(model, keep), torch.rand(1000, 784)
+    barrier.wait()  # both start their latency phase at the same moment
+    with torch.no_grad():
+        m, _ = (latency.measure if locked else latency._measure)(pruned, x, "p90", 0)
+    queue.put({k: v for k, v in m.items() if k.startswith("latency")})
+
+
+def isolation() -> dict[str, dict[str, float]]:
+    """Latency measured alone, by two concurrent trials without the node lock, and with it."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = {}
+    for name, n, locked in (("alone", 1, True), ("2 at once, no lock", 2, False), ("2 at once, node lock", 2, True)):
+        barrier, queue = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_latency_worker, args=(locked, barrier, queue)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        results = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        out[name] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m suite.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
@@ -216,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--data-dir", default=None, help="dataset cache (default: $BPB_DATA_DIR or ~/.cache/bayes-prune-bench)")
     ap.add_argument("--json", default="bench_results/bench.json", help="where to write the results")
+    ap.add_argument("--isolation", action="store_true",
+                    help="also measure whether concurrent trials' latency phases disturb each other (with/without the node lock)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,11 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     for bsz in latency.BATCHES:
         print(f"{'batch ' + str(bsz):44} {inf[f'latency_dense_b{bsz}_ms_p90']:9.3f} "
               f"{inf[f'latency_sparse_b{bsz}_ms_p90']:10.3f} {inf[f'sparse_format_b{bsz}_p90']:>10}")
+    iso = isolation() if args.isolation else {}
+    if iso:
+        keys = list(iso["alone"])
+        print(f"\n{'latency isolation (1 thread per trial), median ms':50} " + " ".join(f"{k[8:-7]:>12}" for k in keys))
+        for name, m in iso.items():
+            print(f"{name:50} " + " ".join(f"{m[k]:12.3f}" for k in keys))
     ours_bbb = steps[f"ours BBB ({s} sample)"]
     blitz = steps.get(f"BLiTZ BBB ({s} sample)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"train_ms_per_step": steps, "inference_p90": inf, "threads": torch.get_num_threads(),
+    out.write_text(json.dumps({"train_ms_per_step": steps, "inference_p90": inf, "latency_isolation": iso,
+                               "threads": torch.get_num_threads(),
                                "samples": s, "torch": torch.__version__, "not_measured": missing}, indent=1))
     print(f"\nwrote {out}")
     ratios = [f"ours BBB / ours SGD = {ours_bbb / base:.2f}",

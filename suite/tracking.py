@@ -29,7 +29,8 @@ def default_uri() -> str:
 
 
 def connect(uri: str) -> MlflowClient:
-    mlflow.set_tracking_uri(uri)
+    """A client bound to `uri`. Deliberately not mlflow.set_tracking_uri: that also exports
+    MLFLOW_TRACKING_URI to every child process, which would silently redirect their default store."""
     return MlflowClient(uri)
 
 

@@ -21,8 +21,13 @@ SCALARS = ["train_wall_s", "total_wall_s", "epochs_to_99pct_best", "weight_std",
 TAGS = ["grid_key", "method", "dataset", "dropout", "seed", "git_commit", "device", "suite_version"]
 
 
+def clean_env():
+    """The CLI's defaults must come from its cwd, not from a store another test exported."""
+    return {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def cli(args, cwd, timeout=600):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = clean_env()
     return subprocess.run([sys.executable, "-m", "suite.run", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -95,7 +100,7 @@ def _resume_epochs(storage: Path) -> list[int]:
 def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=25, seeds=[0, 1])
     args = ["--grid", str(grid), "--experiment", "resume", "--max-concurrent", "2"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = clean_env()
     p = subprocess.Popen([sys.executable, "-m", "suite.run", *args], cwd=tmp_path, env=env, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
