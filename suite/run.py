@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError, load_arrays
     from .sweep import Resources, run_sweep  # sets Ray's environment defaults before ray is imported
     import ray
-    exp_id = tracking.ensure_experiment(client, experiment)
+    try:
+        exp_id = tracking.ensure_experiment(client, experiment)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
