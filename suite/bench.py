@@ -240,7 +240,7 @@ def isolation() -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m suite.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     ap.add_argument("--steps", type=int, default=15, help="timed steps per contender per round (default 15)")
     ap.add_argument("--samples", type=int, default=1, help="BBB weight samples per step, the same for every BBB (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
