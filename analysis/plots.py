@@ -124,8 +124,9 @@ def snr_distribution(exp: Experiment, out: Path) -> list[Path]:
         ax.stairs(counts / counts.sum(), edges, fill=True, color=_BASE["BBB"], alpha=0.5, label="BBB weights")
         used = np.nonzero(counts)[0]
         ax.set_xlim(edges[used[0]] - 5, edges[used[-1] + 1] + 5)
-        thr = np.nanmean(np.stack([a["thresholds_db"] for a in arrays]), axis=0)
-        for p, t in zip(arrays[0]["sparsities"], thr):
+        thr = np.stack([a["thresholds_db"] for a in arrays])  # [runs, levels]; NaN where nothing was pruned
+        for p, col in zip(arrays[0]["sparsities"], thr.T):
+            t = float(np.mean(col[np.isfinite(col)])) if np.isfinite(col).any() else float("nan")
             if p > 0 and np.isfinite(t):
                 ax.axvline(t, color="black", ls="--", lw=1)
                 ax.text(t, ax.get_ylim()[1] * 0.9, f" {p:.0%}", rotation=90, va="top", fontsize=8)
@@ -144,18 +145,19 @@ def prior(exp: Experiment, out: Path) -> list[Path]:
         return []
     p = client.get_run(bbb.run_id.iloc[0]).data.params
     pi, s1, s2 = float(p["prior_pi"]), float(p["prior_sigma1"]), float(p["prior_sigma2"])
-    w = np.linspace(-3 * s1, 3 * s1, 4001)
-    w = np.union1d(w, np.linspace(-6 * s2, 6 * s2, 801))
-    n1 = np.exp(-w ** 2 / (2 * s1 ** 2)) / (s1 * math.sqrt(2 * math.pi))
-    n2 = np.exp(-w ** 2 / (2 * s2 ** 2)) / (s2 * math.sqrt(2 * math.pi))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(w, pi * n1 + (1 - pi) * n2, color="black", lw=2, label=f"mixture (pi = {pi:g})")
-    ax.plot(w, pi * n1, ls="--", label=f"pi N(0, {s1:.3g}^2)")
-    ax.plot(w, (1 - pi) * n2, ls=":", label=f"(1 - pi) N(0, {s2:.3g}^2)")
-    ax.set_yscale("log")
-    ax.set(title="Scale-mixture prior on every BBB weight", xlabel="weight value", ylabel="density (log scale)",
-           ylim=(1e-3, None))
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, half in ((axes[0], 3 * max(s1, s2)), (axes[1], 6 * min(s1, s2))):
+        w = np.linspace(-half, half, 2001)
+        n1 = np.exp(-w ** 2 / (2 * s1 ** 2)) / (s1 * math.sqrt(2 * math.pi))
+        n2 = np.exp(-w ** 2 / (2 * s2 ** 2)) / (s2 * math.sqrt(2 * math.pi))
+        mix = pi * n1 + (1 - pi) * n2
+        ax.plot(w, mix, color="black", lw=2, label=f"mixture (pi = {pi:g})")
+        ax.plot(w, pi * n1, ls="--", label=f"pi N(0, {s1:.3g}^2)")
+        ax.plot(w, (1 - pi) * n2, ls=":", label=f"(1 - pi) N(0, {s2:.3g}^2)")
+        ax.set_yscale("log")
+        ax.set(xlabel="weight value", ylabel="density (log scale)", ylim=(1e-3, 3 * mix.max()),
+               title=f"Scale-mixture prior, |w| < {half:.3g}")
+        ax.legend(loc="lower center")
     return [_save(fig, out / "prior.png")]
 
 
@@ -188,6 +190,7 @@ def latency_plot(exp: Experiment, out: Path) -> list[Path]:
         return []
     g = sns.relplot(d, x="sparsity", y="ms", hue="kind", col="batch", kind="line", errorbar="sd", marker="o",
                     facet_kws={"sharey": False}, height=4, aspect=1.3)
+    g.set_titles(col_template="{col_name}")
     g.set_axis_labels("fraction of weights pruned", "inference latency (ms, median)")
     g.figure.suptitle("Inference latency of the pruned networks: dense vs CSR weights (all methods)", y=1.03)
     g.legend.set_title("weights")

@@ -92,7 +92,7 @@ def load_reference(name: str) -> pd.DataFrame:
 
 
 def reference_source(name: str) -> str:
-    return (REFERENCE_DIR / f"{name}.csv").read_text().splitlines()[0].lstrip("# ").strip()
+    return (REFERENCE_DIR / f"{name}.csv").read_text().splitlines()[0].lstrip("# ").removeprefix("source:").strip()
 
 
 def reference_table(df: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
