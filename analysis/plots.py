@@ -207,12 +207,17 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
     if widths.nunique() > 1:
         df["width"] = widths
         df["time_per_epoch_s"] = df.train_wall_s / df.epochs
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        sns.lineplot(df, x="width", y="time_per_epoch_s", hue="label", hue_order=method_order(df.label),
-                     palette=palette(df.label), marker="o", errorbar="sd", ax=ax)
-        ax.set(xscale="log", yscale="log", title="Training cost vs width (two hidden layers)",
-               xlabel="hidden units per layer", ylabel="seconds per epoch")
-        ax.legend(title="method")
+        panels = [("time_per_epoch_s", "seconds per epoch (incl. validation, compile)"),
+                  ("step_time_ms", "ms per training step (median)"), ("peak_mem_mb", "peak memory added by training (MB)"),
+                  ("n_params", "weights + biases")]
+        panels = [(c, lab) for c, lab in panels if c in df and df[c].notna().any()]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+        for ax, (col, ylabel) in zip(axes[0], panels):
+            sns.lineplot(df, x="width", y=col, hue="label", hue_order=method_order(df.label),
+                         palette=palette(df.label), marker="o", errorbar="sd", ax=ax)
+            ax.set(xscale="log", yscale="log", xlabel="hidden units per layer (two layers)", ylabel=ylabel,
+                   title=ylabel.split(" (")[0].capitalize() + " vs width")
+            ax.legend(title="method")
         paths.append(_save(fig, out / "scaling_width.png"))
     sw = df[df.concurrency.notna() & (df.sweep != "")] if "concurrency" in df else df.iloc[:0]
     if not sw.empty:

@@ -76,7 +76,7 @@ def cost_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
         row = {}
         for col, name, digits in COST_METRICS:
             if col not in g or g[col].isna().all():
-                row[name] = "-"
+                row[name] = f"never (0/{len(g)} fitted)" if col == "epochs_to_fit" else "-"
                 continue
             v = g[col].dropna()
             row[name] = cell(v.mean(), v.std(), len(v), digits)

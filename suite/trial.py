@@ -60,12 +60,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this trial: CUDA bytes allocated on the device; on CPU the process's peak RSS
-    (a Ray trial runs in its own process; includes the dataset copy and the interpreter)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e6
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class PeakMemory:
+    """Peak memory that training adds, in MB. CUDA: the allocator's peak. CPU (Linux): the process's
+    high-water RSS (VmHWM, reset through /proc/self/clear_refs at the start) minus the RSS before
+    training, so the interpreter, torch and the dataset copy do not drown the model's own memory.
+    Elsewhere: the process's peak RSS (ru_maxrss), baseline included."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.base = device, 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        elif self._proc("VmRSS") is not None:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = self._proc("VmRSS")
+
+    @staticmethod
+    def _proc(field: str) -> float | None:
+        try:
+            lines = Path("/proc/self/status").read_text().splitlines()
+        except OSError:
+            return None
+        return next((int(ln.split()[1]) / 1024 for ln in lines if ln.startswith(field + ":")), None)  # kB
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 1e6
+        hwm = self._proc("VmHWM")
+        return hwm - self.base if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def level_tag(p: float) -> str:
@@ -92,8 +113,10 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}
 
+    memory = PeakMemory(device)
     train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
     out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "n_params": float(model.n_params),
+           "peak_mem_mb": memory.peak_mb(),
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
            **fit_epochs(history, cfg.resolved_fit_target)}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
@@ -103,7 +126,6 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     # total = setup + training + evaluation; epochs trained before a resume count with their own times
     resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
     out["total_wall_s"] = time.perf_counter() - t_start + resumed
-    out["peak_mem_mb"] = peak_memory_mb(device)
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 
 
