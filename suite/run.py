@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
     # a concurrency sweep times the whole grid at every level, so nothing counts as already done
     pending = grid.trials if args.rerun or args.concurrency else [t for t in grid.trials if t.grid_key() not in finished]
-    print(f"grid {grid.name}: {len(grid.trials)} trials, {len(grid.trials) - len(pending)} already finished, "
-          f"{len(pending)} to run -> experiment {experiment!r} at {uri}")
+    done = sum(t.grid_key() in finished for t in grid.trials)
+    print(f"grid {grid.name}: {len(grid.trials)} trials, {done} already finished, {len(pending)} to run"
+          f"{' (--rerun)' if args.rerun else ''} -> experiment {experiment!r} at {uri}")
     if not pending:
         print("nothing to do")
         return 0
