@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
     # a concurrency sweep times the whole grid at every level, so nothing counts as already done
     pending = grid.trials if args.rerun or args.concurrency else [t for t in grid.trials if t.grid_key() not in finished]
+    # seed-major order: an interrupted sweep already holds every method's result for the first seeds
+    pending = sorted(pending, key=lambda t: t.seed)
     done = sum(t.grid_key() in finished for t in grid.trials)
     print(f"grid {grid.name}: {len(grid.trials)} trials, {done} already finished, {len(pending)} to run"
           f"{' (--rerun)' if args.rerun else ''} -> experiment {experiment!r} at {uri}")
