@@ -22,6 +22,7 @@ TITLES = {"test_acc": "Test accuracy (posterior mean for BBB)", "test_acc_mc": "
 
 
 def default_uri() -> str:
+    """The same default as suite.run's (analysis reads MLflow only and imports nothing from suite/)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
