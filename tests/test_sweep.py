@@ -85,6 +85,20 @@ def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
     assert not (tmp_path / "ray_results").exists()
     r = cli(["--grid", "smoke", "--cpus-per-trial", "0"], tmp_path)
     assert r.returncode == 2 and "--cpus-per-trial=0.0 is invalid" in r.stderr
+    r = cli(["--grid", "smoke", "--concurrency", "1,x"], tmp_path)
+    assert r.returncode == 2 and "--concurrency='1,x' is invalid" in r.stderr
+
+
+def test_concurrency_mode_times_the_grid_at_each_level(tmp_path, mnist):
+    grid = tiny_grid(tmp_path / "g.yaml", epochs=1, seeds=[0])
+    r = cli(["--grid", str(grid), "--concurrency", "1,2"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c, rs = runs(tmp_path / "mlflow.db", "g-concurrency")
+    assert len(rs) == 4 and all(x.info.status == "FINISHED" for x in rs)  # 2 trials x 2 levels
+    assert sorted(x.data.tags["concurrency"] for x in rs) == ["1", "1", "2", "2"]
+    assert len({x.data.tags["sweep"] for x in rs}) == 2
+    for x in rs:
+        assert x.data.metrics["sweep_trials_per_hour"] > 0 and x.data.metrics["sweep_wall_s"] > 0
 
 
 def _resume_epochs(storage: Path) -> list[int]:
