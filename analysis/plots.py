@@ -219,7 +219,9 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
                    title=ylabel.split(" (")[0].capitalize() + " vs width")
             ax.legend(title="method")
         paths.append(_save(fig, out / "scaling_width.png"))
-    sw = df[df.concurrency.notna() & (df.sweep != "")] if "concurrency" in df else df.iloc[:0]
+    # a sweep interrupted before its level finished has no throughput yet: it is left out
+    sw = df[df.concurrency.notna() & (df.sweep != "")] if "sweep_trials_per_hour" in df else df.iloc[:0]
+    sw = sw[sw.sweep_trials_per_hour.notna()] if not sw.empty else sw
     if not sw.empty:
         agg = []
         for (sweep, conc), g in sw.groupby(["sweep", "concurrency"]):

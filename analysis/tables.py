@@ -34,7 +34,7 @@ def level_table(df: pd.DataFrame, metric: str, dataset: str) -> tuple[pd.DataFra
         return pd.DataFrame(), pd.DataFrame()
     means = s.pivot(index="label", columns="sparsity", values="mean")
     cells = s.assign(cell=[cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]) \
-        .pivot(index="label", columns="sparsity", values="cell")
+        .pivot(index="label", columns="sparsity", values="cell").fillna("-")  # a level some methods lack
     order = method_order(means.index)
     cols = sorted(means.columns)
     names = [f"{round(c * 100)} %" for c in cols]

@@ -166,6 +166,10 @@ def validate(c: TrialConfig) -> None:
             _fail(name, getattr(c, name), "a number > 0")
     if not 0.0 < c.prior_pi < 1.0:
         _fail("prior_pi", c.prior_pi, "a weight in (0, 1)")
+    if not c.prior_sigma2 < c.prior_sigma1:
+        _fail("prior_sigma2", c.prior_sigma2, f"a std below prior_sigma1={c.prior_sigma1} (sigma2 is the narrow component)")
+    if not 0 <= c.seed < 2 ** 31:
+        _fail("seed", c.seed, "an integer in [0, 2^31)")
     if not c.sparsities or any(not 0.0 <= p <= 1.0 for p in c.sparsities):
         _fail("sparsities", list(c.sparsities), "a non-empty list of fractions in [0, 1]")
     if len({round(p * 100) for p in c.sparsities}) != len(c.sparsities):
@@ -268,10 +272,17 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
     options from the CLI); bbb x dropout > 0 is dropped and counted; anything else invalid fails.
     """
     path = grid_path(name_or_path)
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(spec, dict) or set(spec) - {"fixed", "grid", "description"}:
-        raise ConfigError(f"{path}: top-level keys must be 'description', 'fixed' and 'grid', got {sorted(spec)}.")
+        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise ConfigError(f"{path}: top-level keys must be 'description', 'fixed' and 'grid', got {got}.")
     fixed, axes = spec.get("fixed") or {}, spec.get("grid") or {}
+    for name, part in (("fixed", fixed), ("grid", axes)):
+        if not isinstance(part, dict):
+            raise ConfigError(f"{path.name}: '{name}' must be a mapping of TrialConfig keys, got {type(part).__name__}.")
     check_keys(fixed, f"{path.name}: fixed")
     check_keys(axes, f"{path.name}: grid")
     for k, v in axes.items():
@@ -281,7 +292,7 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
     names = list(axes)
     for values in itertools.product(*(axes[k] for k in names)):
         point = {**fixed, **dict(zip(names, values)), **(overrides or {})}
-        if point.get("method") == "bbb" and float(point.get("dropout", 0) or 0) > 0:
+        if point.get("method") == "bbb" and _coerce("dropout", point.get("dropout", 0.0)) > 0:
             dropped.append(point)
             continue
         trials.append(from_dict(point, where=f"{path.name} point {dict(zip(names, values))}"))

@@ -36,7 +36,8 @@ def scores(model: MLP, kind: str, seed: int) -> Tensor:
 def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: MLP) -> tuple[Tensor, float]:
     """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
     fraction of every weight matrix / bias vector (layer), lowest score first.
-    Also returns the score threshold (largest pruned score; -inf if none) for the plots."""
+    Also returns the score threshold (largest pruned score; -inf if none; NaN for layer scope, where
+    every layer has its own) for the plots."""
     keep = torch.ones_like(allowed)
     groups = [allowed.nonzero().squeeze(1)] if scope == "global" else [
         torch.arange(s.start, s.end) for s in model.layout if allowed[s.start]]
@@ -45,10 +46,10 @@ def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model
         k = round(sparsity * len(idx))
         if k == 0:
             continue
-        low = torch.topk(score[idx], k, largest=False).indices  # exactly k, ties broken by index
+        low = torch.topk(score[idx], k, largest=False).indices  # exactly k, even with tied scores
         keep[idx[low]] = False
         threshold = max(threshold, float(score[idx[low]].max()))
-    return keep, threshold
+    return keep, threshold if scope == "global" else float("nan")
 
 
 def pruned_copy(model: MLP, keep: Tensor) -> MLP:

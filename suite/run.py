@@ -6,6 +6,7 @@ FINISHED run are skipped (--rerun trains them again), unfinished ones resume fro
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(grid, finished))
         return 0
 
-    import torch
-
     from .data import DataError, load_arrays
-    from .sweep import Resources, run_sweep  # sets Ray's environment defaults before ray is imported
+    from .sweep import Resources, resume_dir, run_sweep  # sets Ray's environment defaults before ray is imported
+    from .trial import check_compiler
     import ray
     try:
         exp_id = tracking.ensure_experiment(client, experiment)
@@ -105,22 +105,34 @@ def main(argv: list[str] | None = None) -> int:
     if not pending:
         print("nothing to do")
         return 0
-    if any(t.device == "cuda" for t in pending) and not torch.cuda.is_available() and not args.address:
-        print("error: device=cuda but this machine has no CUDA GPU: use --device auto/cpu or --address a GPU cluster.",
-              file=sys.stderr)
-        return 2
     try:  # fail before Ray starts if a dataset cannot be had; loaded once, shared via the object store
+        if not args.address:  # on a cluster the workers' compilers matter, not the driver's
+            for t in pending:
+                check_compiler(t)
         arrays = {d: load_arrays(d, args.data_dir) for d in sorted({t.dataset for t in pending})}
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     storage = Path(args.storage_path or "ray_results").resolve()
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if torch.cuda.is_available() else 0.0)
-    res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
+    if args.rerun:  # a rerun trains from scratch, not from a leftover resume state
+        for t in pending:
+            shutil.rmtree(resume_dir(storage, experiment, t.grid_key()), ignore_errors=True)
     # address="local" always starts a fresh local instance: a bare ray.init() would silently attach to
     # whatever cluster `ray start` left registered on this machine (possibly a dead one).
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
+        # GPUs are counted on the cluster, not on the driver (a cluster's head usually has none)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
+        if gpus and not cluster_gpus:
+            print("error: --gpus-per-trial > 0 but the Ray cluster has no GPU (trials would wait forever).",
+                  file=sys.stderr)
+            return 2
+        if not gpus and any(t.device == "cuda" for t in pending):
+            print("error: device=cuda but trials get no GPU: pass --gpus-per-trial > 0 or use --device auto/cpu.",
+                  file=sys.stderr)
+            return 2
+        res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
         if not args.concurrency:
             rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
         else:
@@ -129,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows += concurrency_level(k, pending, experiment, client, exp_id, storage, res, arrays)
     finally:
         ray.shutdown()
-    print(f"\n{'grid_key':16} {'trial':44} {'status':8} {'acc@0':>7} {'acc@max':>7} {'wall_s':>7}")
+    print(f"\n{'grid_key':16} {'trial':44} {'status':8} {'acc@min%':>8} {'acc@max%':>8} {'wall_s':>7}")
     for r in rows:
         f = (lambda v, fmt: format(v, fmt) if v is not None else "-")
-        print(f"{r.key:16} {r.name:44} {r.status:8} {f(r.acc0, '7.4f')} {f(r.acc_max, '7.4f')} {f(r.wall_s, '7.0f')}")
+        print(f"{r.key:16} {r.name:44} {r.status:8} {f(r.acc0, '8.4f')} {f(r.acc_max, '8.4f')} {f(r.wall_s, '7.0f')}")
     expected = len(pending) * len(args.concurrency or [1])
     ok = all(r.status == "FINISHED" for r in rows) and len(rows) == expected
     print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. "

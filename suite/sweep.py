@@ -46,7 +46,8 @@ def resume_dir(storage: str | Path, experiment: str, key: str) -> Path:
 
 
 def _load_state(path: Path) -> dict | None:
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    # map to CPU: a state saved on a GPU node must load on any node; run_trial moves it to its device
+    return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
 
 
 def _latest_state(rdir: Path) -> dict | None:
@@ -172,11 +173,14 @@ class SweepCallback(tune.Callback):
         shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
         m = res["final_metrics"]
         levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
-        row.status, row.acc0, row.wall_s = "FINISHED", m.get("test_acc_p00"), m["total_wall_s"]
-        row.acc_max = m[f"test_acc_{level_tag(levels[-1] / 100)}"]
-        self._say(f"{row.name} finished: acc {row.acc0:.4f} -> {row.acc_max:.4f} in {row.wall_s:.0f}s")
+        row.status, row.wall_s = "FINISHED", m["total_wall_s"]
+        row.acc0, row.acc_max = m[f"test_acc_{level_tag(levels[0] / 100)}"], m[f"test_acc_{level_tag(levels[-1] / 100)}"]
+        self._say(f"{row.name} finished: acc {row.acc0:.4f} (p{levels[0]:02d}) -> {row.acc_max:.4f} "
+                  f"(p{levels[-1]:02d}) in {row.wall_s:.0f}s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.runs:  # failed before it ever started (e.g. its worker died)
+            self.on_trial_start(iteration, trials, trial)
         self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
         self.rows[trial.trial_id].status = "FAILED"
         self._say(f"{self.rows[trial.trial_id].name} FAILED (see {trial.local_path or trial.path})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -19,7 +20,7 @@ import torch
 
 from . import latency, metrics, prune
 from .config import FIELDS, ConfigError, TrialConfig, field_docs, from_dict
-from .data import Arrays, load_arrays, make_splits
+from .data import Arrays, DataError, load_arrays, make_splits
 from .models import BayesMLP, MLP, build_model
 from .train import epoch_seed, fit_epochs, make_optimizer, train
 
@@ -52,6 +53,14 @@ def write_artifacts(r: TrialResult, out: Path) -> None:
     for name, arrays in r.artifacts.items():
         np.savez(out / name, **arrays)
     (out / "config.json").write_text(json.dumps(r.config.to_dict(), indent=1))
+
+
+def check_compiler(cfg: TrialConfig) -> None:
+    """compile=true on CPU needs a C++ compiler for torch.compile's generated code: fail up front."""
+    if cfg.method == "bbb" and cfg.compile and resolve_device(cfg.device).type == "cpu" and not (
+            shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        raise ConfigError("compile=true needs a C++ compiler on CPU (none on PATH): install g++ or clang++, "
+                          "or pass --compile false (same numbers, slower BBB steps).")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,6 +107,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
               resume: dict | None = None) -> TrialResult:
     """Train, prune at every level of cfg.sparsities (each on a fresh copy), evaluate; pure in cfg."""
     t_start = time.perf_counter()
+    check_compiler(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = make_splits(arrays or load_arrays(cfg.dataset, cfg.data_dir or None),
@@ -147,7 +157,9 @@ def evaluate_pruned(model: MLP, cfg: TrialConfig, x: torch.Tensor, y: torch.Tens
         m = prune.pruned_copy(model, keep).eval()
         for k, v in metrics.classification(m.predict(x), y).items():
             out[f"test_{k}_{tag}"] = v
-        out[f"sparsity_{tag}"] = prune.measured_sparsity(m, x[:100], cfg.prune_biases)
+        # BBB: measured on a *sampled* forward, zero only if both mu and sigma of a pruned weight are 0
+        sample = m.sample() if isinstance(m, BayesMLP) else None
+        out[f"sparsity_{tag}"] = prune.measured_sparsity(m, x[:100], cfg.prune_biases, sample)
         if isinstance(m, BayesMLP):
             out[f"test_acc_mc_{tag}"] = metrics.accuracy(m.predict_mc(x, cfg.test_samples), y)
         lat, lat_info = latency.measure(m, x, tag, cfg.test_samples if isinstance(m, BayesMLP) else 0)
@@ -198,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     json_path, threads = args.pop("json"), args.pop("threads")
     try:
         cfg = from_dict({k: v for k, v in args.items() if v is not None}, where="command line")
+        resolve_device(cfg.device)
+        check_compiler(cfg)
     except ConfigError as e:
         ap.error(str(e))
+    if threads is not None and threads < 1:
+        ap.error(f"--threads={threads} is invalid: use an integer >= 1.")
+    if json_path and not Path(json_path).resolve().parent.is_dir():
+        ap.error(f"--json {json_path}: the folder {Path(json_path).resolve().parent} does not exist.")
     if threads:
         torch.set_num_threads(threads)
 
@@ -207,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         kl = f" kl {log['train_kl']:.4f}" if "train_kl" in log else ""
         print(f"epoch {log['epoch']:3d}/{cfg.epochs}  loss {log['train_loss']:.4f} nll {log['train_nll']:.4f}{kl}"
               f"  val_acc {log['val_acc']:.4f}  {log['epoch_time_s']:.1f}s", flush=True)
-    result = run_trial(cfg, progress)
+    try:
+        result = run_trial(cfg, progress)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(summary(result))
     if json_path:
         with open(json_path, "w") as f:

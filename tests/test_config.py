@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from suite.config import ConfigError, TrialConfig, from_dict, load_grid
 
@@ -20,6 +21,8 @@ from suite.config import ConfigError, TrialConfig, from_dict, load_grid
     ({"dataset": "cifar"}, "dataset='cifar' is invalid: allowed mnist \\| fmnist"),
     ({"pruner": "snr"}, "pruner='snr' is invalid"),
     ({"val_size": 60000}, "val_size=60000 is invalid"),
+    ({"prior_sigma1": 0.0025, "prior_sigma2": 1.0}, "prior_sigma2=1.0 is invalid: allowed a std below prior_sigma1"),
+    ({"seed": 2 ** 40}, "seed=1099511627776 is invalid"),
 ])
 def test_invalid_values_name_the_field(bad, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -40,6 +43,17 @@ def test_cli_rejects_bad_value_before_training():
     assert "dropout=0.5 is invalid" in r.stderr and "epoch" not in r.stdout
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--json", "/no/such/dir/out.json"], "/no/such/dir does not exist"),
+    (["--threads", "0"], "--threads=0 is invalid"),
+    # on a GPU machine --device cuda is valid, so this case only exists where there is none
+    *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU is visible")]),
+])
+def test_cli_rejects_bad_runtime_options_before_training(args, needle):
+    r = subprocess.run([sys.executable, "-m", "suite.trial", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and needle in r.stderr and "epoch" not in r.stdout
+
+
 def test_grid_expansion_counts_and_drops_bbb_with_dropout(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("fixed: {epochs: 1}\ngrid:\n  method: [sgd, bbb]\n  dropout: [0, 0.5]\n  seed: [0, 1, 2]\n")
@@ -54,6 +68,9 @@ def test_grid_expansion_counts_and_drops_bbb_with_dropout(tmp_path):
     ("fixed: {lr: -1}\n", "lr=-1.0 is invalid"),
     ("grid:\n  seed: 3\n", "grid axis 'seed' must be a non-empty list"),
     ("fixd: {}\n", "top-level keys"),
+    ("grid: {method: [sgd\n", "not valid YAML"),
+    ("grid:\n  - method\n", "'grid' must be a mapping"),
+    ("grid:\n  method: [bbb]\n  dropout: [abc]\n", "dropout='abc' has the wrong type"),
 ])
 def test_bad_grids_fail_with_the_key(tmp_path, text, needle):
     p = tmp_path / "bad.yaml"
