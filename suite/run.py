@@ -6,6 +6,7 @@ FINISHED run are skipped (--rerun trains them again), unfinished ones resume fro
 from __future__ import annotations
 
 import argparse
+import fcntl
 import shutil
 import sys
 from pathlib import Path
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    storage = Path(args.storage_path or "ray_results").resolve()
+    lock = driver_lock(storage / experiment)
+    if lock is None:
+        print(f"error: another suite.run is already driving experiment {experiment!r} from {storage}: wait for it, "
+              "or stop it (Ctrl-C) and run this command again to resume.", file=sys.stderr)
+        return 2
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
@@ -113,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    storage = Path(args.storage_path or "ray_results").resolve()
     if args.rerun:  # a rerun trains from scratch, not from a leftover resume state
         for t in pending:
             shutil.rmtree(resume_dir(storage, experiment, t.grid_key()), ignore_errors=True)
@@ -150,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. "
           f"Browse: mlflow ui --backend-store-uri {uri}")
     return 0 if ok else 1
+
+
+def driver_lock(folder: Path):
+    """Hold an exclusive lock on <storage>/<experiment>/.driver.lock for this process's lifetime, or
+    return None if another driver holds it. Why: a second driver would mark the first one's RUNNING
+    runs KILLED and train the same grid points twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".driver.lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f  # released when the process exits
 
 
 def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:

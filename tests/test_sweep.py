@@ -89,6 +89,17 @@ def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
     assert r.returncode == 2 and "--concurrency='1,x' is invalid" in r.stderr
 
 
+def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
+    from suite.run import driver_lock
+    held = driver_lock(tmp_path / "ray_results" / "smoke")
+    assert held is not None
+    r = cli(["--grid", "smoke"], tmp_path)
+    assert r.returncode == 2 and "another suite.run is already driving experiment 'smoke'" in r.stderr
+    c, rs = runs(tmp_path / "mlflow.db", "smoke")
+    assert rs == []  # refused before it touched any run
+    held.close()
+
+
 def test_concurrency_mode_times_the_grid_at_each_level(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=1, seeds=[0])
     r = cli(["--grid", str(grid), "--concurrency", "1,2"], tmp_path)
