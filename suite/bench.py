@@ -238,6 +238,56 @@ def isolation() -> dict[str, dict[str, float]]:
     return out
 
 
+class StackedMLP(nn.Module):
+    """S independent 784-500-500-10 MLPs as one model: weights [S, out, in], batches [S, B, 784],
+    baddbmm per layer. Adam is elementwise, so one Adam over the stacks equals S separate ones.
+    Prototype for the 'several seeds per trial' question; measured here, not used by trials."""
+
+    def __init__(self, seeds: int, bayes: bool):
+        super().__init__()
+        sizes = [784, 500, 500, 10]
+        self.bayes = bayes
+        shapes = [(seeds, o, i) for i, o in zip(sizes[:-1], sizes[1:])] + [(seeds, o) for o in sizes[1:]]
+        self.mu = nn.ParameterList([nn.Parameter(torch.empty(s).uniform_(-0.05, 0.05)) for s in shapes])
+        self.rho = nn.ParameterList([nn.Parameter(torch.full(s, -4.5)) for s in shapes]) if bayes else None
+
+    def loss(self, x, y):  # x [S, B, 784], y [S, B]
+        from .models import Prior, kl_kernels, sample_and_kl, weight_noise_key
+        kl = 0.0
+        ws = list(self.mu)
+        if self.bayes:  # the suite's own fused sample+KL over all S x P weights at once
+            mu = torch.cat([p.flatten() for p in self.mu])
+            rho = torch.cat([p.flatten() for p in self.rho])
+            eps = kl_kernels(True)[2](mu.numel(), weight_noise_key(mu.device))
+            w, kl = sample_and_kl(mu, rho, eps, Prior(*PRIOR), True)
+            ws = [v.view(p.shape) for v, p in zip(w.split([p.numel() for p in self.mu]), self.mu)]
+        h = x
+        for i in range(3):
+            h = torch.baddbmm(ws[3 + i][:, None, :], h, ws[i].transpose(1, 2))
+            h = F.relu(h) if i < 2 else h
+        nll = F.cross_entropy(h.reshape(-1, 10), y.reshape(-1)) * len(x)  # sum over seeds of each seed's mean
+        return nll + kl / 60000
+
+
+def batched_seeds(x, y, counts=(1, 2, 4, 8), rounds: int = 5, steps: int = 10) -> dict[str, float]:
+    """ms per seed-step of S seeds trained as one stacked model vs the suite's single-seed step."""
+    contenders = {}
+    for bayes in (False, True):
+        for s in counts:
+            model = StackedMLP(s, bayes)
+            opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+
+            def step(model=model, opt=opt, s=s):
+                idx = torch.randint(0, len(y), (s, B))
+                loss = model.loss(x[idx], y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            contenders[f"{'BBB' if bayes else 'SGD'} x{s}"] = step
+    ms = race(contenders, rounds, steps, warmup=5)
+    return {k: v / int(k.split("x")[1]) for k, v in ms.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m suite.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
@@ -246,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--data-dir", default=None, help="dataset cache (default: $BPB_DATA_DIR or ~/.cache/bayes-prune-bench)")
     ap.add_argument("--json", default="bench_results/bench.json", help="where to write the results")
+    ap.add_argument("--batched-seeds", action="store_true",
+                    help="also time S seeds trained as one stacked model (S = 1, 2, 4, 8), per seed-step")
     ap.add_argument("--isolation", action="store_true",
                     help="also measure whether concurrent trials' latency phases disturb each other (with/without the node lock)")
     args = ap.parse_args(argv)
@@ -285,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     for bsz in latency.BATCHES:
         print(f"{'batch ' + str(bsz):44} {inf[f'latency_dense_b{bsz}_ms_p90']:9.3f} "
               f"{inf[f'latency_sparse_b{bsz}_ms_p90']:10.3f} {inf[f'sparse_format_b{bsz}_p90']:>10}")
+    stacked = batched_seeds(x, y) if args.batched_seeds else {}
+    if stacked:
+        print(f"\n{'several seeds as one stacked model':44} {'ms/seed-step':>12}")
+        for name, ms in stacked.items():
+            print(f"{name:44} {ms:12.2f}")
     iso = isolation() if args.isolation else {}
     if iso:
         keys = list(iso["alone"])
@@ -296,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"train_ms_per_step": steps, "inference_p90": inf, "latency_isolation": iso,
+                               "batched_seeds_ms_per_seed_step": stacked,
                                "threads": torch.get_num_threads(),
                                "samples": s, "torch": torch.__version__, "not_measured": missing}, indent=1))
     print(f"\nwrote {out}")
