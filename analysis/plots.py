@@ -118,8 +118,10 @@ def snr_distribution(exp: Experiment, out: Path) -> list[Path]:
         arrays = [a for a in (npz_artifact(exp, r, "snr_hist.npz") for r in d.run_id) if a is not None]
         if not arrays:
             continue
+        # runs with another sparsity list cannot share the threshold lines; they still add to the histogram
         edges = arrays[0]["edges_db"]
         counts = sum(a["counts"] for a in arrays).astype(float)
+        arrays = [a for a in arrays if np.array_equal(a["sparsities"], arrays[0]["sparsities"])]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.stairs(counts / counts.sum(), edges, fill=True, color=_BASE["BBB"], alpha=0.5, label="BBB weights")
         used = np.nonzero(counts)[0]
@@ -143,8 +145,10 @@ def prior(exp: Experiment, out: Path) -> list[Path]:
     bbb = exp.runs[exp.runs.method == "bbb"]
     if bbb.empty:
         return []
-    p = client.get_run(bbb.run_id.iloc[0]).data.params
-    pi, s1, s2 = float(p["prior_pi"]), float(p["prior_sigma1"]), float(p["prior_sigma2"])
+    priors = sorted({tuple(float(client.get_run(r).data.params[k]) for k in ("prior_pi", "prior_sigma1", "prior_sigma2"))
+                     for r in bbb.run_id})
+    pi, s1, s2 = priors[0]
+    note = f" (1st of {len(priors)} priors in this experiment)" if len(priors) > 1 else ""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, half in ((axes[0], 3 * max(s1, s2)), (axes[1], 6 * min(s1, s2))):
         w = np.linspace(-half, half, 2001)
@@ -156,7 +160,7 @@ def prior(exp: Experiment, out: Path) -> list[Path]:
         ax.plot(w, (1 - pi) * n2, ls=":", label=f"(1 - pi) N(0, {s2:.3g}^2)")
         ax.set_yscale("log")
         ax.set(xlabel="weight value", ylabel="density (log scale)", ylim=(1e-3, 3 * mix.max()),
-               title=f"Scale-mixture prior, |w| < {half:.3g}")
+               title=f"Scale-mixture prior, |w| < {half:.3g}{note}")
         ax.legend(loc="lower center")
     return [_save(fig, out / "prior.png")]
 
