@@ -199,6 +199,7 @@ _KERNELS = {False: (_kl_forward, _kl_backward, philox_normal)}
 
 
 def kl_kernels(compiled: bool):
+    """(KL forward, KL backward, weight noise): eager, or compiled once per process on first use."""
     if compiled not in _KERNELS:
         _KERNELS[True] = tuple(torch.compile(f, dynamic=None) for f in _KERNELS[False])
     return _KERNELS[compiled]
