@@ -119,6 +119,7 @@ class SweepCallback(tune.Callback):
         self.done_epochs: dict[str, int] = {}                            # grid_key -> epochs trained
         self.epoch_s: dict[str, list[float]] = {}                        # method -> epoch times seen
         self.n = len(trials)
+        self.peak_running = 0
         self.runs: dict[str, str] = {}      # Tune trial_id -> MLflow run_id
         self.logged: dict[str, int] = {}    # run_id -> last epoch logged
         self.final: dict[str, dict] = {}    # trial_id -> final result
@@ -126,11 +127,13 @@ class SweepCallback(tune.Callback):
 
     def _eta(self) -> float:
         """Seconds left: each unfinished trial's remaining epochs at its method's mean epoch time
-        (BBB epochs cost several SGD epochs), spread over the trials running now."""
+        (BBB epochs cost several SGD epochs), spread over as many trials as have run side by side."""
         seen = [t for ts in self.epoch_s.values() for t in ts]
         left = sum((epochs - self.done_epochs.get(key, 0)) * sum(self.epoch_s.get(method, seen)) /
                    len(self.epoch_s.get(method, seen)) for key, (method, epochs) in self.todo.items())
-        return left / max(1, sum(r.status == "RUNNING" for r in self.rows.values()))
+        running = sum(r.status == "RUNNING" for r in self.rows.values())
+        self.peak_running = max(self.peak_running, running)  # not 'now': a trial just ended, the next not yet started
+        return left / max(1, self.peak_running)
 
     def _say(self, msg: str) -> None:
         done = sum(r.status == "FINISHED" for r in self.rows.values())
