@@ -113,7 +113,7 @@ def finish_run(client: MlflowClient, run_id: str, metrics: dict[str, float], inf
 
 
 def log_result_locally(client: MlflowClient, exp_id: str, result, tags: dict[str, str]) -> str:
-    """Log an in-process TrialResult as one finished run (used by tests and the bench, not the sweep)."""
+    """Log an in-process TrialResult as one finished run (the analysis tests build real stores with it)."""
     run_id = start_run(client, exp_id, result.config, tags)
     log_epochs(client, run_id, result.history)
     with tempfile.TemporaryDirectory() as d:
