@@ -9,6 +9,7 @@ import argparse
 import fcntl
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, Grid, load_grid
@@ -174,8 +175,6 @@ def driver_lock(folder: Path):
 
 def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:
     """One timed sweep of all trials with k at once (k per GPU when trials use GPUs)."""
-    import time
-
     from .sweep import Resources, run_sweep
     sweep = f"{time.strftime('%Y%m%d-%H%M%S')}-c{k}"
     level = Resources(res.cpus, 1.0 / k, None) if res.gpus > 0 else Resources(res.cpus, 0.0, k)

@@ -76,12 +76,15 @@ class PeakMemory:
     Elsewhere: the process's peak RSS (ru_maxrss), baseline included."""
 
     def __init__(self, device: torch.device):
-        self.device, self.base = device, 0.0
+        self.device, self.base = device, None  # base: RSS (MB) at a successful high-water reset
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        elif self._proc("VmRSS") is not None:
+            return
+        try:  # some kernels and containers refuse the reset: then fall back to ru_maxrss
             Path("/proc/self/clear_refs").write_text("5")
             self.base = self._proc("VmRSS")
+        except OSError:
+            pass
 
     @staticmethod
     def _proc(field: str) -> float | None:
@@ -94,7 +97,7 @@ class PeakMemory:
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 1e6
-        hwm = self._proc("VmHWM")
+        hwm = self._proc("VmHWM") if self.base is not None else None
         return hwm - self.base if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
