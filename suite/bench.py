@@ -252,7 +252,7 @@ class StackedMLP(nn.Module):
         self.rho = nn.ParameterList([nn.Parameter(torch.full(s, -4.5)) for s in shapes]) if bayes else None
 
     def loss(self, x, y):  # x [S, B, 784], y [S, B]
-        from .models import Prior, kl_kernels, sample_and_kl, weight_noise_key
+        from .kernels import Prior, kl_kernels, sample_and_kl, weight_noise_key
         kl = 0.0
         ws = list(self.mu)
         if self.bayes:  # the suite's own fused sample+KL over all S x P weights at once

@@ -120,6 +120,15 @@ class TrialConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+    def run_name(self) -> str:
+        """MLflow run name: label, dataset, seed and the start of the grid_key."""
+        return f"{self.label().replace(' ', '')}-{self.dataset}-s{self.seed}-{self.grid_key()[:6]}"
+
+    def run_tags(self) -> dict[str, str]:
+        """Identity tags of the trial's MLflow run (analysis/ reads labels, order and colours from them)."""
+        return {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
+                "dropout": str(self.dropout), "seed": str(self.seed), "label": self.label()}
+
     def label(self) -> str:
         """Human name of the method as the study tables use it (SGD, Dropout p, BBB)."""
         if self.method == "bbb":

@@ -82,10 +82,7 @@ def repro_tags() -> dict[str, str]:
 
 def start_run(client: MlflowClient, exp_id: str, cfg: TrialConfig, tags: dict[str, str]) -> str:
     """A RUNNING run with the grid_key tag, identity tags and every TrialConfig field as a param."""
-    name = f"{cfg.label().replace(' ', '')}-{cfg.dataset}-s{cfg.seed}-{cfg.grid_key()[:6]}"
-    all_tags = {"grid_key": cfg.grid_key(), "method": cfg.method, "dataset": cfg.dataset, "dropout": str(cfg.dropout),
-                "seed": str(cfg.seed), "label": cfg.label(), **tags}
-    run = client.create_run(exp_id, run_name=name, tags=all_tags)
+    run = client.create_run(exp_id, run_name=cfg.run_name(), tags={**cfg.run_tags(), **tags})
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in cfg.to_dict().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
