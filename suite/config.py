@@ -7,24 +7,26 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import inspect
 import difflib
+import inspect
 import hashlib
 import itertools
 import json
 import math
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-METHODS = ("sgd", "bbb")
+from . import methods
+from .methods import METHODS, Params
+
 DATASETS = ("mnist", "fmnist")
 OPTIMIZERS = ("adam", "sgd")
-KL_WEIGHTINGS = ("blundell", "uniform")
 PRUNE_SCOPES = ("global", "layer")
-PRUNERS = ("auto", "magnitude", "snr", "random")
+PROTOCOLS = ("oneshot", "finetune", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIME_FIELDS = ("compile", "device", "data_dir")
 # Chosen so every reasonable method reaches them within 50 epochs (MNIST MLPs plateau near 98 %,
@@ -32,19 +34,33 @@ RUNTIME_FIELDS = ("compile", "device", "data_dir")
 FIT_TARGETS = {"mnist": 0.97, "fmnist": 0.87}
 GRID_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
+# The grid-key rule (ARCHITECTURE.md, "Grid keys"). Every key released before methods became plug-ins
+# hashed exactly these fields with these defaults; they stay in every key, with the method's value
+# where the method has the field and this frozen default where it does not. Any field added later
+# enters the key only when its value differs from its own (frozen) default. So adding a field or a
+# method never changes an existing key, and changing anything that affects the numbers always does.
+V1_KEY_DEFAULTS = {
+    "method": "sgd", "dropout": 0.0, "dataset": "mnist", "seed": 0, "epochs": 50, "batch_size": 100,
+    "lr": 1e-4, "optimizer": "adam", "hidden": [500, 500], "input_dropout": True, "train_samples": 1,
+    "test_samples": 10, "prior_pi": 0.5, "prior_sigma1": 1.0, "prior_sigma2": math.exp(-6),
+    "kl_weighting": "blundell", "sparsities": [0.0, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99], "prune_scope": "global",
+    "prune_biases": False, "pruner": "auto", "val_size": 10000, "train_subset": 0, "fit_target": None}
+
 
 class ConfigError(ValueError):
     """A config value or grid file is invalid; the message names the field and what is allowed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrialConfig:
-    """One grid point: method, data, optimisation, Bayesian prior, pruning and runtime options."""
+    """One grid point: the fields every method shares, plus the method's own settings (`params`).
+
+    Built from flat keys, as in YAML and on the command line: TrialConfig(method="bbb", prior_pi=0.25)
+    routes prior_pi to BBB's params; a setting of another method is an error naming its owner.
+    Method settings read as attributes too (cfg.prior_pi is cfg.params.prior_pi)."""
 
     method: str = "sgd"
-    """Training method: sgd (deterministic MLP, with dropout if dropout > 0) or bbb (Bayes by Backprop)."""
-    dropout: float = 0.0
-    """Dropout probability on hidden layers (and on the input if input_dropout); 0 disables it."""
+    """Training method: sgd (deterministic MLP, with dropout if dropout > 0), bbb (Bayes by Backprop), or any registered method."""
     dataset: str = "mnist"
     """Dataset: mnist or fmnist (Fashion-MNIST)."""
     seed: int = 0
@@ -56,23 +72,19 @@ class TrialConfig:
     lr: float = 1e-4
     """Learning rate."""
     optimizer: str = "adam"
-    """Optimizer: adam or sgd (plain, no momentum)."""
+    """Optimizer: adam or sgd (with momentum if momentum > 0)."""
+    momentum: float = 0.0
+    """Momentum of optimizer=sgd (Blundell et al. 2015 used SGD with momentum); must be 0 for adam."""
+    weight_decay: float = 0.0
+    """L2 penalty coefficient added to the gradient (Han et al. 2015 trained with L2 regularisation)."""
+    lr_decay_start: int = 0
+    """0 = constant learning rate; k >= 1: linear decay from epoch k towards 0 at the end (Molchanov et al. 2017's recipe)."""
     hidden: tuple[int, ...] = (500, 500)
     """Hidden layer widths; the network is 784-hidden...-10."""
-    input_dropout: bool = True
-    """Also apply dropout to the input pixels (the original study did)."""
     train_samples: int = 1
-    """BBB: Monte Carlo weight samples per training step."""
+    """Monte Carlo weight samples per training step (stochastic-weight methods such as BBB; others ignore it)."""
     test_samples: int = 10
-    """BBB: weight samples in the Monte Carlo ensemble prediction (test_acc_mc)."""
-    prior_pi: float = 0.5
-    """BBB scale-mixture prior: weight of the wide component (Blundell et al. 2015, eq. 7)."""
-    prior_sigma1: float = 1.0
-    """BBB prior: std of the wide component (e^0)."""
-    prior_sigma2: float = math.exp(-6)
-    """BBB prior: std of the narrow component (e^-6)."""
-    kl_weighting: str = "blundell"
-    """KL weight per minibatch i of M: blundell (2^(M-i)/(2^M-1), Blundell eq. 9) or uniform (1/M)."""
+    """Weight samples in the Monte Carlo ensemble prediction (test_*_mc metrics) of methods that have one."""
     sparsities: tuple[float, ...] = (0.0, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
     """Pruning levels evaluated after training (fraction of prunable weights set to zero)."""
     prune_scope: str = "global"
@@ -80,7 +92,13 @@ class TrialConfig:
     prune_biases: bool = False
     """Also prune biases (counted in the sparsity denominator)."""
     pruner: str = "auto"
-    """Importance score: auto (snr for bbb, magnitude otherwise), magnitude (|w| or |mu|), snr, random."""
+    """Importance score: auto (the method's first score: snr for bbb, magnitude for sgd), a score the method offers, or random."""
+    protocol: str = "oneshot"
+    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat)."""
+    finetune_epochs: int = 0
+    """Fine-tuning epochs per level with protocol=finetune (>= 1 there, 0 otherwise)."""
+    finetune_lr: float | None = None
+    """Learning rate of fine-tuning (constant); None = lr."""
     val_size: int = 10000
     """Validation examples held out of the 60k training set; 0 validates on the test set (as the study did)."""
     train_subset: int = 0
@@ -88,63 +106,143 @@ class TrialConfig:
     fit_target: float | None = None
     """Validation accuracy that counts as fitted for epochs_to_fit; None = per-dataset default."""
     compile: bool = True
-    """Runtime: fuse BBB's per-weight sample+KL passes with torch.compile (needs a C++ compiler on CPU); off = eager, same maths. Not part of the grid_key."""
+    """Runtime: fuse stochastic methods' per-weight passes with torch.compile (needs a C++ compiler on CPU); off = eager, same maths. Not part of the grid_key."""
     device: str = "auto"
     """Runtime: auto (cuda if available), cpu or cuda. Not part of the grid_key."""
     data_dir: str = ""
     """Runtime: dataset cache directory ('' = $BPB_DATA_DIR or ~/.cache/bayes-prune-bench). Not part of the grid_key."""
+    params: Params = field(default_factory=Params)
+    """The method's own settings (its Params dataclass), given as flat keys."""
 
-    def __post_init__(self) -> None:
-        for name in ("hidden", "sparsities"):  # accept lists from Python callers; keep the config hashable
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+    def __init__(self, **flat):
+        method = flat.get("method", "sgd")
+        if isinstance(method, str) and method not in METHODS:
+            _fail("method", method, " | ".join(METHODS))
+        cls = METHODS.get(method, METHODS["sgd"])
+        given = flat.pop("params", None)
+        own = {k: flat.pop(k) for k in list(flat) if k in PARAM_FIELDS[method]}
+        for k in flat:
+            if k not in FIELDS:
+                owners = [m for m, names in PARAM_FIELDS.items() if k in names]
+                if owners:
+                    raise ConfigError(f"{k} is a setting of method {' / '.join(owners)}, not of method={method!r}: "
+                                      f"remove it or use --method {owners[0]}.")
+                check_keys([k], "config")
+        for f in dataclasses.fields(self):
+            if f.name != "params":
+                v = flat.get(f.name, f.default)
+                object.__setattr__(self, f.name, _coerce(f.name, v, _HINTS[f.name]) if f.name in flat else v)
+        if given is not None and not own:
+            params = given
+        else:
+            hints = typing.get_type_hints(cls.Params)
+            params = cls.Params(**{k: _coerce(k, v, hints[k]) for k, v in own.items()})
+        object.__setattr__(self, "params", params)
         validate(self)
+
+    def __getattr__(self, name: str):
+        # only reached for names that are not TrialConfig fields: the method's own settings
+        params = self.__dict__.get("params")
+        if params is not None and name in PARAM_FIELDS.get(self.__dict__.get("method"), ()):
+            return getattr(params, name)
+        raise AttributeError(f"TrialConfig of method {self.__dict__.get('method')!r} has no setting {name!r}")
+
+    @property
+    def method_cls(self):
+        return METHODS[self.method]
 
     @property
     def resolved_pruner(self) -> str:
-        """The importance score actually used (auto resolved per method)."""
-        if self.pruner != "auto":
-            return self.pruner
-        return "snr" if self.method == "bbb" else "magnitude"
+        """The importance score actually used (auto = the method's first score)."""
+        return self.method_cls.scores[0] if self.pruner == "auto" else self.pruner
 
     @property
     def resolved_fit_target(self) -> float:
         return FIT_TARGETS[self.dataset] if self.fit_target is None else self.fit_target
 
+    @property
+    def total_epochs(self) -> int:
+        """Training epochs plus every level's fine-tuning epochs (for progress and ETA)."""
+        levels = sum(p > 0 for p in self.sparsities) if self.protocol == "finetune" else 0
+        return self.epochs + levels * self.finetune_epochs
+
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"], d["sparsities"] = list(self.hidden), list(self.sparsities)
-        return d
+        """Flat plain data: the common fields and the method's settings (YAML / CLI / MLflow params)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        d.update({f.name: getattr(self.params, f.name) for f in dataclasses.fields(self.params)})
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def replace(self, **changes) -> "TrialConfig":
+        """A copy with some flat keys changed (validated like any config)."""
+        return TrialConfig(**{**self.to_dict(), **changes})
 
     def grid_key(self) -> str:
-        """Stable short hash of everything that determines the trial's numbers."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """Stable short hash of everything that determines the trial's numbers (rule: V1_KEY_DEFAULTS)."""
+        flat = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        d = {k: flat.get(k, v) for k, v in V1_KEY_DEFAULTS.items()}
+        d.update({k: v for k, v in flat.items() if k not in V1_KEY_DEFAULTS and v != DEFAULTS[self.method][k]})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        """Human name of the configuration (SGD, Dropout p, BBB, ...; '+ fine-tune' for that protocol)."""
+        base = self.method_cls.label(self)
+        return f"{base} + fine-tune" if self.protocol == "finetune" else base
 
     def run_name(self) -> str:
         """MLflow run name: label, dataset, seed and the start of the grid_key."""
         return f"{self.label().replace(' ', '')}-{self.dataset}-s{self.seed}-{self.grid_key()[:6]}"
 
     def run_tags(self) -> dict[str, str]:
-        """Identity tags of the trial's MLflow run (analysis/ reads labels, order and colours from them)."""
-        return {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
-                "dropout": str(self.dropout), "seed": str(self.seed), "label": self.label()}
-
-    def label(self) -> str:
-        """Human name of the method as the study tables use it (SGD, Dropout p, BBB)."""
-        if self.method == "bbb":
-            return "BBB"
-        return f"Dropout {self.dropout:g}" if self.dropout > 0 else "SGD"
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+        """Identity tags of the trial's MLflow run; analysis/ reads labels, order, colours and the
+        comparison baseline from them (it imports nothing from suite/)."""
+        cls, ft = self.method_cls, self.protocol == "finetune"
+        tags = {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
+                "dropout": str(getattr(self.params, "dropout", 0.0)), "seed": str(self.seed), "label": self.label(),
+                "protocol": self.protocol, "label_order": f"{cls.label_order(self) + (0.5 if ft else 0):g}",
+                "color": FINETUNE_COLOR if ft and cls.is_baseline(self) else cls.label_color(self)}
+        if cls.is_baseline(self) and self.protocol == "oneshot":
+            tags["baseline"] = "true"
+        return tags
 
 
-def field_docs() -> dict[str, str]:
-    """The one-line docstring under each TrialConfig field (for --help and the README)."""
-    body = ast.parse(inspect.getsource(TrialConfig)).body[0].body
-    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
-_HINTS = typing.get_type_hints(TrialConfig)
+FINETUNE_COLOR = "#17becf"
+FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig) if f.name != "params"}
+_HINTS = {**typing.get_type_hints(TrialConfig)}
+PARAM_FIELDS = {name: {f.name for f in dataclasses.fields(cls.Params)} for name, cls in METHODS.items()}
+
+
+def _defaults(cls) -> dict:
+    """Every flat field's default for a method, as plain data (for the grid-key rule)."""
+    d = {f.name: f.default for f in FIELDS.values()}
+    d.update({f.name: f.default for f in dataclasses.fields(cls.Params)})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+DEFAULTS = {name: _defaults(cls) for name, cls in METHODS.items()}
+
+
+def refresh_registry() -> None:
+    """Re-read the registry after a method was registered at run time (e.g. in a test or a plug-in)."""
+    PARAM_FIELDS.update({name: {f.name for f in dataclasses.fields(cls.Params)} for name, cls in METHODS.items()})
+    DEFAULTS.update({name: _defaults(cls) for name, cls in METHODS.items()})
+
+
+def field_docs(cls=None) -> dict[str, str]:
+    """The one-line docstring under each field of a dataclass (default: TrialConfig and every
+    registered method's Params), for --help and the README."""
+    if cls is None:
+        out = field_docs(TrialConfig)
+        for m in METHODS.values():
+            out.update({k: v for k, v in field_docs(m.Params).items() if k not in out})
+        return out
+    out = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        out.update({a.target.id: b.value.value for a, b in zip(body, body[1:])
+                    if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)})
+    return out
 
 
 def _fail(name: str, value, allowed: str) -> typing.NoReturn:
@@ -152,31 +250,38 @@ def _fail(name: str, value, allowed: str) -> typing.NoReturn:
 
 
 def validate(c: TrialConfig) -> None:
-    """Range and choice checks; types were coerced by from_dict. Raises ConfigError naming the field."""
-    choices = {"method": METHODS, "dataset": DATASETS, "optimizer": OPTIMIZERS, "kl_weighting": KL_WEIGHTINGS,
-               "prune_scope": PRUNE_SCOPES, "pruner": PRUNERS, "device": DEVICES}
+    """Range and choice checks; types were coerced already. Raises ConfigError naming the field."""
+    cls = c.method_cls
+    choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "prune_scope": PRUNE_SCOPES, "protocol": PROTOCOLS,
+               "device": DEVICES, "pruner": ("auto", *cls.scores, "random")}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
-            _fail(name, getattr(c, name), " | ".join(allowed))
-    if not 0.0 <= c.dropout < 1.0:
-        _fail("dropout", c.dropout, "a probability in [0, 1)")
-    if c.method == "bbb" and c.dropout > 0:
-        _fail("dropout", c.dropout, "0 with method=bbb (Bayes by Backprop is trained without dropout)")
-    if c.pruner == "snr" and c.method != "bbb":
-        _fail("pruner", c.pruner, "auto | magnitude | random for method=sgd (snr needs a posterior std)")
+            _fail(name, getattr(c, name), " | ".join(allowed) + (f" for method={c.method}" if name == "pruner" else ""))
+    c.params.check(_fail)
     positive = ("epochs", "batch_size", "train_samples", "test_samples")
     for name in positive:
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "an integer >= 1")
     if not c.hidden or any(h < 1 for h in c.hidden):
         _fail("hidden", list(c.hidden), "a non-empty list of positive widths, e.g. [500, 500]")
-    for name in ("lr", "prior_sigma1", "prior_sigma2"):
-        if not getattr(c, name) > 0:
-            _fail(name, getattr(c, name), "a number > 0")
-    if not 0.0 < c.prior_pi < 1.0:
-        _fail("prior_pi", c.prior_pi, "a weight in (0, 1)")
-    if not c.prior_sigma2 < c.prior_sigma1:
-        _fail("prior_sigma2", c.prior_sigma2, f"a std below prior_sigma1={c.prior_sigma1} (sigma2 is the narrow component)")
+    if not c.lr > 0:
+        _fail("lr", c.lr, "a number > 0")
+    if c.finetune_lr is not None and not c.finetune_lr > 0:
+        _fail("finetune_lr", c.finetune_lr, "a number > 0, or null for lr")
+    if not 0 <= c.momentum < 1 or (c.momentum > 0 and c.optimizer != "sgd"):
+        _fail("momentum", c.momentum, "a number in [0, 1), and 0 unless optimizer=sgd")
+    if not c.weight_decay >= 0:
+        _fail("weight_decay", c.weight_decay, "a number >= 0")
+    if not 0 <= c.lr_decay_start <= c.epochs:
+        _fail("lr_decay_start", c.lr_decay_start, f"0 (constant) or an epoch in 1..epochs={c.epochs}")
+    if c.protocol == "finetune" and c.finetune_epochs < 1:
+        _fail("finetune_epochs", c.finetune_epochs, "an integer >= 1 with protocol=finetune")
+    if c.protocol != "finetune" and c.finetune_epochs != 0:
+        _fail("finetune_epochs", c.finetune_epochs, f"0 with protocol={c.protocol} (only finetune retrains)")
+    if c.protocol == "natural" and not cls.has_natural:
+        natural = [m for m, k in METHODS.items() if k.has_natural]
+        _fail("protocol", c.protocol, f"oneshot | finetune for method={c.method} (natural needs a method that "
+                                      f"chooses its own sparsity: {' | '.join(natural) or 'none registered'})")
     if not 0 <= c.seed < 2 ** 31:
         _fail("seed", c.seed, "an integer in [0, 2^31)")
     if not c.sparsities or any(not 0.0 <= p <= 1.0 for p in c.sparsities):
@@ -214,9 +319,9 @@ def _scalar(t: type, v):
     return t(v)
 
 
-def _coerce(name: str, value):
+def _coerce(name: str, value, hint=None):
     """Coerce a YAML/CLI value to the field's type, or fail naming the field and the expected type."""
-    hint = _HINTS[name]
+    hint = hint or _HINTS[name]
     args = typing.get_args(hint)
     try:
         if args and args[-1] is Ellipsis:  # tuple[int, ...]: YAML list or CLI "500,500"
@@ -234,19 +339,25 @@ def _coerce(name: str, value):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected {expected}.") from None
 
 
+def all_keys() -> list[str]:
+    """Every flat key a config may hold: the common fields and every registered method's settings."""
+    return [*FIELDS, *sorted(set().union(*PARAM_FIELDS.values()) - set(FIELDS))]
+
+
 def check_keys(keys, where: str) -> None:
     """Unknown keys are an error naming the nearest valid ones."""
+    valid = all_keys()
     for k in keys:
-        if k not in FIELDS:
-            near = difflib.get_close_matches(k, FIELDS, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(FIELDS)}."
+        if k not in valid:
+            near = difflib.get_close_matches(k, valid, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(valid)}."
             raise ConfigError(f"unknown key {k!r} in {where}.{hint}")
 
 
 def from_dict(d: dict, where: str = "config") -> TrialConfig:
-    """Build a validated TrialConfig from plain data (YAML, JSON, CLI)."""
+    """Build a validated TrialConfig from flat plain data (YAML, JSON, CLI)."""
     check_keys(d, where)
-    return TrialConfig(**{k: _coerce(k, v) for k, v in d.items()})
+    return TrialConfig(**d)
 
 
 # ---------------------------------------------------------------- grids
@@ -257,7 +368,7 @@ class Grid:
 
     name: str
     trials: list[TrialConfig]
-    dropped: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)   # each point, with a "reason"
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -274,12 +385,35 @@ def grid_path(name_or_path: str) -> Path:
     return p
 
 
-def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
-    """Read a grid YAML ({fixed: {...}, grid: {axis: [values]}}) and expand it.
+def _expand(where: str, fixed: dict, axes: dict, overrides: dict) -> tuple[list[TrialConfig], list[dict]]:
+    """The cross product of one mapping of axes, each point merged over `fixed` and `overrides`.
 
-    The cross product of the axes, each point merged over `fixed` (and `overrides`, e.g. runtime
-    options from the CLI); bbb x dropout > 0 is dropped and counted; anything else invalid fails.
-    """
+    Grids span methods, so a setting applies only to the methods that have it: a `fixed` one is
+    simply not given to the others, and along an axis of a setting a method lacks, that method keeps
+    the axis's first value and the rest are dropped as repeats (e.g. bbb x dropout > 0)."""
+    trials, dropped = [], []
+    names = list(axes)
+    for values in itertools.product(*(axes[k] for k in names)):
+        chosen = dict(zip(names, values))
+        point = {**fixed, **chosen, **overrides}
+        method = point.get("method", "sgd")
+        if method not in METHODS:
+            from_dict(point, where)  # raises the error naming the registered methods
+        own = set(FIELDS) | PARAM_FIELDS[method]
+        foreign = [k for k in names if k not in own and chosen[k] != axes[k][0]]
+        if foreign:
+            dropped.append({**chosen, "reason": f"{foreign[0]} does not apply to method {method}"})
+            continue
+        trials.append(from_dict({k: v for k, v in point.items() if k in own}, where=f"{where} point {chosen}"))
+    return trials, dropped
+
+
+def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
+    """Read a grid YAML and expand it: {description, fixed: {key: value}, grid: {axis: [values]}}.
+
+    `grid` may also be a list of such mappings (a union of cross products, e.g. one per method with
+    its own epoch budget); `fixed` applies to all of them. See _expand for how settings of one
+    method are handled in a grid that spans several."""
     path = grid_path(name_or_path)
     try:
         spec = yaml.safe_load(path.read_text()) or {}
@@ -288,23 +422,31 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
     if not isinstance(spec, dict) or set(spec) - {"fixed", "grid", "description"}:
         got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise ConfigError(f"{path}: top-level keys must be 'description', 'fixed' and 'grid', got {got}.")
-    fixed, axes = spec.get("fixed") or {}, spec.get("grid") or {}
-    for name, part in (("fixed", fixed), ("grid", axes)):
+    fixed, subgrids = spec.get("fixed") or {}, spec.get("grid") or {}
+    subgrids = subgrids if isinstance(subgrids, list) else [subgrids]
+    for name, part in (("fixed", fixed), *(("grid", g) for g in subgrids)):
         if not isinstance(part, dict):
-            raise ConfigError(f"{path.name}: '{name}' must be a mapping of TrialConfig keys, got {type(part).__name__}.")
+            raise ConfigError(f"{path.name}: '{name}' must be a mapping of TrialConfig keys (or, for 'grid', a list "
+                              f"of such mappings), got {type(part).__name__}.")
     check_keys(fixed, f"{path.name}: fixed")
-    check_keys(axes, f"{path.name}: grid")
-    for k, v in axes.items():
-        if not isinstance(v, list) or not v:
-            raise ConfigError(f"{path.name}: grid axis {k!r} must be a non-empty list of values, got {v!r}.")
     trials, dropped = [], []
-    names = list(axes)
-    for values in itertools.product(*(axes[k] for k in names)):
-        point = {**fixed, **dict(zip(names, values)), **(overrides or {})}
-        if point.get("method") == "bbb" and _coerce("dropout", point.get("dropout", 0.0)) > 0:
-            dropped.append(point)
-            continue
-        trials.append(from_dict(point, where=f"{path.name} point {dict(zip(names, values))}"))
+    for axes in subgrids:
+        check_keys(axes, f"{path.name}: grid")
+        for k, v in axes.items():
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{path.name}: grid axis {k!r} must be a non-empty list of values, got {v!r}.")
+            if k not in FIELDS:  # a method's setting: type-check every value, also where a method skips it
+                owner = next(m for m, names in PARAM_FIELDS.items() if k in names)
+                for value in v:
+                    _coerce(k, value, typing.get_type_hints(METHODS[owner].Params)[k])
+        t, d = _expand(path.name, fixed, axes, overrides or {})
+        trials += t
+        dropped += d
+    methods_used = {t.method for t in trials}
+    for k in fixed:
+        if k not in FIELDS and not any(k in PARAM_FIELDS[m] for m in methods_used):
+            raise ConfigError(f"{path.name}: fixed key {k!r} applies to none of the grid's methods "
+                              f"({', '.join(sorted(methods_used))}); remove it or add its method.")
     keys = [t.grid_key() for t in trials]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{path.name}: the grid repeats a point (same config twice); remove the duplicate values.")

@@ -24,7 +24,7 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
-from .models import MLP
+from .methods import Method
 
 BATCHES = (1, 1000)
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -47,7 +47,7 @@ def median_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 
     return 1000 * statistics.median(times)
 
 
-def _layers(model: MLP) -> list[tuple[Tensor, Tensor]]:
+def _layers(model: Method) -> list[tuple[Tensor, Tensor]]:
     """[(W [out, in], b [out])] of the point-estimate weights (posterior mean for BBB)."""
     flat = model.point_weights().detach()
     segs = model.layout
@@ -63,7 +63,7 @@ def _csr32(w: Tensor) -> Tensor:
                                    check_invariants=True)  # once per model; a bad index would segfault
 
 
-def _torch_csr(model: MLP) -> tuple[Callable[[Tensor], Tensor], int]:
+def _torch_csr(model: Method) -> tuple[Callable[[Tensor], Tensor], int]:
     mats = [(_csr32(w), b) for w, b in _layers(model)]
 
     def forward(x: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ def _torch_csr(model: MLP) -> tuple[Callable[[Tensor], Tensor], int]:
     return forward, size
 
 
-def _scipy_csr(model: MLP) -> tuple[Callable[[Tensor], Tensor], int]:
+def _scipy_csr(model: Method) -> tuple[Callable[[Tensor], Tensor], int]:
     # scipy picks int32 indices when they fit
     mats = [(scipy.sparse.csr_matrix(w.cpu().numpy()), b.cpu().numpy()[:, None]) for w, b in _layers(model)]
 
@@ -110,7 +110,7 @@ def exclusive(path: Path = LOCK):
 
 
 @torch.no_grad()
-def measure(model: MLP, x: Tensor, tag: str, mc_samples: int = 0) -> tuple[dict[str, float], dict[str, str]]:
+def measure(model: Method, x: Tensor, tag: str, mc_samples: int = 0) -> tuple[dict[str, float], dict[str, str]]:
     """Latency and size metrics for one pruned model; x: [>=1000, 784] inputs on the model's device.
     mc_samples > 0 (BBB) also times the Monte Carlo ensemble prediction (latency_mc_bB_ms_tag).
     Returns (metrics named as in DESIGN.md with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
@@ -118,7 +118,7 @@ def measure(model: MLP, x: Tensor, tag: str, mc_samples: int = 0) -> tuple[dict[
         return _measure(model, x, tag, mc_samples)
 
 
-def _measure(model: MLP, x: Tensor, tag: str, mc_samples: int) -> tuple[dict[str, float], dict[str, str]]:
+def _measure(model: Method, x: Tensor, tag: str, mc_samples: int) -> tuple[dict[str, float], dict[str, str]]:
     model.eval()
     device = x.device
     candidates = {"torch_csr": _torch_csr}

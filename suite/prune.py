@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .models import MLP
+from .methods import Method
 
 
-def prunable(model: MLP, prune_biases: bool) -> Tensor:
+def prunable(model: Method, prune_biases: bool) -> Tensor:
     """Bool [P]: which entries of the flat vector may be pruned (weights, and biases if asked)."""
     mask = torch.zeros(model.n_params, dtype=torch.bool)
     for s in model.layout:
@@ -26,14 +26,14 @@ def prunable(model: MLP, prune_biases: bool) -> Tensor:
     return mask
 
 
-def scores(model: MLP, kind: str, seed: int) -> Tensor:
+def scores(model: Method, kind: str, seed: int) -> Tensor:
     """Flat [P] importance, lower = pruned first. random is seeded so a trial stays reproducible."""
     if kind == "random":
         return torch.rand(model.n_params, generator=torch.Generator().manual_seed(seed))
-    return model.importance(kind).float().cpu()
+    return model.score(kind).float().cpu()
 
 
-def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: MLP) -> tuple[Tensor, float]:
+def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method) -> tuple[Tensor, float]:
     """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
     fraction of every weight matrix / bias vector (layer), lowest score first.
     Also returns the score threshold (largest pruned score; -inf if none; NaN for layer scope, where
@@ -52,7 +52,7 @@ def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model
     return keep, threshold if scope == "global" else float("nan")
 
 
-def pruned_copy(model: MLP, keep: Tensor) -> MLP:
+def pruned_copy(model: Method, keep: Tensor) -> Method:
     """A fresh copy of the trained model with the mask applied (the original stays intact)."""
     m = copy.deepcopy(model)
     m.prune_(keep.to(m.point_weights().device))
@@ -74,11 +74,13 @@ class _CaptureLinear(TorchFunctionMode):
 
 
 @torch.no_grad()
-def measured_sparsity(model: MLP, x: Tensor, prune_biases: bool, flat: Tensor | None = None) -> float:
+def measured_sparsity(model: Method, x: Tensor, prune_biases: bool, flat: Tensor | None = None) -> tuple[float, list[float]]:
     """Fraction of zeros among the weights (and biases if prunable) that a real forward pass on x
-    actually multiplies with; `flat` picks the weights (default: the point estimate)."""
+    actually multiplies with, and the fraction of zero weights of each layer (biases not counted);
+    `flat` picks the weights (default: the point estimate)."""
     with _CaptureLinear() as cap:
         model(x, flat)
     tensors = [t for w, b in cap.seen for t in ((w, b) if prune_biases else (w,)) if t is not None]
     zeros = sum(int((t == 0).sum()) for t in tensors)
-    return zeros / sum(t.numel() for t in tensors)
+    per_layer = [int((w == 0).sum()) / w.numel() for w, _ in cap.seen]
+    return zeros / sum(t.numel() for t in tensors), per_layer

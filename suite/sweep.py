@@ -58,7 +58,9 @@ def _latest_state(rdir: Path) -> dict | None:
         with ckpt.as_directory() as d:
             states.append(_load_state(Path(d) / STATE))
     states = [s for s in states if s is not None]
-    return max(states, key=lambda s: len(s["history"]), default=None)
+    # a state of another grid point (its grid_key differs: e.g. a folder copied by hand) is never used
+    states = [s for s in states if s.get("grid_key") == rdir.name]
+    return max(states, key=lambda s: s.get("progress", len(s["history"])), default=None)
 
 
 def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
@@ -115,7 +117,7 @@ class SweepCallback(tune.Callback):
                  experiment: str):
         self.client, self.exp_id, self.tags = client, exp_id, tags
         self.storage, self.experiment = storage, experiment
-        self.todo = {t.grid_key(): (t.method, t.epochs) for t in trials}   # grid_key -> (method, epochs)
+        self.todo = {t.grid_key(): (t.method, t.total_epochs) for t in trials}   # grid_key -> (method, epochs)
         self.done_epochs: dict[str, int] = {}                            # grid_key -> epochs trained
         self.epoch_s: dict[str, list[float]] = {}                        # method -> epoch times seen
         self.n = len(trials)
@@ -150,7 +152,8 @@ class SweepCallback(tune.Callback):
         self.runs[trial.trial_id] = run_id
         name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{cfg.grid_key()[:8]}]"
         self.rows[trial.trial_id] = Row(cfg.grid_key(), name, "RUNNING", run_id)
-        self._say(f"{name} started ({cfg.epochs} epochs)")
+        ft = f" + {cfg.total_epochs - cfg.epochs} fine-tuning" if cfg.total_epochs > cfg.epochs else ""
+        self._say(f"{name} started ({cfg.epochs} epochs{ft})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]

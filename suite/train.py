@@ -1,33 +1,48 @@
-"""The one training loop. Methods differ only in the model's objective (NLL, or NLL + weighted KL)."""
+"""The one training loop, for training and for fine-tuning with a held pruning mask alike.
+Methods differ only in the model's objective (NLL, or NLL + weighted KL) and their hooks."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .config import TrialConfig
 from .data import Splits
-from .models import MLP
+from .methods import Method
 
 EpochCallback = Callable[[dict], None]
 
 
-def kl_weights(n_batches: int, scheme: str) -> list[float]:
-    """KL weight pi_i of minibatch i = 1..M; both schemes sum to 1 over an epoch.
-    blundell: pi_i = 2^(M-i) / (2^M - 1) (Blundell et al. 2015, eq. 9), written as
-    2^-i / (1 - 2^-M) so it cannot overflow for large M; uniform: 1/M."""
-    if scheme == "uniform":
-        return [1.0 / n_batches] * n_batches
-    norm = 1.0 - 2.0 ** -n_batches
-    return [2.0 ** -i / norm for i in range(1, n_batches + 1)]
+@dataclass(frozen=True)
+class Phase:
+    """What one call of train() runs: training proper, or one level's fine-tuning."""
+
+    epochs: int               # last epoch of this phase (1-based, within the phase)
+    lr: float                 # base learning rate
+    decay_start: int = 0      # 0: constant lr; k: linear decay from epoch k towards 0 at `epochs`
+    seed_offset: int = 0      # separates the RNG streams of phases (epoch_seed(seed, offset + epoch))
+    prefix: str = ""          # log key prefix ("" for training, e.g. "ft_p90_" for fine-tuning)
+
+    def lr_at(self, epoch: int) -> float:
+        """Linear decay: lr x (E - e + 1) / (E - k + 1) from epoch k on (Molchanov et al. 2017 decay
+        their lr linearly to 0 over the second half of training)."""
+        if not self.decay_start or epoch <= self.decay_start:
+            return self.lr
+        return self.lr * (self.epochs - epoch + 1) / (self.epochs - self.decay_start + 1)
 
 
-def make_optimizer(cfg: TrialConfig, model: MLP) -> torch.optim.Optimizer:
+def training_phase(cfg: TrialConfig) -> Phase:
+    return Phase(cfg.epochs, cfg.lr, cfg.lr_decay_start)
+
+
+def make_optimizer(cfg: TrialConfig, model: Method, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # fused Adam: one kernel over the (1 or 2) flat parameter tensors instead of ~10 small ops each.
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -37,24 +52,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_acc(model: MLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 10000) -> float:
+def evaluate_acc(model: Method, x: torch.Tensor, y: torch.Tensor, chunk: int = 10000) -> float:
     model.eval()
     correct = sum(int((model(xc).argmax(-1) == yc).sum()) for xc, yc in zip(x.split(chunk), y.split(chunk)))
     return correct / len(y)
 
 
-def train(model: MLP, opt: torch.optim.Optimizer, data: Splits, cfg: TrialConfig,
-          history: list[dict], on_epoch: EpochCallback | None = None) -> list[dict]:
-    """Train from epoch len(history)+1 to cfg.epochs, appending one log dict per epoch:
-    epoch, train_loss, train_nll, train_kl (bbb only), val_acc, step_time_ms (mean training step,
-    data order included), epoch_time_s (steps + validation)."""
+def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialConfig, history: list[dict],
+          on_epoch: EpochCallback | None = None, phase: Phase | None = None) -> list[dict]:
+    """Train from epoch len(history)+1 to phase.epochs, appending one log dict per epoch:
+    epoch, train_loss, train_nll, train_kl (methods with a KL), val_acc, lr, step_time_ms (mean
+    training step, data order included), epoch_time_s (steps + validation).
+    With a held mask (model.held, the finetune protocol) the pruned entries' gradients are zeroed
+    before every step, so they and their Adam moments stay exactly 0."""
+    phase = phase or training_phase(cfg)
     n = len(data.y_train)
-    weights = kl_weights((n + cfg.batch_size - 1) // cfg.batch_size, cfg.kl_weighting)
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
+    for epoch in range(len(history) + 1, phase.epochs + 1):
         t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-        order = order.to(data.x_train.device)
+        seed = epoch_seed(cfg.seed, phase.seed_offset + epoch)
+        torch.manual_seed(seed)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.x_train.device)
+        lr = phase.lr_at(epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        weights = model.kl_weights(n_batches, epoch)
         model.train()
         # running sums stay on the device: no host sync per step
         sums = torch.zeros(3, device=data.x_train.device)
@@ -62,14 +84,20 @@ def train(model: MLP, opt: torch.optim.Optimizer, data: Splits, cfg: TrialConfig
             loss, nll, kl = model.objective(data.x_train[idx], data.y_train[idx], weights[i])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if model.held is not None:
+                for p in model.parameters():
+                    p.grad.masked_fill_(~model.held, 0.0)
             opt.step()
+            model.after_step()
             sums += torch.stack([loss.detach(), nll.detach(), kl.detach() if kl is not None else loss.new_zeros(())])
-        loss_m, nll_m, kl_m = (sums / len(weights)).tolist()  # .tolist() syncs the device: steps are done
-        step_ms = 1000 * (time.perf_counter() - t0) / len(weights)
+        loss_m, nll_m, kl_m = (sums / n_batches).tolist()  # .tolist() syncs the device: steps are done
+        step_ms = 1000 * (time.perf_counter() - t0) / n_batches
         log = {"epoch": epoch, "train_loss": loss_m, "train_nll": nll_m,
                "val_acc": evaluate_acc(model, data.x_val, data.y_val), "step_time_ms": step_ms}
-        if cfg.method == "bbb":
+        if model.has_kl:
             log["train_kl"] = kl_m
+        if phase.decay_start:
+            log["lr"] = lr
         log["epoch_time_s"] = time.perf_counter() - t0
         history.append(log)
         if on_epoch is not None:

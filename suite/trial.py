@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from . import latency, metrics, prune
-from .config import FIELDS, ConfigError, TrialConfig, field_docs, from_dict
-from .data import Arrays, DataError, load_arrays, make_splits
-from .models import BayesMLP, MLP, build_model
-from .train import epoch_seed, fit_epochs, make_optimizer, train
+from . import methods
+from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
+from .data import Arrays, DataError, Splits, load_arrays, make_splits
+from .methods import Method
+from .train import Phase, epoch_seed, fit_epochs, make_optimizer, train
 
 # on_epoch(log, state): state() returns what a checkpoint needs to resume this trial exactly
 # (live references: serialise or copy them before the next epoch).
@@ -57,7 +58,7 @@ def write_artifacts(r: TrialResult, out: Path) -> None:
 
 def check_compiler(cfg: TrialConfig) -> None:
     """compile=true on CPU needs a C++ compiler for torch.compile's generated code: fail up front."""
-    if cfg.method == "bbb" and cfg.compile and resolve_device(cfg.device).type == "cpu" and not (
+    if cfg.method_cls.compiled_kernels and cfg.compile and resolve_device(cfg.device).type == "cpu" and not (
             shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
         raise ConfigError("compile=true needs a C++ compiler on CPU (none on PATH): install g++ or clang++, "
                           "or pass --compile false (same numbers, slower BBB steps).")
@@ -101,80 +102,155 @@ class PeakMemory:
         return hwm - self.base if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def level_tag(p: float) -> str:
-    """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100."""
-    return f"p{round(p * 100):02d}"
+def level_tag(p: float | str) -> str:
+    """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100; 'nat' (natural) stays."""
+    return p if isinstance(p, str) else f"p{round(p * 100):02d}"
+
+
+class ResumeError(ValueError):
+    """A resume state belongs to another grid point (its grid_key differs): it is refused, not used."""
 
 
 def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
               resume: dict | None = None) -> TrialResult:
-    """Train, prune at every level of cfg.sparsities (each on a fresh copy), evaluate; pure in cfg."""
+    """Train, then evaluate every level of cfg.sparsities as cfg.protocol says; pure in cfg.
+
+    Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
+    train_wall_s (the epochs), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
+    total_wall_s (everything, setup included; epochs trained before a resume count with their times)."""
     t_start = time.perf_counter()
     check_compiler(cfg)
     device = resolve_device(cfg.device)
+    if resume is not None and resume.get("grid_key") != cfg.grid_key():
+        raise ResumeError(f"resume state of grid point {resume.get('grid_key')} offered to {cfg.grid_key()}: "
+                          "delete that resume folder or run with --rerun.")
     torch.manual_seed(cfg.seed)
     data = make_splits(arrays or load_arrays(cfg.dataset, cfg.data_dir or None),
                        cfg.val_size, cfg.train_subset, cfg.seed, device)
-    model = build_model(cfg).to(device)
+    model = methods.build(cfg).to(device)
     opt = make_optimizer(cfg, model)
+    t0 = time.perf_counter()
+    model.compile_warmup(data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])
+    compile_s = time.perf_counter() - t0
     history: list[dict] = []
+    finetune: dict[str, dict] = {}  # level tag -> fine-tuning progress or its finished metrics
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
-        history = list(resume["history"])
+        history, finetune = list(resume["history"]), dict(resume.get("finetune", {}))
 
     def state() -> dict:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}
+        done = len(history) + sum(len(f["history"]) for f in finetune.values())
+        return {"grid_key": cfg.grid_key(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "history": history, "finetune": finetune, "progress": done}
 
     memory = PeakMemory(device)
     train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
-    out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "n_params": float(model.n_params),
-           "peak_mem_mb": memory.peak_mb(),
+    out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "compile_s": compile_s,
+           "n_params": float(model.n_params), "peak_mem_mb": memory.peak_mb(),
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
            **fit_epochs(history, cfg.resolved_fit_target)}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    m, i, artifacts = evaluate_pruned(model, cfg, data.x_test, data.y_test)
+    t_eval = time.perf_counter()
+    m, i, artifacts = evaluate_pruned(model, cfg, data, finetune, on_epoch, state)
     out.update(m)
     info.update(i)
-    # total = setup + training + evaluation; epochs trained before a resume count with their own times
+    out["eval_wall_s"] = time.perf_counter() - t_eval
     resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
     out["total_wall_s"] = time.perf_counter() - t_start + resumed
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 
 
 @torch.no_grad()
-def evaluate_pruned(model: MLP, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor):
-    """The pruning sweep: for each level, prune a fresh copy and measure accuracy, NLL, ECE,
-    sparsity (as the forward pass sees it), latency and size. Returns (metrics, info, artifacts)."""
+def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor, tag: str):
+    """One pruned model: accuracy, NLL, ECE (and their Monte Carlo ensemble versions), sparsity as
+    the forward pass sees it (overall and per layer), latency and size. Returns (metrics, info)."""
+    m.eval()
+    out = {f"test_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
+    # stochastic methods: measured on a *sampled* forward, zero only if a pruned weight's noise is 0 too
+    sparsity, per_layer = prune.measured_sparsity(m, x[:100], cfg.prune_biases, m.sample())
+    out[f"sparsity_{tag}"] = sparsity
+    out.update({f"sparsity_l{j + 1}_{tag}": s for j, s in enumerate(per_layer)})
+    if m.has_mc:
+        probs = m.predict_mc(x, cfg.test_samples)
+        out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(probs, y).items()})
+    lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0)
+    return {**out, **lat}, info
+
+
+def finetune_level(model: Method, keep: torch.Tensor, cfg: TrialConfig, data: Splits, i: int, progress: dict,
+                   on_epoch: OnEpoch | None, state: Callable[[], dict]) -> Method:
+    """Han et al. 2015's prune-and-retrain at one level: prune a copy, hold its mask, retrain it for
+    finetune_epochs with a fresh optimiser (constant finetune_lr) in the one training loop. Resumable:
+    `progress` (this level's entry in the trial state) carries its history, weights and optimiser
+    state (Adam's moments of the pruned entries stay exactly 0: tests read them there)."""
+    m = prune.pruned_copy(model, keep)
+    m.hold_(keep)
+    lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
+    opt = make_optimizer(cfg, m, lr)
+    progress.setdefault("history", [])
+    if "model" in progress:
+        m.load_state_dict(progress["model"])
+        opt.load_state_dict(progress["optimizer"])
+
+    def after_epoch(log: dict) -> None:
+        progress.update(model=m.state_dict(), optimizer=opt.state_dict())
+        if on_epoch is not None:  # epochs count on from training's, so progress and ETA stay monotone
+            on_epoch({**log, "epoch": cfg.epochs + i * cfg.finetune_epochs + log["epoch"]}, state)
+    phase = Phase(cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1))
+    train(m, opt, data, cfg, progress["history"], after_epoch, phase)
+    return m
+
+
+@torch.no_grad()
+def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, finetune: dict[str, dict] | None = None,
+                    on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None):
+    """The pruning sweep on the test split: for each level prune a fresh copy (fine-tune it with
+    protocol=finetune) and evaluate it; protocol=natural adds the method's own level `nat`.
+    Returns (metrics, info, artifacts)."""
+    x, y = data.x_test, data.y_test
+    finetune = {} if finetune is None else finetune
     model.eval()
     allowed = prune.prunable(model, cfg.prune_biases)
     score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
-    out, info, thresholds = {}, {"pruner": cfg.resolved_pruner}, []
-    for i, p in enumerate(cfg.sparsities):
+    out, info, thresholds = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}, []
+    levels: list[tuple[float | str, torch.Tensor]] = []
+    for p in cfg.sparsities:
+        keep, thr = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
+        thresholds.append(thr)
+        levels.append((p, keep))
+    if cfg.protocol == "natural":
+        levels.append(("nat", model.natural_keep().cpu() & allowed | ~allowed))
+    for i, (p, keep) in enumerate(levels):
         tag = level_tag(p)
         # reseed per level: the Monte Carlo predictions depend neither on how training used the RNG
         # nor on how many timed repetitions the previous level's latency phase happened to run
         torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
-        keep, thr = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
-        thresholds.append(thr)
-        m = prune.pruned_copy(model, keep).eval()
-        for k, v in metrics.classification(m.predict(x), y).items():
-            out[f"test_{k}_{tag}"] = v
-        # BBB: measured on a *sampled* forward, zero only if both mu and sigma of a pruned weight are 0
-        sample = m.sample() if isinstance(m, BayesMLP) else None
-        out[f"sparsity_{tag}"] = prune.measured_sparsity(m, x[:100], cfg.prune_biases, sample)
-        if isinstance(m, BayesMLP):
-            out[f"test_acc_mc_{tag}"] = metrics.accuracy(m.predict_mc(x, cfg.test_samples), y)
-        lat, lat_info = latency.measure(m, x, tag, cfg.test_samples if isinstance(m, BayesMLP) else 0)
-        out.update(lat)
-        info.update(lat_info)
+        if cfg.protocol == "finetune" and p != 0:
+            if "metrics" not in finetune.get(tag, {}):
+                m = prune.pruned_copy(model, keep).eval()
+                before = {f"oneshot_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
+                with torch.enable_grad():
+                    m = finetune_level(model, keep, cfg, data, i, finetune.setdefault(tag, {}), on_epoch, state)
+                torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
+                level, level_info = evaluate_level(m, cfg, x, y, tag)
+                hist = finetune[tag]["history"]
+                finetune[tag] = {"history": hist, "metrics": {**before, **level,
+                                                              f"finetune_val_acc_{tag}": hist[-1]["val_acc"]},
+                                 "info": level_info}
+            out.update(finetune[tag]["metrics"])
+            info.update(finetune[tag]["info"])
+            continue
+        level, level_info = evaluate_level(prune.pruned_copy(model, keep), cfg, x, y, tag)
+        out.update(level)
+        info.update(level_info)
     weights = torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])
     out["weight_std"] = float(weights.std())
     artifacts = {"weights_hist.npz": {
         "edges": metrics.WEIGHT_EDGES, "counts": metrics.histogram(weights, metrics.WEIGHT_EDGES),
         "sparsities": np.array(cfg.sparsities), "score_thresholds": np.array(thresholds)}}
-    if isinstance(model, BayesMLP):
-        snr = torch.cat([model.importance("snr")[s.start:s.end] for s in model.layout if not s.is_bias])
+    if "snr" in model.scores:
+        snr = torch.cat([model.score("snr")[s.start:s.end] for s in model.layout if not s.is_bias])
         artifacts["snr_hist.npz"] = {
             "edges_db": metrics.SNR_DB_EDGES, "counts": metrics.histogram(metrics.snr_db(snr), metrics.SNR_DB_EDGES),
             "sparsities": np.array(cfg.sparsities),
@@ -187,12 +263,13 @@ def summary(r: TrialResult) -> str:
     """A short human-readable table of the pruning sweep."""
     c, m = r.config, r.metrics
     lines = [f"{c.label()} on {c.dataset}, seed {c.seed}, {c.epochs} epochs ({r.info['device']}): "
-             f"train {m['train_wall_s']:.1f} s, total {m['total_wall_s']:.1f} s, "
+             f"compile {m['compile_s']:.1f} s, train {m['train_wall_s']:.1f} s, eval {m['eval_wall_s']:.1f} s, "
+             f"total {m['total_wall_s']:.1f} s, "
              f"best val_acc {max(h['val_acc'] for h in r.history):.4f}, "
-             f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}",
+             f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}, protocol {c.protocol}",
              f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
              f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8}"]
-    for p in c.sparsities:
+    for p in [*c.sparsities, *(["nat"] if c.protocol == "natural" else [])]:
         t = level_tag(p)
         mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
         lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "
@@ -205,7 +282,7 @@ def summary(r: TrialResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m suite.trial", description="Run one trial in-process (no Ray, no MLflow).")
     docs = field_docs()
-    for name in FIELDS:
+    for name in all_keys():  # common fields, then every method's own settings (an error for other methods)
         ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="V", help=docs.get(name))
     ap.add_argument("--json", default=None, help="write config, metrics, per-epoch history and info as JSON here")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -226,11 +303,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(log: dict, _state) -> None:
         kl = f" kl {log['train_kl']:.4f}" if "train_kl" in log else ""
-        print(f"epoch {log['epoch']:3d}/{cfg.epochs}  loss {log['train_loss']:.4f} nll {log['train_nll']:.4f}{kl}"
+        print(f"epoch {log['epoch']:3d}/{cfg.total_epochs}  loss {log['train_loss']:.4f} nll {log['train_nll']:.4f}{kl}"
               f"  val_acc {log['val_acc']:.4f}  {log['epoch_time_s']:.1f}s", flush=True)
     try:
         result = run_trial(cfg, progress)
-    except DataError as e:
+    except (DataError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(result))

@@ -12,7 +12,15 @@ from suite.config import ConfigError, TrialConfig, from_dict, load_grid
     ({"method": "svm"}, "method='svm' is invalid: allowed sgd \\| bbb"),
     ({"dropout": 1.0}, "dropout=1.0 is invalid"),
     ({"dropout": -0.1}, "dropout=-0.1 is invalid"),
-    ({"method": "bbb", "dropout": 0.5}, "dropout=0.5 is invalid: allowed 0 with method=bbb"),
+    ({"method": "bbb", "dropout": 0.5}, "dropout is a setting of method sgd, not of method='bbb'"),
+    ({"method": "sgd", "prior_pi": 0.3}, "prior_pi is a setting of method bbb, not of method='sgd'"),
+    ({"protocol": "prune"}, "protocol='prune' is invalid: allowed oneshot \\| finetune \\| natural"),
+    ({"protocol": "finetune"}, "finetune_epochs=0 is invalid: allowed an integer >= 1 with protocol=finetune"),
+    ({"protocol": "finetune", "finetune_epochs": -1}, "finetune_epochs=-1 is invalid"),
+    ({"finetune_epochs": 3}, "finetune_epochs=3 is invalid: allowed 0 with protocol=oneshot"),
+    ({"protocol": "natural"}, "protocol='natural' is invalid: allowed oneshot \\| finetune for method=sgd"),
+    ({"method": "bbb", "kl_warmup": [5, 2]}, "kl_warmup=\\[5, 2\\] is invalid"),
+    ({"momentum": 0.9}, "momentum=0.9 is invalid: allowed a number in \\[0, 1\\), and 0 unless optimizer=sgd"),
     ({"epochs": 0}, "epochs=0 is invalid"),
     ({"epochs": 2.5}, "epochs=2.5 has the wrong type: expected an integer"),
     ({"sparsities": [0.5, 1.2]}, "sparsities=.* is invalid"),
@@ -21,7 +29,7 @@ from suite.config import ConfigError, TrialConfig, from_dict, load_grid
     ({"dataset": "cifar"}, "dataset='cifar' is invalid: allowed mnist \\| fmnist"),
     ({"pruner": "snr"}, "pruner='snr' is invalid"),
     ({"val_size": 60000}, "val_size=60000 is invalid"),
-    ({"prior_sigma1": 0.0025, "prior_sigma2": 1.0}, "prior_sigma2=1.0 is invalid: allowed a std below prior_sigma1"),
+    ({"method": "bbb", "prior_sigma1": 0.0025, "prior_sigma2": 1.0}, "prior_sigma2=1.0 is invalid: allowed a std below prior_sigma1"),
     ({"seed": 2 ** 40}, "seed=1099511627776 is invalid"),
 ])
 def test_invalid_values_name_the_field(bad, needle):
@@ -40,7 +48,7 @@ def test_cli_rejects_bad_value_before_training():
     r = subprocess.run([sys.executable, "-m", "suite.trial", "--method", "bbb", "--dropout", "0.5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "dropout=0.5 is invalid" in r.stderr and "epoch" not in r.stdout
+    assert "dropout is a setting of method sgd, not of method='bbb'" in r.stderr and "epoch" not in r.stdout
 
 
 @pytest.mark.parametrize("args,needle", [

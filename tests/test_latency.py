@@ -5,12 +5,12 @@ import torch
 
 from suite import latency, prune
 from suite.config import TrialConfig
-from suite.models import build_model
+from suite.methods import build
 
 
 def pruned(method: str, p: float):
     torch.manual_seed(0)
-    m = build_model(TrialConfig(method=method, hidden=(64, 32), compile=False)).eval()
+    m = build(TrialConfig(method=method, hidden=(64, 32), compile=False)).eval()
     keep, _ = prune.keep_mask(prune.scores(m, "magnitude", 0), prune.prunable(m, False), p, "global", m)
     return prune.pruned_copy(m, keep)
 

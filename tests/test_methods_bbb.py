@@ -5,7 +5,8 @@ import torch
 from scipy import stats
 
 from suite.kernels import Prior, kl_kernels, philox4x32, philox_normal, sample_and_kl, softplus, weight_noise_key
-from suite.models import BayesMLP, MLP
+from suite.config import TrialConfig
+from suite.methods import build
 
 
 def reference_kl_terms(mu, rho, eps, prior):
@@ -76,14 +77,14 @@ def test_monte_carlo_kl_agrees_with_closed_form_for_a_gaussian_prior():
 
 
 def test_flat_layout_views_cover_all_parameters():
-    m = MLP([784, 500, 500, 10])
+    m = build(TrialConfig(method="sgd", hidden=(500, 500)))
     assert m.n_params == 784 * 500 + 500 + 500 * 500 + 500 + 500 * 10 + 10 == m.theta.numel()
     assert m(torch.rand(3, 784)).shape == (3, 10)
 
 
 def test_bbb_objective_has_gradients_for_mu_and_rho():
     torch.manual_seed(0)
-    m = BayesMLP([784, 32, 10], Prior(0.5, 1.0, math.exp(-6)), train_samples=2)
+    m = build(TrialConfig(method="bbb", hidden=(32,), train_samples=2, compile=False))
     loss, nll, kl = m.objective(torch.rand(8, 784), torch.randint(0, 10, (8,)), kl_weight=0.5)
     torch.testing.assert_close(loss, nll + kl)
     loss.backward()

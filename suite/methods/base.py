@@ -1,0 +1,233 @@
+"""The method interface: one flat parameter layout, one forward pass, and what a method adds to it.
+
+Every model keeps all weights and biases in ONE flat vector per parameter kind (theta for SGD; mu
+and rho for BBB; theta and log sigma^2 for Sparse VD), and each layer reads a view of it. Why:
+sampling, KL terms and Adam then each run as one vectorised pass over ~650k numbers instead of six
+small ones, and pruning is one mask over one vector that the forward pass provably reads (there is
+no second copy of a weight to forget; ARCHITECTURE.md, "the pruning pitfall").
+
+Layout of the flat vector for sizes [784, 500, 500, 10]:
+  [W1 (500x784), b1 (500), W2 (500x500), b2 (500), W3 (10x500), b3 (10)]  -> 648,010 numbers.
+
+A method is a subclass of Method plus a small frozen dataclass of its own settings (Params), and is
+registered with @register in its own file (ARCHITECTURE.md, "How to add a method").
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One weight matrix or bias vector inside the flat parameter vector."""
+
+    layer: int
+    is_bias: bool
+    start: int
+    shape: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.start + math.prod(self.shape)
+
+
+def make_layout(sizes: list[int]) -> list[Segment]:
+    segs, pos = [], 0
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for is_bias, shape in ((False, (n_out, n_in)), (True, (n_out,))):
+            segs.append(Segment(i, is_bias, pos, shape))
+            pos += math.prod(shape)
+    return segs
+
+
+@dataclass(frozen=True)
+class Params:
+    """A method's own settings (none here). Subclasses: one field per setting, each with a one-line
+    docstring below it (it becomes --help and the README's field table), and a check() for ranges."""
+
+    def check(self, fail) -> None:
+        """Range checks; fail(field, value, allowed) raises the ConfigError."""
+
+
+@dataclass(frozen=True)
+class KLParams(Params):
+    """Settings shared by the methods whose objective has a KL regulariser (BBB, Sparse VD)."""
+
+    kl_weighting: str = "blundell"
+    """KL weight per minibatch i of M: blundell (2^(M-i)/(2^M-1), Blundell et al. 2015 eq. 9) or uniform (1/M)."""
+    kl_warmup: tuple[int, ...] = ()
+    """KL warm-up [a, b]: the KL weight is scaled by 0 up to epoch a, rising linearly to 1 at epoch b; [] = none."""
+
+    def check(self, fail) -> None:
+        if self.kl_weighting not in ("blundell", "uniform"):
+            fail("kl_weighting", self.kl_weighting, "blundell | uniform")
+        if self.kl_warmup and (len(self.kl_warmup) != 2 or not 0 <= self.kl_warmup[0] < self.kl_warmup[1]):
+            fail("kl_warmup", list(self.kl_warmup), "[] or [a, b] with 0 <= a < b (epochs)")
+
+    def kl_scale(self, epoch: int) -> float:
+        """The warm-up factor of epoch (1-based): 0 until a, linear to 1 at b, then 1."""
+        if not self.kl_warmup:
+            return 1.0
+        a, b = self.kl_warmup
+        return min(1.0, max(0.0, (epoch - a) / (b - a)))
+
+    def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
+        """KL weight of minibatch i = 1..M in this epoch; without warm-up both schemes sum to 1 over
+        an epoch. blundell: 2^(M-i) / (2^M - 1) (Blundell et al. 2015, eq. 9), written as
+        2^-i / (1 - 2^-M) so it cannot overflow for large M; uniform: 1/M."""
+        s = self.kl_scale(epoch)
+        if self.kl_weighting == "uniform":
+            return [s / n_batches] * n_batches
+        norm = 1.0 - 2.0 ** -n_batches
+        return [s * 2.0 ** -i / norm for i in range(1, n_batches + 1)]
+
+
+class Method(nn.Module):
+    """Base of every method: flat layout, the one forward pass, and the defaults of every hook.
+
+    A subclass sets the class attributes below, creates its flat nn.Parameters in init_parameters(),
+    and overrides objective(); everything else has a default that fits a deterministic network."""
+
+    name: ClassVar[str]                       # registry name, the `method` grid value
+    Params: ClassVar[type[Params]] = Params   # the method's own settings
+    scores: ClassVar[tuple[str, ...]] = ("magnitude",)  # pruning scores it offers (random is always offered)
+    has_kl: ClassVar[bool] = False            # objective has a regulariser: train_kl is logged
+    has_mc: ClassVar[bool] = False            # predict_mc exists: test_*_mc_pNN are logged
+    has_natural: ClassVar[bool] = False       # natural_keep exists: protocol natural can report level `nat`
+    compiled_kernels: ClassVar[bool] = False  # uses torch.compile when cfg.compile (needs a C++ compiler on CPU)
+    color: ClassVar[str] = "#7f7f7f"          # plot colour (run tag `color`)
+    order: ClassVar[float] = 100.0            # position in tables and legends (run tag `label_order`)
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, self.p = cfg, cfg.params
+        self.sizes = [784, *cfg.hidden, 10]
+        self.layout = make_layout(self.sizes)
+        self.n_params = self.layout[-1].end
+        self.dropout, self.input_dropout = 0.0, False
+        self.held: Tensor | None = None  # bool [P] mask held during fine-tuning (hold_)
+        self.init_parameters()
+
+    # -- identity (run tags; analysis/ reads them, it imports nothing from suite/)
+    @classmethod
+    def label(cls, cfg) -> str:
+        """Human name of the configuration in tables and legends."""
+        return cls.name
+
+    @classmethod
+    def label_order(cls, cfg) -> float:
+        return cls.order
+
+    @classmethod
+    def label_color(cls, cfg) -> str:
+        return cls.color
+
+    @classmethod
+    def is_baseline(cls, cfg) -> bool:
+        """The configuration every other method is compared against in the report's claim check."""
+        return False
+
+    # -- parameters
+    def init_parameters(self) -> None:
+        raise NotImplementedError
+
+    def uniform_init(self) -> Tensor:
+        """nn.Linear's default init as one flat [P] vector: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        flat = torch.empty(self.n_params)
+        for s in self.layout:
+            bound = 1.0 / math.sqrt(self.sizes[s.layer])
+            flat[s.start:s.end].uniform_(-bound, bound)
+        return flat
+
+    # -- the one forward pass every method and every metric uses
+    def forward(self, x: Tensor, flat: Tensor | None = None, var: Tensor | None = None) -> Tensor:
+        """x: [B, 784] -> logits [B, 10], computed from the flat [P] weights `flat` (default: the point
+        estimate). var: optional flat [P] weight variances; then every layer outputs a sample of its
+        pre-activation, mean + sqrt(x^2 var) * eps (the local reparameterisation trick, Kingma,
+        Salimans and Welling 2015, eq. 6), instead of the deterministic product."""
+        flat = self.point_weights() if flat is None else flat
+        sizes = [math.prod(s.shape) for s in self.layout]
+        # split (not slicing) so backward is a single concatenation of the gradients.
+        parts, vparts = flat.split(sizes), (var.split(sizes) if var is not None else None)
+        h = x
+        if self.input_dropout and self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        n_layers = len(self.sizes) - 1
+        for i in range(n_layers):
+            shape = self.layout[2 * i].shape
+            out = F.linear(h, parts[2 * i].view(shape), parts[2 * i + 1])
+            if vparts is not None:
+                std = F.linear(h * h, vparts[2 * i].view(shape), vparts[2 * i + 1]).clamp_min(1e-16).sqrt()
+                out = out + std * torch.randn_like(out)
+            h = out
+            if i < n_layers - 1:
+                h = F.dropout(F.relu(h), self.dropout, self.training) if self.dropout > 0 else F.relu(h)
+        return h
+
+    def point_weights(self) -> Tensor:
+        """The flat [P] weights of a deterministic prediction (theta; the posterior mean for BBB)."""
+        raise NotImplementedError
+
+    # -- training hooks
+    def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(loss, nll, kl) for one minibatch; kl is None for methods without a regulariser."""
+        nll = F.cross_entropy(self(x), y)
+        return nll, nll, None
+
+    def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
+        """The KL weight of each minibatch of an epoch (methods without a KL: unused zeros)."""
+        return [0.0] * n_batches
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to clip a parameter); default: nothing."""
+
+    def compile_warmup(self, x: Tensor, y: Tensor) -> None:
+        """Trigger torch.compile's code generation on one batch so it is not timed as training."""
+
+    # -- prediction
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Class probabilities [N, 10] of the deterministic prediction (eval mode: no dropout)."""
+        return torch.softmax(self(x), dim=-1)
+
+    @torch.no_grad()
+    def predict_mc(self, x: Tensor, n: int) -> Tensor:
+        """Monte Carlo ensemble: mean of softmax over n weight samples, [N, 10] (if has_mc)."""
+        return torch.stack([torch.softmax(self(x, self.sample()), -1) for _ in range(n)]).mean(0)
+
+    @torch.no_grad()
+    def sample(self) -> Tensor | None:
+        """One weight sample [P] for stochastic methods (None: deterministic). Sparsity is measured on
+        it, so a pruned weight whose noise is not exactly 0 would be caught."""
+        return None
+
+    # -- pruning
+    def score(self, kind: str) -> Tensor:
+        """Flat [P] pruning score, lower = pruned first; kind is one of self.scores."""
+        if kind == "magnitude":
+            return self.point_weights().detach().abs()
+        raise ValueError(f"{self.name} offers no pruning score {kind!r}")
+
+    @torch.no_grad()
+    def prune_(self, keep: Tensor) -> None:
+        """Zero the pruned entries (keep: bool [P]) in every tensor the forward pass reads; a pruned
+        stochastic weight must sample to exactly 0."""
+        raise NotImplementedError
+
+    def natural_keep(self) -> Tensor | None:
+        """Bool [P] mask of the weights the method itself keeps (if has_natural), else None."""
+        return None
+
+    @torch.no_grad()
+    def hold_(self, keep: Tensor) -> None:
+        """Prune with `keep` and hold the mask through further training (the finetune protocol): the
+        training loop zeroes the pruned entries' gradients, so with a fresh Adam their moments stay 0
+        and the weights stay exactly 0; objectives with a KL leave the pruned weights out of it."""
+        self.prune_(keep)
+        self.held = keep.to(self.point_weights().device)
