@@ -11,6 +11,7 @@ import os
 
 from . import sgd  # noqa: F401, I001  (registration side effect; registry order = listing order)
 from . import bbb  # noqa: F401
+from . import sparse_vd  # noqa: F401
 from .base import KLParams, Method, Params, Segment, make_layout
 from .registry import METHODS, register
 

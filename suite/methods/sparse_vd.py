@@ -1,0 +1,119 @@
+"""Sparse Variational Dropout (Molchanov, Ashukha and Vetrov 2017, "Variational Dropout Sparsifies
+Deep Neural Networks"): a factorised Gaussian posterior N(theta, sigma^2) per weight under the
+log-uniform prior, in the additive parameterisation (theta, log sigma^2) with
+log alpha = log sigma^2 - log theta^2; weights with log alpha > 3 are dropped (its natural sparsity).
+
+Recipe kept from the paper's code for LeNet-300-100: Adam 1e-3, batch 100, 200 epochs with the
+learning rate decayed linearly to 0 over the last 100 (lr_decay_start 100), KL weight warmed up from
+0 to 1 between epochs 5 and 20 (kl_warmup [5, 20]), uniform KL weighting (the ELBO's KL counted once
+per epoch), log sigma^2 initialised at -10, log alpha clipped to [-8, 8]. They are the grid's values
+(tune_configs/lenet.yaml), not this file's defaults, except where a default is stated below.
+Biases are deterministic (no variance, no KL), as in the paper's fully connected layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import KLParams, Method
+from .registry import register
+
+# -KL(q || log-uniform prior) ~= k1 sigmoid(k2 + k3 log alpha) - 0.5 log1p(e^-log alpha) - k1
+# (Molchanov et al. 2017, eq. 14; maximum absolute error about 0.009 according to the paper).
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+LOG_ALPHA_CLIP = 8.0
+
+
+@dataclass(frozen=True)
+class SparseVDParams(KLParams):
+    """Sparse VD's prior weighting, initialisation and threshold."""
+
+    kl_weighting: str = "uniform"
+    """KL weight per minibatch i of M: uniform (1/M, the ELBO of Molchanov et al.) or blundell (2^(M-i)/(2^M-1))."""
+    log_sigma2_init: float = -10.0
+    """Sparse VD: initial log sigma^2 of every weight (Molchanov et al.'s code: -10)."""
+    threshold: float = 3.0
+    """Sparse VD: weights with log alpha above this are set to zero at evaluation (the paper's 3)."""
+
+    def check(self, fail) -> None:
+        super().check(fail)
+        if not -LOG_ALPHA_CLIP < self.threshold < LOG_ALPHA_CLIP:
+            fail("threshold", self.threshold, f"a log alpha inside the clip range (-{LOG_ALPHA_CLIP:g}, {LOG_ALPHA_CLIP:g})")
+
+
+def neg_kl_approx(log_alpha: Tensor) -> Tensor:
+    """Elementwise -KL(q(w) || p(w)) of the log-uniform prior (Molchanov et al. 2017, eq. 14), for
+    log alpha clipped to [-8, 8]. log1p(e^-x) is written log(1 + e^-x): log1p has no vector path on
+    some x86 CPUs (10x slower), and within the clip range (e^-x >= 3e-4) the rounding of 1 + e^-x
+    costs at most 6e-8 in absolute terms, far below the approximation's own 0.009."""
+    return K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * torch.log(1 + torch.exp(-log_alpha)) - K1
+
+
+@register
+class SparseVD(Method):
+    """Flat theta [P] and log sigma^2 [P] (bias entries unused); training uses the local
+    reparameterisation trick, evaluation the thresholded theta."""
+
+    name = "sparse_vd"
+    Params = SparseVDParams
+    scores = ("log_alpha", "magnitude")
+    has_kl = has_mc = has_natural = True
+    color = "#8c564b"
+    order = 20.0
+
+    @classmethod
+    def label(cls, cfg) -> str:
+        return "Sparse VD"
+
+    def init_parameters(self) -> None:
+        self.theta = nn.Parameter(self.uniform_init())
+        self.log_sigma2 = nn.Parameter(torch.full((self.n_params,), self.p.log_sigma2_init))
+        is_weight = torch.zeros(self.n_params, dtype=torch.bool)
+        for s in self.layout:
+            is_weight[s.start:s.end] = not s.is_bias
+        self.register_buffer("is_weight", is_weight, persistent=False)
+
+    def point_weights(self) -> Tensor:
+        return self.theta
+
+    def log_alpha(self) -> Tensor:
+        """[P] clipped log alpha = log sigma^2 - log theta^2 (theta^2 + 1e-8 keeps it finite at theta = 0)."""
+        return (self.log_sigma2 - torch.log(self.theta * self.theta + 1e-8)).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+    def variance(self, log_alpha: Tensor) -> Tensor:
+        """[P] weight variances alpha theta^2 (from the clipped log alpha, as the paper's code does),
+        0 for biases, and exactly 0 for a pruned weight (theta = 0)."""
+        return torch.where(self.is_weight, torch.exp(log_alpha) * self.theta * self.theta, 0.0)
+
+    def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
+        return self.p.kl_weights(n_batches, epoch)
+
+    def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per minibatch: NLL / B + kl_weight * KL / B, the ELBO scaled like BBB's (Molchanov et al.
+        2017, eq. 3 with the SGVB estimator and local reparameterisation)."""
+        log_alpha = self.log_alpha()
+        nll = F.cross_entropy(self(x, self.theta, self.variance(log_alpha)), y)
+        keep = self.is_weight if self.held is None else self.is_weight & self.held
+        kl = -(neg_kl_approx(log_alpha) * keep).sum()
+        return nll + kl_weight * kl / len(x), nll, kl_weight * kl / len(x)
+
+    @torch.no_grad()
+    def sample(self) -> Tensor:
+        """One weight sample [P]: theta + sqrt(alpha) |theta| eps; pruned weights (theta = 0) stay 0."""
+        return self.theta + self.variance(self.log_alpha()).sqrt() * torch.randn_like(self.theta)
+
+    def score(self, kind: str) -> Tensor:
+        if kind == "log_alpha":  # high log alpha = mostly noise: pruned first (score -log alpha)
+            return -self.log_alpha().detach()
+        return super().score(kind)
+
+    def natural_keep(self) -> Tensor:
+        """Bool [P]: weights with log alpha <= threshold, and every bias."""
+        return (self.log_alpha().detach() <= self.p.threshold) | ~self.is_weight
+
+    @torch.no_grad()
+    def prune_(self, keep: Tensor) -> None:
+        self.theta.mul_(keep)
