@@ -451,3 +451,25 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{path.name}: the grid repeats a point (same config twice); remove the duplicate values.")
     return Grid(name=path.stem, trials=trials, dropped=dropped)
+
+
+def field_table() -> str:
+    """The README's field table (markdown), generated from the docstrings: common fields, then each
+    method's own settings. `python -m suite.config` prints it; a test keeps the README in sync."""
+    docs = field_docs(TrialConfig)
+    rows = ["| field | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{k}` | `{_show(FIELDS[k].default)}` | {docs[k]} |" for k in FIELDS]
+    for name, cls in METHODS.items():
+        own = {f.name: f.default for f in dataclasses.fields(cls.Params)}
+        if own:
+            pdocs = field_docs(cls.Params)
+            rows += [f"| `{k}` ({name}) | `{_show(v)}` | {pdocs[k]} |" for k, v in own.items()]
+    return "\n".join(rows)
+
+
+def _show(v) -> str:
+    return json.dumps(list(v) if isinstance(v, tuple) else v) if not isinstance(v, float) else f"{v:g}"
+
+
+if __name__ == "__main__":
+    print(field_table())

@@ -32,7 +32,7 @@ OnEpoch = Callable[[dict, Callable[[], dict]], None]
 
 @dataclass
 class TrialResult:
-    """Everything a trial produces; metric names follow DESIGN.md."""
+    """Everything a trial produces; metric names are the MLflow contract (ARCHITECTURE.md, README metric table)."""
 
     config: TrialConfig
     metrics: dict[str, float]                 # final scalars: test_acc_p90, train_wall_s, ...

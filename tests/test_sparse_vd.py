@@ -1,0 +1,83 @@
+"""Sparse Variational Dropout: the KL approximation, clipping, thresholding to exact zeros, training."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from suite import prune
+from suite.config import TrialConfig
+from suite.methods import build
+from suite.methods.sparse_vd import LOG_ALPHA_CLIP, neg_kl_approx
+from suite.trial import run_trial
+
+
+def neg_kl_numeric(log_alpha: float) -> float:
+    """-KL(N(theta, alpha theta^2) || log-uniform) up to its constant, by quadrature:
+    0.5 log alpha - E_{e ~ N(1, alpha)} log|e| (Molchanov et al. 2017, eq. 13), shifted so that it
+    vanishes as alpha -> inf (the limit of the integral is (gamma + log 2) / 2)."""
+    s = math.exp(0.5 * log_alpha)
+    lo, hi = 1 - 40 * s, 1 + 40 * s
+    # split at the integrable log singularity x = 0, so each piece has it at an end point
+    pieces = [(lo, 0.0), (0.0, hi)] if lo < 0 else [(lo, hi)]
+    e_log = sum(integrate.quad(lambda x: math.log(abs(x)) * stats.norm.pdf(x, 1.0, s), a, b, limit=400)[0]
+                for a, b in pieces)
+    return 0.5 * log_alpha - e_log - (np.euler_gamma + math.log(2)) / 2
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # accuracy is what the test checks
+@pytest.mark.parametrize("log_alpha", [-6.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0])
+def test_kl_approximation_matches_the_integral(log_alpha):
+    approx = float(neg_kl_approx(torch.tensor(log_alpha, dtype=torch.float64)))
+    assert approx == pytest.approx(neg_kl_numeric(log_alpha), abs=0.01)  # the paper's stated error is ~0.009
+
+
+def small(**kw):
+    return TrialConfig(method="sparse_vd", hidden=(40, 30), compile=False, **kw)
+
+
+def test_log_alpha_is_clipped_and_finite_at_zero_weights():
+    m = build(small())
+    with torch.no_grad():
+        m.theta[:5] = 0.0           # log theta^2 = log 1e-8: huge log alpha
+        m.log_sigma2[5:10] = -60.0  # tiny variance: very negative log alpha
+    la = m.log_alpha()
+    assert torch.isfinite(la).all() and la.max() <= LOG_ALPHA_CLIP and la.min() >= -LOG_ALPHA_CLIP
+    assert torch.all(la[:5] == LOG_ALPHA_CLIP) and torch.all(la[5:10] == -LOG_ALPHA_CLIP)
+
+
+def test_threshold_gives_exact_zeros_in_the_forward_pass():
+    torch.manual_seed(0)
+    m = build(small())
+    with torch.no_grad():  # make a known part of the weights noisy: log sigma^2 high there
+        m.log_sigma2[::3] = 5.0
+    keep = m.natural_keep()
+    dropped = (m.log_alpha() > 3) & m.is_weight
+    assert torch.equal(~keep, dropped) and dropped.sum() > 0
+    pruned = prune.pruned_copy(m, keep)
+    x = torch.rand(4, 784)
+    want = int(dropped.sum()) / int(m.is_weight.sum())
+    assert prune.measured_sparsity(pruned, x, False)[0] == pytest.approx(want)
+    assert prune.measured_sparsity(pruned, x, False, pruned.sample())[0] == pytest.approx(want)  # samples too
+
+
+def test_objective_trains_theta_and_log_sigma2():
+    torch.manual_seed(0)
+    m = build(small())
+    loss, nll, kl = m.objective(torch.rand(8, 784), torch.randint(0, 10, (8,)), kl_weight=0.5)
+    torch.testing.assert_close(loss, nll + kl)
+    loss.backward()
+    assert m.theta.grad.abs().sum() > 0 and m.log_sigma2.grad.abs().sum() > 0
+    assert torch.all(m.log_sigma2.grad[~m.is_weight] == 0)  # biases are deterministic
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fmnist"])
+def test_two_epoch_lenet_trial_is_above_chance_with_a_natural_level(dataset, request):
+    cfg = TrialConfig(method="sparse_vd", hidden=(300, 100), epochs=2, train_subset=10000, val_size=2000, lr=1e-3,
+                      kl_warmup=[1, 10], protocol="natural", sparsities=(0.0, 0.9), test_samples=2, dataset=dataset)
+    r = run_trial(cfg, arrays=request.getfixturevalue(dataset))
+    m = r.metrics
+    assert m["test_acc_nat"] > 0.6 and m["test_acc_mc_nat"] > 0.6
+    assert 0 < m["sparsity_nat"] < 1 and r.history[-1]["train_kl"] > 0
+    assert {"sparsity_l1_nat", "sparsity_l2_nat", "sparsity_l3_nat"} <= set(m)
