@@ -93,6 +93,8 @@ class TrialConfig:
     """Also prune biases (counted in the sparsity denominator)."""
     pruner: str = "auto"
     """Importance score: auto (the method's first score: snr for bbb, magnitude for sgd), a score the method offers, or random."""
+    val_sparsities: tuple[float, ...] = ()
+    """Levels also pruned and evaluated on the validation split after every epoch (val_acc_pNN; what a recipe search selects on)."""
     protocol: str = "oneshot"
     """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat)."""
     finetune_epochs: int = 0
@@ -286,6 +288,10 @@ def validate(c: TrialConfig) -> None:
         _fail("seed", c.seed, "an integer in [0, 2^31)")
     if not c.sparsities or any(not 0.0 <= p <= 1.0 for p in c.sparsities):
         _fail("sparsities", list(c.sparsities), "a non-empty list of fractions in [0, 1]")
+    if any(not 0.0 <= p <= 1.0 for p in c.val_sparsities) or len({round(p * 100) for p in c.val_sparsities}) != len(c.val_sparsities):
+        _fail("val_sparsities", list(c.val_sparsities), "distinct fractions in [0, 1] at whole-percent resolution")
+    if c.val_sparsities and c.val_size == 0:
+        _fail("val_sparsities", list(c.val_sparsities), "[] with val_size=0 (the validation split would be the test set)")
     if len({round(p * 100) for p in c.sparsities}) != len(c.sparsities):
         _fail("sparsities", list(c.sparsities), "distinct levels at whole-percent resolution (metric names use pNN)")
     if not 0 <= c.val_size < 60000:

@@ -18,6 +18,11 @@ from torch.overrides import TorchFunctionMode
 from .methods import Method
 
 
+def level_tag(p: float | str) -> str:
+    """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100; 'nat' (natural) stays."""
+    return p if isinstance(p, str) else f"p{round(p * 100):02d}"
+
+
 def prunable(model: Method, prune_biases: bool) -> Tensor:
     """Bool [P]: which entries of the flat vector may be pruned (weights, and biases if asked)."""
     mask = torch.zeros(model.n_params, dtype=torch.bool)

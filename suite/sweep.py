@@ -32,11 +32,13 @@ for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LO
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from . import tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
-from .trial import level_tag, run_trial, write_artifacts  # noqa: E402
+from .prune import level_tag
+from .trial import run_trial, write_artifacts  # noqa: E402
 
 STATE = "state.pt"
 
@@ -83,10 +85,11 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
         # file must outlive the trial's process; a 2.6-5 MB copy per epoch is noise next to an epoch.
         with tempfile.TemporaryDirectory() as d:
             shutil.copy(rdir / STATE, Path(d) / STATE)
-            tune.report({"epoch": log["epoch"], "val_acc": log["val_acc"], "history": s["history"],
-                         "resumed_from": resumed_from, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+            vals = {k: v for k, v in log.items() if k.startswith("val_acc")}  # what a scheduler (ASHA) reads
+            tune.report({"epoch": log["epoch"], **vals, "history": s["history"], "resumed_from": resumed_from,
+                         "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume)
+    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"])
     result.info["node_id"] = node
     with tempfile.TemporaryDirectory() as d:
         write_artifacts(result, Path(d))
@@ -114,8 +117,8 @@ class SweepCallback(tune.Callback):
     """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA)."""
 
     def __init__(self, client, exp_id: str, tags: dict[str, str], trials: list[TrialConfig], storage: Path,
-                 experiment: str):
-        self.client, self.exp_id, self.tags = client, exp_id, tags
+                 experiment: str, select: str | None = None):
+        self.client, self.exp_id, self.tags, self.select = client, exp_id, tags, select
         self.storage, self.experiment = storage, experiment
         self.todo = {t.grid_key(): (t.method, t.total_epochs) for t in trials}   # grid_key -> (method, epochs)
         self.done_epochs: dict[str, int] = {}                            # grid_key -> epochs trained
@@ -173,13 +176,28 @@ class SweepCallback(tune.Callback):
                       f"val_acc {new[-1]['val_acc']:.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        res, run_id, row = self.final.pop(trial.trial_id), self.runs[trial.trial_id], self.rows[trial.trial_id]
+        run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]
+        res = self.final.pop(trial.trial_id, None)
+        if res is None:  # stopped early by the scheduler (a recipe search): finished, and says where it stopped
+            epoch = self.logged.get(run_id, 0)
+            self.client.log_metric(run_id, "stopped_at_epoch", epoch)
+            self.client.set_tag(run_id, "stopped_early", "true")
+            self.client.set_terminated(run_id, "FINISHED")
+            shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
+            row.status = "STOPPED"
+            self._say(f"{row.name} stopped early at epoch {epoch} by the scheduler")
+            return
         with trial.checkpoint.as_directory() as d:
             tracking.finish_run(self.client, run_id, res["final_metrics"], res["final_info"], Path(d))
         shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
         m = res["final_metrics"]
         levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
         row.status, row.wall_s = "FINISHED", m["total_wall_s"]
+        if not levels:  # trained only (a recipe search): the selection metric is on validation
+            row.acc0 = m.get(self.select) if self.select else None
+            self._say(f"{row.name} finished: {self.select} {row.acc0:.4f} in {row.wall_s:.0f}s" if row.acc0 is not None
+                      else f"{row.name} finished in {row.wall_s:.0f}s")
+            return
         row.acc0, row.acc_max = m[f"test_acc_{level_tag(levels[0] / 100)}"], m[f"test_acc_{level_tag(levels[-1] / 100)}"]
         self._say(f"{row.name} finished: acc {row.acc0:.4f} (p{levels[0]:02d}) -> {row.acc_max:.4f} "
                   f"(p{levels[-1]:02d}) in {row.wall_s:.0f}s")
@@ -209,17 +227,23 @@ class Resources:
 
 
 def run_sweep(trials: list[TrialConfig], experiment: str, client, exp_id: str, storage: Path,
-              res: Resources, arrays: dict[str, Arrays], extra_tags: dict[str, str] | None = None) -> list[Row]:
+              res: Resources, arrays: dict[str, Arrays], extra_tags: dict[str, str] | None = None,
+              select: str | None = None, grace_period: int = 1) -> list[Row]:
     """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows.
-    `experiment` names the Ray run and the resume-state folder; extra_tags go on every MLflow run."""
+    `experiment` names the Ray run and the resume-state folder; extra_tags go on every MLflow run.
+    select (a recipe search): trials only train (no test evaluation) and ASHA (Li et al. 2020) stops
+    the ones whose validation metric `select` trails at its rungs, after grace_period epochs."""
     tags = {**tracking.repro_tags(), **(extra_tags or {})}
-    cb = SweepCallback(client, exp_id, tags, trials, storage, experiment)
+    cb = SweepCallback(client, exp_id, tags, trials, storage, experiment, select)
     param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
-                   "resume_root": str(resume_dir(storage, experiment, ""))}
+                   "resume_root": str(resume_dir(storage, experiment, "")), "evaluate": select is None}
+    scheduler = None if select is None else ASHAScheduler(
+        time_attr="epoch", metric=select, mode="max", max_t=max(t.epochs for t in trials), grace_period=grace_period,
+        reduction_factor=3)
     fn = tune.with_resources(tune.with_parameters(trainable, arrays=arrays), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(
         fn, param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent,
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, scheduler=scheduler,
                                     trial_dirname_creator=lambda t: f"{from_dict(t.config['trial']).grid_key()}_{t.trial_id}"),
         run_config=tune.RunConfig(
             name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,

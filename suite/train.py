@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from . import prune
 from .config import TrialConfig
 from .data import Splits
 from .methods import Method
@@ -93,7 +94,8 @@ def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialCon
         loss_m, nll_m, kl_m = (sums / n_batches).tolist()  # .tolist() syncs the device: steps are done
         step_ms = 1000 * (time.perf_counter() - t0) / n_batches
         log = {"epoch": epoch, "train_loss": loss_m, "train_nll": nll_m,
-               "val_acc": evaluate_acc(model, data.x_val, data.y_val), "step_time_ms": step_ms}
+               "val_acc": evaluate_acc(model, data.x_val, data.y_val), "step_time_ms": step_ms,
+               **pruned_val_acc(model, cfg, data)}
         if model.has_kl:
             log["train_kl"] = kl_m
         if phase.decay_start:
@@ -103,6 +105,23 @@ def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialCon
         if on_epoch is not None:
             on_epoch(log)
     return history
+
+
+@torch.no_grad()
+def pruned_val_acc(model: Method, cfg: TrialConfig, data: Splits) -> dict[str, float]:
+    """val_acc_pNN for every level of cfg.val_sparsities: a pruned copy's validation accuracy (the
+    metric a recipe search selects on; pruning never sees the test split). No global RNG is used, so
+    training draws the same numbers with or without it."""
+    if not cfg.val_sparsities:
+        return {}
+    allowed = prune.prunable(model, cfg.prune_biases)
+    score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
+    out = {}
+    for p in cfg.val_sparsities:
+        keep, _ = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
+        out[f"val_acc_{prune.level_tag(p)}"] = evaluate_acc(prune.pruned_copy(model, keep), data.x_val, data.y_val)
+    out["val_acc_mean"] = sum(out.values()) / len(out)  # the area under validation accuracy vs the listed levels, per level
+    return out
 
 
 def fit_epochs(history: list[dict], target: float) -> dict[str, int]:

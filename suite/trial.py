@@ -102,18 +102,15 @@ class PeakMemory:
         return hwm - self.base if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def level_tag(p: float | str) -> str:
-    """Metric suffix of a sparsity level: 0.9 -> p90, 0 -> p00, 1.0 -> p100; 'nat' (natural) stays."""
-    return p if isinstance(p, str) else f"p{round(p * 100):02d}"
-
-
 class ResumeError(ValueError):
     """A resume state belongs to another grid point (its grid_key differs): it is refused, not used."""
 
 
 def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
-              resume: dict | None = None) -> TrialResult:
+              resume: dict | None = None, evaluate: bool = True) -> TrialResult:
     """Train, then evaluate every level of cfg.sparsities as cfg.protocol says; pure in cfg.
+    evaluate=False stops after training (a recipe search: it selects on validation metrics only and
+    never touches the test split).
 
     Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
     train_wall_s (the epochs), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
@@ -151,6 +148,9 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
            **fit_epochs(history, cfg.resolved_fit_target)}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if not evaluate:
+        out["total_wall_s"] = time.perf_counter() - t_start
+        return TrialResult(cfg, out, history, info)
     t_eval = time.perf_counter()
     m, i, artifacts = evaluate_pruned(model, cfg, data, finetune, on_epoch, state)
     out.update(m)
@@ -222,7 +222,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, finetune: dic
     if cfg.protocol == "natural":
         levels.append(("nat", model.natural_keep().cpu() & allowed | ~allowed))
     for i, (p, keep) in enumerate(levels):
-        tag = level_tag(p)
+        tag = prune.level_tag(p)
         # reseed per level: the Monte Carlo predictions depend neither on how training used the RNG
         # nor on how many timed repetitions the previous level's latency phase happened to run
         torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
@@ -270,7 +270,7 @@ def summary(r: TrialResult) -> str:
              f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
              f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8}"]
     for p in [*c.sparsities, *(["nat"] if c.protocol == "natural" else [])]:
-        t = level_tag(p)
+        t = prune.level_tag(p)
         mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
         lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "
                      f"{m[f'test_ece_{t}']:6.4f} {m[f'latency_dense_b1_ms_{t}']:8.3f}ms "
