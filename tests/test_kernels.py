@@ -31,6 +31,8 @@ def test_softplus_special_values():
     assert 0 < sigma[1] == sig[1]  # e^-60 ~ 8.8e-27: both are e^rho to float32 precision
     assert sigma[2] == 89.0 and sigma[3] == 1e30 and sigma[4] == float("inf")
     assert torch.equal(sig[2:], torch.ones(3))
+    rho64 = RHO.double()  # float64 (the reference tests' dtype) takes torch's log1p: float64-exact
+    torch.testing.assert_close(softplus(rho64), torch.nn.functional.softplus(rho64, threshold=50), rtol=1e-12, atol=0)
 
 
 def test_softplus_compiled_equals_eager():
