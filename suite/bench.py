@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,9 +24,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from . import latency, prune
+from . import kernels, latency, prune
 from .config import TrialConfig
 from .data import default_data_dir, ensure, load_arrays
 from .models import build_model
@@ -34,11 +35,16 @@ from .train import make_optimizer
 B, LR, PRIOR = 100, 1e-4, (0.5, 1.0, math.exp(-6))
 
 
-def ours(method: str, x, y, samples: int = 1, compile: bool = True) -> Callable[[], None]:
+def ours_model(method: str, samples: int = 1, compile: bool = True):
+    """The suite's model and optimiser for a method, as a trial builds them."""
     cfg = TrialConfig(method=method, train_samples=samples, compile=compile)
-    model, n = build_model(cfg), len(y)
-    opt = make_optimizer(cfg, model)
-    model.train()
+    model = build_model(cfg)
+    return model.train(), make_optimizer(cfg, model)
+
+
+def train_step(model, opt, x, y) -> Callable[[], None]:
+    """One training step on a random batch of (x, y), as suite.train runs it."""
+    n = len(y)
 
     def step():
         idx = torch.randint(0, n, (B,))
@@ -47,6 +53,112 @@ def ours(method: str, x, y, samples: int = 1, compile: bool = True) -> Callable[
         loss.backward()
         opt.step()
     return step
+
+
+def ours(method: str, x, y, samples: int = 1, compile: bool = True) -> Callable[[], None]:
+    return train_step(*ours_model(method, samples, compile), x, y)
+
+
+# -- per-kernel breakdown: where one training step's time goes, per method, on this CPU
+Kernel = tuple[str, str, Callable[[], object]]  # (method, kernel, callable timing that kernel alone)
+FLAG_X_EXP = 8.0  # an elementwise kernel slower than this many plain exp passes over the same floats is flagged
+NOT_ELEMENTWISE = ("step", "matmuls fwd", "matmuls bwd", "other")
+
+
+def _ours_parts(method: str, x, y):
+    """Model and optimiser as trials build them (BBB compiled, 1 sample), with gradients set by one
+    real step, a fixed batch, and the full training step on that same model."""
+    model, opt = ours_model(method)
+    step = train_step(model, opt, x, y)
+    step()
+    return model, opt, x[:B], y[:B], step
+
+
+def _matmuls(model, xb, yb, flat: Tensor) -> list[tuple[str, Callable[[], object]]]:
+    """The 3 linear layers + cross-entropy from flat weights, forward alone and backward alone."""
+    leaf = flat.detach().requires_grad_()
+    nll = F.cross_entropy(model(xb, leaf), yb)
+    return [("matmuls fwd", lambda: F.cross_entropy(model(xb, leaf), yb)),
+            ("matmuls bwd", lambda: torch.autograd.grad(nll, leaf, retain_graph=True))]
+
+
+def sgd_kernels(x, y) -> list[Kernel]:
+    model, opt, xb, yb, step = _ours_parts("sgd", x, y)
+    parts = [*_matmuls(model, xb, yb, model.theta), ("optimizer", opt.step), ("step", step)]
+    return [("SGD", k, f) for k, f in parts]
+
+
+def bbb_kernels(x, y) -> list[Kernel]:
+    """BBB's step in its kernels: weight noise, fused sample + KL forward and backward (compiled, as
+    trials run them), the matmuls on the sampled weights, Adam over mu and rho."""
+    model, opt, xb, yb, step = _ours_parts("bbb", x, y)
+    fwd, bwd, noise = kernels.kl_kernels(True)
+    mu, rho, n = model.mu.detach(), model.rho.detach(), model.n_params
+    key = kernels.weight_noise_key(mu.device)
+    consts = model.prior.kl_constants()
+    eps = noise(n, key)
+    with torch.no_grad():
+        w, kl, *saved = fwd(mu, rho, eps, *consts)
+    g_w, g_kl = torch.randn_like(w), torch.ones(())
+    no_grad = torch.no_grad()  # as inside the autograd.Function, so the compiled kernels are reused, not recompiled
+    parts = [("noise", lambda: noise(n, key)), ("sample+KL fwd", no_grad(lambda: fwd(mu, rho, eps, *consts))),
+             ("sample+KL bwd", no_grad(lambda: bwd(g_w, g_kl, eps, *saved))), *_matmuls(model, xb, yb, w),
+             ("optimizer", opt.step), ("step", step)]
+    return [("BBB", k, f) for k, f in parts]
+
+
+def reference_passes(n: int) -> list[Kernel]:
+    """Plain eager elementwise passes over n floats, the yardstick the kernels are flagged against."""
+    v = torch.rand(n) + 0.5
+    return [("ref", f"{op} pass", lambda op=op: getattr(torch, op)(v)) for op in ("exp", "log", "log1p")]
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model, the vector ISA torch dispatches to, and the AVX-512 flag, for the table header."""
+    model, flags = "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"cpu_model": model, "vector_isa": torch.backends.cpu.get_cpu_capability(),
+            "avx512f": "avx512f" in flags, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+
+
+def breakdown(x, y, rounds: int, steps: int) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Median ms of each kernel of each method (interleaved rounds), its share of the method's
+    step, and how many plain exp passes over the same number of floats it costs."""
+    n = build_model(TrialConfig(method="sgd")).n_params
+    table = [*sgd_kernels(x, y), *bbb_kernels(x, y), *reference_passes(n)]
+    ms = race({f"{m}/{k}": f for m, k, f in table}, rounds, steps, warmup=5)
+    ms = {(m, k): t for (m, _, k), t in ((key.partition("/"), t) for key, t in ms.items())}
+    methods = {m: [k for m2, k, _ in table if m2 == m and k != "step"] for m, _, _ in table}
+    for m, ks in methods.items():  # "other": what the kernels leave of the step (batch gather, autograd, zero_grad)
+        if (m, "step") in ms:
+            ms[m, "other"] = ms[m, "step"] - sum(ms[m, k] for k in ks)
+            ks += ["other", "step"]
+    row = lambda m, k: {"ms": ms[m, k], "share": ms[m, k] / ms[m, "step"] if (m, "step") in ms else None,
+                        "x_exp": ms[m, k] / ms["ref", "exp pass"]}
+    return {m: {k: row(m, k) for k in ks} for m, ks in methods.items()}
+
+
+def print_breakdown(bd: dict[str, dict[str, dict]], cpu: dict[str, object]) -> list[str]:
+    """The per-kernel table; returns the flagged kernels (elementwise, > FLAG_X_EXP exp passes)."""
+    print(f"\nper-kernel breakdown on {cpu['cpu_model']} ({cpu['vector_isa']}, avx512f={cpu['avx512f']}, "
+          f"{cpu['threads']} threads), median ms")
+    print(f"{'method':7} {'kernel':16} {'ms':>8} {'% of step':>10} {'x exp pass':>11}")
+    flagged = []
+    for m, parts in bd.items():
+        for k, v in parts.items():
+            flag = k not in NOT_ELEMENTWISE and k != "other" and v["x_exp"] > FLAG_X_EXP
+            share = f"{100 * v['share']:9.1f}%" if v["share"] is not None else f"{'':10}"
+            print(f"{m:7} {k:16} {v['ms']:8.3f} {share} {v['x_exp']:11.1f}" + ("  <-- slow" if flag else ""))
+            flagged += [f"{m}/{k}"] if flag else []
+    if flagged:
+        print(f"  flagged (> {FLAG_X_EXP:g} exp passes): {', '.join(flagged)}")
+    return flagged
 
 
 def plain_sgd(batches: Callable[[], tuple]) -> Callable[[], None]:
@@ -323,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             contenders[name] = make(tensor_batches(x, y), s)
         except ImportError as e:
             missing.append(f"{name}: {e} (pip install -e '.[bench]')")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(contenders)} contenders x "
+    cpu, load = cpu_info(), [os.getloadavg()[0]]
+    print(f"torch {torch.__version__} on {cpu['cpu_model']} ({cpu['vector_isa']}, {cpu['cores']} cores), "
+          f"{cpu['threads']} threads; load average {load[0]:.1f}; {len(contenders)} contenders x "
           f"{args.rounds} rounds x {args.steps} steps")
     steps = race(contenders, args.rounds, args.steps, warmup=10)
     base = steps["ours SGD"]
@@ -332,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:44} {ms:9.2f} {ms / base:11.2f}")
     for line in missing:
         print(f"  not measured: {line}")
+    kernel_ms = breakdown(x, y, args.rounds, args.steps)
+    flagged = print_breakdown(kernel_ms, cpu)
     inf = inference(x)
     print(f"\n{'inference at 90 % sparsity':44} {'dense ms':>9} {'sparse ms':>10} {'kernel':>10}")
     for bsz in latency.BATCHES:
@@ -348,21 +464,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'latency isolation (1 thread per trial), median ms':50} " + " ".join(f"{k[8:-7]:>12}" for k in keys))
         for name, m in iso.items():
             print(f"{name:50} " + " ".join(f"{m[k]:12.3f}" for k in keys))
-    ours_bbb = steps[f"ours BBB ({s} sample)"]
-    blitz = steps.get(f"BLiTZ BBB ({s} sample)")
+    load.append(os.getloadavg()[0])
+    targets = speed_targets(steps, s)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"train_ms_per_step": steps, "inference_p90": inf, "latency_isolation": iso,
-                               "batched_seeds_ms_per_seed_step": stacked,
-                               "threads": torch.get_num_threads(),
+    out.write_text(json.dumps({"train_ms_per_step": steps, "kernel_breakdown": kernel_ms, "flagged_kernels": flagged,
+                               "targets": targets, "inference_p90": inf, "latency_isolation": iso,
+                               "batched_seeds_ms_per_seed_step": stacked, **cpu, "load_average": load,
                                "samples": s, "torch": torch.__version__, "not_measured": missing}, indent=1))
     print(f"\nwrote {out}")
-    ratios = [f"ours BBB / ours SGD = {ours_bbb / base:.2f}",
-              f"ours BBB / BLiTZ = {ours_bbb / blitz:.2f} ({blitz / ours_bbb:.1f}x faster)" if blitz else "BLiTZ not measured",
-              f"ours SGD / plain tensor loop = {base / steps['plain SGD (tensor loop)']:.2f}",
-              f"sparse/dense b1000 @90% = {inf['latency_sparse_b1000_ms_p90'] / inf['latency_dense_b1000_ms_p90']:.2f}"]
+    ratios = [f"{t['name']} = {t['value']:.2f} (target {t['op']} {t['target']}: {'met' if t['met'] else 'NOT met'})"
+              for t in targets]
+    ratios += [f"ours SGD / plain tensor loop = {base / steps['plain SGD (tensor loop)']:.2f}",
+               f"sparse/dense b1000 @90% = {inf['latency_sparse_b1000_ms_p90'] / inf['latency_dense_b1000_ms_p90']:.2f}",
+               f"load average {load[0]:.1f} -> {load[1]:.1f} on {cpu['cores']} cores"]
     print("RATIOS: " + "; ".join(ratios))
     return 0
+
+
+def speed_targets(steps: dict[str, float], s: int) -> list[dict[str, object]]:
+    """The speed targets of issue 12 as ratios of median step times (peers that are not installed are skipped)."""
+    ours_bbb = steps[f"ours BBB ({s} sample)"]
+    checks = [("ours BBB / ours SGD", ours_bbb / steps["ours SGD"], "<=", 2.0)]
+    for peer, target in (("BLiTZ", 4.0), ("bayesian-torch", 2.5)):
+        if f"{peer} BBB ({s} sample)" in steps:
+            checks.append((f"{peer} BBB / ours BBB", steps[f"{peer} BBB ({s} sample)"] / ours_bbb, ">=", target))
+    return [{"name": n, "value": v, "op": op, "target": t, "met": v <= t if op == "<=" else v >= t}
+            for n, v, op, t in checks]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""BBB's per-weight kernels against float64: softplus and its sigmoid, the inlined log, the fused
+sample + KL over the whole rho range, and Philox4x32-10's known answers on int32 words."""
+import math
+
+import torch
+
+from suite.kernels import Prior, log32, philox4x32, sample_and_kl, softplus, softplus_sigmoid
+
+RHO = torch.cat([torch.linspace(-30, 20, 200_001), torch.tensor([-17.0, -16.6, -9.0, 0.0, 9.0])])
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float(((got.double() - want) / want.abs()).abs().max())
+
+
+def test_softplus_and_sigmoid_match_float64_across_the_rho_range():
+    """rho < -16.6 is where 1 + e^rho rounds to 1 in float32: a naive log(1 + e^rho) returns 0 there."""
+    sigma, sig = softplus_sigmoid(RHO)
+    rho64 = RHO.double()
+    assert rel_err(sigma, torch.nn.functional.softplus(rho64, threshold=50)) <= 1e-6
+    assert rel_err(sig, torch.sigmoid(rho64)) <= 1e-6
+    assert (sigma > 0).all() and torch.equal(sigma, softplus(RHO))
+    assert float(torch.log(1 + torch.exp(torch.tensor(-20.0)))) == 0  # the failure mode the test guards
+
+
+def test_softplus_special_values():
+    """softplus(-inf) = 0 exactly (a pruned weight's sigma), finite and = rho where e^rho overflows."""
+    rho = torch.tensor([float("-inf"), -60.0, 89.0, 1e30, float("inf")])
+    sigma, sig = softplus_sigmoid(rho)
+    assert sigma[0] == 0 and sig[0] == 0
+    assert 0 < sigma[1] == sig[1]  # e^-60 ~ 8.8e-27: both are e^rho to float32 precision
+    assert sigma[2] == 89.0 and sigma[3] == 1e30 and sigma[4] == float("inf")
+    assert torch.equal(sig[2:], torch.ones(3))
+    rho64 = RHO.double()  # float64 (the reference tests' dtype) takes torch's log1p: float64-exact
+    torch.testing.assert_close(softplus(rho64), torch.nn.functional.softplus(rho64, threshold=50), rtol=1e-12, atol=0)
+
+
+def test_softplus_compiled_equals_eager():
+    compiled = torch.compile(softplus_sigmoid)(RHO)
+    for got, want in zip(compiled, softplus_sigmoid(RHO)):
+        torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
+
+
+def test_log32_matches_float64_from_tiny_to_huge_and_near_one():
+    torch.manual_seed(0)
+    x = torch.cat([torch.exp(torch.rand(200_000) * 170 - 85), 1 + (torch.rand(10_000) - 0.5) * 1e-3,
+                   torch.tensor([0.5, 1.0, 2.0, math.sqrt(2), 1.1754944e-38, 3.4e38])])
+    want = torch.log(x.double())
+    err = (log32(x).double() - want).abs()
+    # relative where log is not ~0; near x = 1 compare with the float32 spacing of x - 1 instead
+    assert float((err / want.abs().clamp_min(1e-30)).max()) <= 1e-6
+    assert log32(torch.tensor([0.0]))[0] == float("-inf")
+
+
+def test_fused_kl_gradients_over_the_whole_rho_range_match_float64_autograd():
+    """float32 kernel vs a float64 autograd reference for rho in [-30, 20] (sigma 1e-13 .. 20)."""
+    torch.manual_seed(1)
+    prior = Prior(0.5, 1.0, math.exp(-6))
+    n = 5000
+    mu, rho = torch.rand(n) * 0.4 - 0.2, torch.rand(n) * 50 - 30
+    eps, g_w = torch.randn(n), torch.randn(n)
+    mu32, rho32 = mu.clone().requires_grad_(), rho.clone().requires_grad_()
+    w, kl = sample_and_kl(mu32, rho32, eps, prior)
+    ((w * g_w).sum() + 0.7 * kl).backward()
+    mu64, rho64 = mu.double().requires_grad_(), rho.double().requires_grad_()
+    sigma = torch.nn.functional.softplus(rho64, threshold=50)
+    w64 = mu64 + sigma * eps.double()
+    kl64 = -torch.log(sigma).sum() - 0.5 * (1 + math.log(2 * math.pi)) * n - prior.log_prob(w64).sum()
+    ((w64 * g_w.double()).sum() + 0.7 * kl64).backward()
+    torch.testing.assert_close(w.double(), w64.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(kl.double(), kl64.detach(), rtol=1e-5, atol=0)
+    # the narrow prior component (k2 = e^12 / 2) makes dlogP/dw move 3e-5 relative per float32 ulp of w
+    # near |w| = 0.02: float32's own rounding of w, not the kernel, sets this tolerance
+    torch.testing.assert_close(mu32.grad.double(), mu64.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rho32.grad.double(), rho64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_philox_matches_the_random123_known_answers():
+    """Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors), on int32
+    words holding the unsigned bits."""
+    def i32(v: int) -> torch.Tensor:
+        return torch.tensor([v - (1 << 32) if v >= 1 << 31 else v], dtype=torch.int32)
+    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    for ctr, key, want in cases:
+        got = philox4x32(tuple(i32(v) for v in ctr), torch.tensor(key))
+        assert all(g.dtype == torch.int32 for g in got)
+        assert tuple(int(g) & 0xFFFFFFFF for g in got) == want
