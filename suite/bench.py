@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from . import kernels, latency, prune
 from .config import TrialConfig
 from .data import default_data_dir, ensure, load_arrays
-from .models import build_model
+from .methods import build as build_model
 from .train import make_optimizer
 
 B, LR, PRIOR = 100, 1e-4, (0.5, 1.0, math.exp(-6))

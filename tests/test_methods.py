@@ -79,12 +79,21 @@ def test_new_fields_enter_the_key_only_when_set():
 
 
 def test_refactor_left_every_number_unchanged():
-    """SGD, Dropout and BBB trials give the metrics recorded before methods became plug-ins."""
+    """SGD, Dropout and BBB trials give the metrics recorded before methods became plug-ins: SGD and
+    Dropout bit for bit; BBB to float32 rounding (its kernels' transcendentals were rewritten for
+    speed after the recording: same formulas, a few ulps apart)."""
     torch.set_num_threads(1)
     for name, ref in json.loads((DATA / "baseline_v1.json").read_text()).items():
         r = run_trial(TrialConfig(**ref["config"]))
-        assert {k: r.metrics[k] for k in ref["metrics"]} == ref["metrics"], name
-        assert [{k: h[k] for k in e} for h, e in zip(r.history, ref["history"])] == ref["history"], name
+        got = {k: r.metrics[k] for k in ref["metrics"]}
+        hist = [{k: h[k] for k in e} for h, e in zip(r.history, ref["history"])]
+        if name == "bbb":
+            assert got == pytest.approx(ref["metrics"], rel=1e-5, abs=1e-7), name
+            assert {k: v for k, v in got.items() if "acc" in k or "sparsity" in k} == {
+                k: v for k, v in ref["metrics"].items() if "acc" in k or "sparsity" in k}
+            assert all(h == pytest.approx(e, rel=1e-5) for h, e in zip(hist, ref["history"])), name
+        else:
+            assert got == ref["metrics"] and hist == ref["history"], name
 
 
 def test_a_method_is_one_file_plus_registration(tmp_path):
