@@ -15,8 +15,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import compression, references  # noqa: E402
-from .load import (DATASET_NAMES, NAT, Experiment, by_level, history, npz_artifact,  # noqa: E402
-                   ordered_datasets, ordered_labels)
+from .load import DATASET_NAMES, NAT, Experiment, by_level, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
 
 
 def palette(df: pd.DataFrame) -> dict[str, str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import summarize
 from .load import by_level
+from .tables import summarize
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 STUDY_TABLES = ("prasad2021", "blundell2015")   # accuracy per label and pruned fraction
@@ -85,8 +85,9 @@ def compare(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
                 row["status"] = "level not run"
             elif status == "compared":
                 o = ours.loc[p]
+                inside = "n/a (1 seed)" if o["n"] == 1 else "yes" if abs(o["mean"] - pub) <= 2 * o["std"] else "no"
                 row.update(ours_mean=o["mean"], ours_std=o["std"], n_seeds=int(o["n"]), diff=o["mean"] - pub,
-                           inside_spread="n/a (1 seed)" if o["n"] == 1 else "yes" if abs(o["mean"] - pub) <= 2 * o["std"] else "no")
+                           inside_spread=inside)
             rows.append(row)
     cols = ["dataset", "label", "sparsity", "published", "ours_mean", "ours_std", "n_seeds", "diff", "inside_spread", "status"]
     return pd.DataFrame(rows, columns=cols), pd.DataFrame.from_dict(differ, orient="index").fillna("-")

@@ -20,7 +20,17 @@ import jinja2
 import pandas as pd
 
 from . import plots, references, tables
-from .load import DATASET_NAMES, NAT, AnalysisError, Experiment, baseline_label, history, load, ordered_datasets, ordered_labels
+from .load import (
+    DATASET_NAMES,
+    NAT,
+    AnalysisError,
+    Experiment,
+    baseline_label,
+    history,
+    load,
+    ordered_datasets,
+    ordered_labels,
+)
 from .tables import Table
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -79,7 +89,8 @@ def study_check(ref: pd.DataFrame, df: pd.DataFrame) -> list[str]:
             verdict = "better" if at.ours_mean[label] > at.ours_mean[base] else "worse"
             study = "better" if at.published[label] > at.published[base] else "worse"
             lines.append(f"{ds}, {top:.0%}: {label} does {verdict} than {base} here ({at.ours_mean[label]:.4f} vs "
-                         f"{at.ours_mean[base]:.4f}); the study found it {study} ({at.published[label]:.4f} vs {at.published[base]:.4f}).")
+                         f"{at.ours_mean[base]:.4f}); the study found it {study} ({at.published[label]:.4f} vs "
+                         f"{at.published[base]:.4f}).")
     return lines
 
 
@@ -98,10 +109,12 @@ def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]
     seeds = df.groupby(["dataset", "label"]).seed.nunique()
     intro = [f"Runs in the store by status: {', '.join(f'{k} {v}' for k, v in sorted(exp.status_counts.items()))}. "
              f"Only FINISHED runs are used, one per grid point ({len(df)} grid points"
-             + (f"; {exp.duplicates_dropped} older duplicate run(s) of the same grid point ignored" if exp.duplicates_dropped else "")
+             + (f"; {exp.duplicates_dropped} older duplicate run(s) of the same grid point ignored"
+                if exp.duplicates_dropped else "")
              + f"). Seeds per cell: {seeds.min()}..{seeds.max()}"
              + (" (one seed: no spread is shown; cells say so)." if seeds.max() == 1 else ".")
-             + f" Code: {', '.join(sorted(set(df.git_commit.dropna().str[:10])))}; device: {', '.join(sorted(set(df.device.dropna())))}."]
+             + f" Code: {', '.join(sorted(set(df.git_commit.dropna().str[:10])))};"
+             + f" device: {', '.join(sorted(set(df.device.dropna())))}."]
     sweeps = sorted(s for s in df.sweep.unique() if s)
     if sweeps:
         intro.append(f"This experiment holds {len(sweeps)} concurrency sweeps ({', '.join(sweeps)}) of the same grid: the tables "
@@ -118,8 +131,8 @@ def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]
             if t.empty:
                 continue
             best = "; best per column in bold" if higher is not None else ""
-            sec.subsections.append(Section(title, [text(f"{what[0].upper() + what[1:]}; mean ± std over seeds (n){best}.", note=True),
-                                                   Block("table", table=t.write(tdir, f"{metric}_{ds}"))]))
+            about = text(f"{what[0].upper() + what[1:]}; mean ± std over seeds (n){best}.", note=True)
+            sec.subsections.append(Section(title, [about, Block("table", table=t.write(tdir, f"{metric}_{ds}"))]))
         sec.subsections.append(Section("Training cost", [
             Block("table", table=tables.cost_table(df, ds).write(tdir, f"cost_{ds}")),
             text("train = the training epochs only; compile = torch.compile warm-up before training; eval = pruning "
@@ -291,7 +304,8 @@ def build(exp: Experiment, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep's --experiment)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", default=None, help="report folder (default: reports/<experiment>/)")
     args = ap.parse_args(argv)
     try:

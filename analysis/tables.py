@@ -18,7 +18,7 @@ from .load import DATASET_NAMES, NAT, baseline_label, by_level, level_key, order
 LEVEL_TABLES = {
     "test_acc": ("Test accuracy", "one deterministic forward pass (posterior mean for Bayesian methods)", True),
     "oneshot_acc": ("Test accuracy before fine-tuning", "one-shot pruned, before the fine-tune protocol retrained it", True),
-    "test_acc_mc": ("Ensemble test accuracy", "Monte Carlo ensemble of sampled networks (methods with a sampling predictor)", True),
+    "test_acc_mc": ("Ensemble test accuracy", "Monte Carlo ensemble of sampled networks (methods that sample)", True),
     "test_nll": ("Test NLL", "negative log-likelihood, nats per example", False),
     "test_nll_mc": ("Ensemble test NLL", "Monte Carlo ensemble, nats per example", False),
     "test_ece": ("Test ECE", "expected calibration error, 15 bins", False),

@@ -219,6 +219,11 @@ def test_like_protocol_only(lenet):
     at75 = table[table.sparsity == 0.75].set_index(["dataset", "label"]).status
     assert at75["mnist", "SGD"] == "level not run" and at75["mnist", "Dropout 0.9"] == "not run"
     assert differ.empty
+    # the claim check compares every label with the baseline (tag), at the highest compared level
+    checks = report.study_check(table, exp.runs)
+    d90 = exp.runs.query("dataset == 'mnist' and label == 'Dropout 0.5'")["test_acc_p90"].mean()
+    assert any(line.startswith("mnist, 90%: Dropout 0.5 does worse than SGD here") and f"{d90:.4f}" in line
+               and "the study found it worse (0.2216 vs 0.6943)" in line for line in checks), checks
 
 
 def test_published_markers_only_for_the_same_architecture(lenet):
