@@ -138,8 +138,9 @@ def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]
             text("train = the training epochs only; compile = torch.compile warm-up before training; eval = pruning "
                  "sweep, evaluation and latency after training; total = all of it with setup. Columns no run logged "
                  "are left out.", note=True)]))
-        sec.subsections.append(Section("Inference cost", [Block("table", table=tables.cost_table(
-            df, ds, tables.INFERENCE_COST).write(tdir, f"inference_{ds}"))]))
+        inference = tables.cost_table(df, ds, tables.INFERENCE_COST)
+        if not inference.empty:
+            sec.subsections.append(Section("Inference cost", [Block("table", table=inference.write(tdir, f"inference_{ds}"))]))
         sections.append(sec)
     sections.append(compression_section(exp, out))
     sections.append(reference_section(df, tdir))
@@ -187,7 +188,8 @@ def compression_section(exp: Experiment, out: Path) -> Section:
         if not pub.empty:
             cells = pub.assign(test_error=(100 * pub.test_error).map("{:.2f} %".format),
                                compression=pub.compression.map("{:g}x".format), removed=pub.removed.map("{:.1%}".format))
-            blocks += [text("Published on the same architecture (" + references.source("lenet300100").split(". ")[0] + "):"),
+            blocks += [text("Published on the same architecture (sources and how each ratio is counted: "
+                            "`analysis/reference/lenet300100.csv`):"),
                        Block("table", table=Table(cells[["label", "test_error", "compression", "removed", "paper"]]
                                                   .set_index("label").fillna("")))]
         else:
@@ -285,6 +287,8 @@ def to_html(title: str, intro: list[str], sections: list[Section], root: Path) -
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters["inline"] = lambda s: jinja2.utils.markupsafe.Markup(_inline(s))
     env.filters["data_uri"] = lambda p: "data:image/png;base64," + base64.b64encode((root / p).read_bytes()).decode()
+    # a single-panel figure takes half the page, so two sit side by side; a multi-panel one the full width
+    env.filters["png_width"] = lambda p: int.from_bytes((root / p).read_bytes()[16:20], "big")  # PNG IHDR width
     return env.get_template("report.html.j2").render(title=title, intro=intro, sections=sections)
 
 

@@ -87,6 +87,10 @@ class Table:
             return re.sub(r" \((n=\d+|1 seed)\)", r'<br><span class="n">(\1)</span>', v)
         styler = self.cells.style.apply(lambda _: self.best().replace({True: "font-weight:bold", False: ""}), axis=None)
         styler = styler.format(fmt).set_table_attributes('class="data"')
+        words = [c for c in self.cells.columns if not self.cells[c].astype(str).str.match(r"[-+\d.]").any()]
+        # prose columns (sources, notes) read left to right, header included
+        styler = styler.set_properties(subset=words, **{"text-align": "left"})
+        styler = styler.set_table_styles({c: [{"selector": "th", "props": "text-align: left"}] for c in words}, overwrite=False)
         styler = styler.hide(axis="index", names=True) if self.index else styler.hide(axis="index")
         return styler.to_html()
 
