@@ -94,6 +94,10 @@ def _draw_compression(ax, df: pd.DataFrame, ds: str, bar: float | None = None) -
     stops a few points above the best dense error: the region the field compares in."""
     pal = palette(df)
     s = compression.summary(df[df.dataset == ds])
+    ax.set_title(f"{DATASET_NAMES.get(ds, ds)}: test error vs compression (final epoch)")
+    if s.empty:
+        empty_panel(ax, "No level with a finite compression ratio\n(every run pruned all weights, or logged no test_acc_pNN)")
+        return
     for label in _order(df, s.label):
         g = s[(s.label == label) & (s.level != NAT)].sort_values("compression")
         sd = g.error_std.fillna(0)
@@ -117,8 +121,7 @@ def _draw_compression(ax, df: pd.DataFrame, ds: str, bar: float | None = None) -
     lo = 100 * s.error.min()
     ax.set_ylim(max(0.0, lo - 0.15 * (top - lo)), top)
     ax.set_xscale("log")
-    ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: test error vs compression (final epoch)",
-           xlabel="compression = dense / nonzero weights (log; biases not counted)",
+    ax.set(xlabel="compression = dense / nonzero weights (log; biases not counted)",
            ylabel=f"test error (%, axis cut at {top:.1f})")
     ax.legend(title="method (band: ±1 std over seeds)", fontsize=8, loc="upper left")
 

@@ -156,13 +156,15 @@ def error_bars(df: pd.DataFrame) -> dict[str, float]:
 def headline_section(exp: Experiment, out: Path) -> Section:
     df = exp.runs
     base = baseline_label(df)
-    t, levels = tables.headline_table(df)
     by_compression = _uses_compression(df)
+    t, levels = tables.headline_table(df, with_compression=by_compression)
     fig = plots.headline(exp, out / "plots", by_compression, error_bars(df))
     who = (f"every method against the baseline **{base}** (runs tagged `baseline=true`)" if base else
            "every method (no run is tagged `baseline=true`, so no difference to a baseline is shown)")
+    squeeze = (" and the highest compression at which its error stays within the bar of the Compression section"
+               if by_compression else "")
     blocks = [text(f"The comparison this experiment was run for: {who}, unpruned and at the highest pruning level "
-                   f"every method was evaluated at ({levels}); mean ± std over seeds, best per dataset in bold."),
+                   f"every method was evaluated at ({levels}){squeeze}; mean ± std over seeds, best per dataset in bold."),
               Block("table", table=t.write(out / "tables", "headline")),
               Block("image", path=str(fig.relative_to(out)),
                     caption="Test error vs compression ratio (published results of the same architecture as black diamonds)"

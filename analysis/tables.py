@@ -207,12 +207,14 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
     return Table(cells, pd.DataFrame.from_dict(means, orient="index"), True), words
 
 
-def headline_table(df: pd.DataFrame) -> tuple[Table, str]:
+def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Table, str]:
     """One row per dataset and label: dense accuracy, accuracy at the highest level every label has,
-    and its difference to the baseline label (tag baseline=true). Returns the table and that level."""
+    its difference to the baseline label (tag baseline=true) and, for compression benchmarks, the
+    compression table's figure. Returns the table and the level per dataset in words."""
     rows, means, words = [], [], []
     for ds in ordered_datasets(df):
         d = df[df.dataset == ds]
+        squeeze = compression_table(df, ds)[0].cells if with_compression else pd.DataFrame()
         s = summarize(by_level(d, "test_acc"), "test_acc", ["label", "level"]).set_index(["label", "level"])
         labels = ordered_labels(d)
         fixed = [lv for lv in {lv for _, lv in s.index} if lv != NAT and all((lab, lv) in s.index for lab in labels)]
@@ -228,6 +230,10 @@ def headline_table(df: pd.DataFrame) -> tuple[Table, str]:
             if base and top and top != "p00":
                 diff = s.loc[(lab, top), "mean"] - s.loc[(base, top), "mean"]
                 row[f"vs {base} at {level_name(top)}"] = "baseline" if lab == base else f"{diff * 100:+.2f} pp"
+            if lab in squeeze.index:
+                row["highest compression within the error bar"] = squeeze.loc[lab, "compression"]
+                mrow["highest compression within the error bar"] = pd.to_numeric(
+                    squeeze.loc[lab, "compression"].split("x")[0], errors="coerce")
             rows.append(row)
             means.append(mrow)
         name = DATASET_NAMES.get(ds, ds)

@@ -140,8 +140,10 @@ def test_labels_colours_and_baseline_come_from_tags(lenet):
     pal = plots.palette(exp.runs)
     assert pal["SGD"] == "#1f77b4" and pal["Sparse VD"] == "#2ca02c"
     assert pal["Dropout 0.5"] not in {c[3] for c in LENET.values()}  # untagged: a free palette colour
-    t, _ = tables.headline_table(exp.runs)
+    t, _ = tables.headline_table(exp.runs, with_compression=True)
     assert t.cells.loc[("MNIST", "SGD"), "vs SGD at 99 %"] == "baseline"
+    assert t.cells.loc[("MNIST", "Sparse VD"), "highest compression within the error bar"] == "100.0x"
+    assert t.best().loc[("MNIST", "Sparse VD"), "highest compression within the error bar"]
     sgd99 = exp.runs.query("dataset == 'mnist' and label == 'SGD'")["test_acc_p99"].mean()
     vd99 = exp.runs.query("dataset == 'mnist' and label == 'Sparse VD'")["test_acc_p99"].mean()
     assert t.cells.loc[("MNIST", "Sparse VD"), "vs SGD at 99 %"] == f"{(vd99 - sgd99) * 100:+.2f} pp"
@@ -245,9 +247,10 @@ def test_html_report_has_tables_images_toc_and_bold_best(lenet):
     assert page.links and set(page.links) <= page.ids                        # every TOC entry lands
     assert len(page.tables) >= 10
     headline = page.tables[0]
-    assert [c for c, _ in headline[0]][-1] == "vs SGD at 99 %"
+    assert [c for c, _ in headline[0]][-2:] == ["vs SGD at 99 %", "highest compression within the error bar"]
     bold = [c for row in headline for c, cid in row if page.bold(cid)]
-    assert bold and all("±" in c for c in bold)
+    assert sorted(bold) == sorted(["0.9863 ± 0.0004(n=3)", "0.8965 ± 0.0003(n=3)", "100.0x", "100.0x",   # dense: Dropout
+                                   "0.9814 ± 0.0004(n=3)", "0.8913 ± 0.0003(n=3)"])                   # 99 %: Sparse VD
     acc = next(t for t in page.tables if any(c == "natural" for c, _ in t[0]))
     rows = {r[0][0]: r[1:] for r in acc[1:]}
     best_dense = max(rows, key=lambda lab: float(rows[lab][0][0].split()[0]))
