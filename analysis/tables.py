@@ -86,7 +86,8 @@ class Table:
             v = html.escape("-" if pd.isna(v) else str(v))
             return re.sub(r" \((n=\d+|1 seed)\)", r'<br><span class="n">(\1)</span>', v)
         styler = self.cells.style.apply(lambda _: self.best().replace({True: "font-weight:bold", False: ""}), axis=None)
-        styler = styler.format(fmt).set_table_attributes('class="data"')
+        styler = styler.format(fmt).format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+        styler = styler.set_table_attributes('class="data"')
         words = [c for c in self.cells.columns if not self.cells[c].astype(str).str.match(r"[-+\d.]").any()]
         # prose columns (sources, notes) read left to right, header included
         styler = styler.set_properties(subset=words, **{"text-align": "left"})

@@ -5,6 +5,7 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -270,3 +271,14 @@ def test_error_vs_compression_plot_and_empty_panels_explained(lenet):
     fig = plots.cost_figure(exp.runs.assign(epochs_to_fit=np.nan))
     assert "No trial reached" in " ".join(t.get_text() for t in fig.axes[1].texts)
     assert not fig.axes[1].patches                                           # and draws no bars
+
+
+def test_table_renderings_agree_and_escape():
+    t = tables.Table(pd.DataFrame({"acc <%>": ["0.5000 ± 0.1000 (n=3)", "<x>"]}, index=["L<1>", "M"]),
+                     pd.DataFrame({"acc <%>": [0.5, 0.2]}, index=["L<1>", "M"]), higher=True)
+    page = Page()
+    page.feed(t.html())
+    cells = [c for row in page.tables[0] for c, _ in row]
+    assert "acc <%>" in cells and "L<1>" in cells and "<x>" in cells          # escaped, so parsed back as text
+    assert [c for row in page.tables[0] for c, cid in row if page.bold(cid)] == ["0.5000 ± 0.1000(n=3)"]
+    assert "**0.5000 ± 0.1000 (n=3)**" in t.markdown() and "\\textbf{0.5000 $\\pm$ 0.1000 (n=3)}" in t.latex()
