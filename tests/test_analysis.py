@@ -19,10 +19,10 @@ def store(tmp_path_factory, mnist):
     client = tracking.connect(uri)
     exp_id = tracking.ensure_experiment(client, "tiny")
     results = []
-    for method, dropout in (("sgd", 0.0), ("sgd", 0.5), ("bbb", 0.0)):
+    for method, kw in (("sgd", {}), ("sgd", {"dropout": 0.5}), ("bbb", {})):
         for seed in (0, 1):
-            cfg = TrialConfig(method=method, dropout=dropout, seed=seed, epochs=2, train_subset=1500, val_size=1000,
-                              hidden=(32,), test_samples=2, sparsities=(0.0, 0.5, 0.9), lr=1e-3, compile=False)
+            cfg = TrialConfig(method=method, seed=seed, epochs=2, train_subset=1500, val_size=1000, hidden=(32,),
+                              test_samples=2, sparsities=(0.0, 0.5, 0.9), lr=1e-3, compile=False, **kw)
             results.append(run_trial(cfg, arrays=mnist))
     for r in results:
         tracking.log_result_locally(client, exp_id, r, {"device": "cpu", "git_commit": "test"})
@@ -34,15 +34,30 @@ def store(tmp_path_factory, mnist):
     one = tracking.ensure_experiment(client, "one-seed")
     tracking.log_result_locally(client, one, results[-1], {"device": "cpu", "git_commit": "test"})
     tracking.ensure_experiment(client, "empty")
-    # the same results logged with the run-tag contract: BBB is the baseline and comes first,
-    # Dropout has no label_order (sorts last) and no colour (palette fallback)
+    # the same results with the run-tag contract set here (whatever the suite logs): BBB is the baseline and
+    # comes first, Dropout has no label_order (sorts last) and no colour (palette fallback) ...
     tagged = tracking.ensure_experiment(client, "tagged")
+    order = {"SGD": {"label_order": "2", "color": "#000000"}, "BBB": {"label_order": "1", "color": "#ff0000"}}
     for r in results:
         label = r.config.label()
         tags = {"protocol": "oneshot", "baseline": str(label == "BBB").lower(), "device": "cpu", "git_commit": "test"}
-        tags |= {"SGD": {"label_order": "2", "color": "#000000"}, "BBB": {"label_order": "1", "color": "#ff0000"}}.get(label, {})
-        tracking.log_result_locally(client, tagged, r, tags)
+        run_id = tracking.log_result_locally(client, tagged, r, tags | order.get(label, {}))
+        if label not in order:
+            strip(client, run_id, ("label_order", "color"))
+    # ... and as a store from before the contract: no protocol, label_order, color or baseline tags
+    legacy = tracking.ensure_experiment(client, "legacy")
+    for r in results:
+        strip(client, tracking.log_result_locally(client, legacy, r, {"device": "cpu", "git_commit": "test"}),
+              ("protocol", "label_order", "color", "baseline"))
     return uri, results
+
+
+def strip(client, run_id: str, keys) -> None:
+    """Delete those tags from a run (MLflow refuses to delete a tag that is not there)."""
+    present = client.get_run(run_id).data.tags
+    for k in keys:
+        if k in present:
+            client.delete_tag(run_id, k)
 
 
 def test_tables_equal_a_direct_computation(store):
@@ -52,16 +67,22 @@ def test_tables_equal_a_direct_computation(store):
     assert exp.status_counts == {"FINISHED": 7, "FAILED": 1}
     t = tables.level_table(exp.runs, "test_acc", "mnist")
     cells, means = t.cells, t.means
-    # a store from before the run-tag contract: order, colours and baseline from the documented fallback
-    assert list(cells.index) == ["SGD", "Dropout 0.5", "BBB"] and list(cells.columns) == ["0 %", "50 %", "90 %"]
-    assert baseline_label(exp.runs) == "SGD" and plots.palette(exp.runs)["BBB"] == "#d62728"
-    for label, method, dropout in (("SGD", "sgd", 0.0), ("Dropout 0.5", "sgd", 0.5), ("BBB", "bbb", 0.0)):
-        vals = [r.metrics["test_acc_p90"] for r in results if r.config.method == method and r.config.dropout == dropout]
+    assert set(cells.index) == {"SGD", "Dropout 0.5", "BBB"} and list(cells.columns) == ["0 %", "50 %", "90 %"]
+    for label in ("SGD", "Dropout 0.5", "BBB"):
+        vals = [r.metrics["test_acc_p90"] for r in results if r.config.label() == label]
         assert means.loc[label, "90 %"] == pytest.approx(np.mean(vals))
         assert cells.loc[label, "90 %"] == f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f} (n=2)"
     best = means["0 %"].idxmax()
     assert t.best()["0 %"].sum() == 1 and t.best().loc[best, "0 %"]
     assert f"**{cells.loc[best, '0 %']}**" in t.markdown() and t.markdown().count("**") == 2 * t.best().sum().sum()
+
+
+def test_a_store_without_the_run_tags_falls_back_to_the_old_order(store):
+    uri, _ = store
+    exp = load("legacy", uri)
+    assert (exp.runs.protocol == "oneshot").all()
+    assert ordered_labels(exp.runs) == ["SGD", "Dropout 0.5", "BBB"] and baseline_label(exp.runs) == "SGD"
+    assert plots.palette(exp.runs) == {"SGD": "#1f77b4", "Dropout 0.5": "#ff7f0e", "BBB": "#d62728"}
 
 
 def test_labels_baseline_and_colours_come_from_run_tags(store, tmp_path):
@@ -92,7 +113,7 @@ def test_reference_only_against_the_same_protocol(store):
     ref, differ = references.compare(exp.runs, like)
     assert differ.empty
     row = ref[(ref.dataset == "mnist") & (ref.label == "SGD") & (ref.sparsity == 0.9)].iloc[0]
-    ours = [r.metrics["test_acc_p90"] for r in results if r.config.method == "sgd" and r.config.dropout == 0]
+    ours = [r.metrics["test_acc_p90"] for r in results if r.config.label() == "SGD"]
     assert row.published == 0.6943 and row.status == "compared"
     assert row["diff"] == pytest.approx(np.mean(ours) - 0.6943)
     assert row.inside_spread == ("yes" if abs(row["diff"]) <= 2 * np.std(ours, ddof=1) else "no")
