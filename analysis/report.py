@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 from . import plots, references, tables
@@ -287,7 +288,7 @@ def _inline(s: str) -> str:
 def to_html(title: str, intro: list[str], sections: list[Section], root: Path) -> str:
     """A self-contained page (images inlined as base64, no network): same sections as report.md."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    env.filters["inline"] = lambda s: jinja2.utils.markupsafe.Markup(_inline(s))
+    env.filters["inline"] = lambda s: markupsafe.Markup(_inline(s))
     env.filters["data_uri"] = lambda p: "data:image/png;base64," + base64.b64encode((root / p).read_bytes()).decode()
     # a single-panel figure takes half the page, so two sit side by side; a multi-panel one the full width
     env.filters["png_width"] = lambda p: int.from_bytes((root / p).read_bytes()[16:20], "big")  # PNG IHDR width
