@@ -1,4 +1,10 @@
-"""MLflow runs -> tidy pandas DataFrames. Read-only; imports nothing from the training code."""
+"""MLflow runs -> tidy pandas DataFrames. Read-only; imports nothing from the training code.
+
+What a run *is* (its label, the order and colour of that label, whether it is the study's baseline,
+its pruning protocol) comes from its tags (the run-tag contract in ARCHITECTURE.md), never from
+method names known here. Every TrialConfig field is a param; they are kept as `param.<name>` columns
+so like-for-like checks can compare any of them.
+"""
 from __future__ import annotations
 
 import io
@@ -11,9 +17,20 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-METHOD_ORDER = ["SGD", "Dropout 0.5", "Dropout 0.75", "Dropout 0.9", "BBB"]
-LEVEL = re.compile(r"^(?P<metric>.+)_p(?P<level>\d{2,3})$")
+# a per-level metric: <name>_pNN (fixed fraction pruned) or <name>_nat (the sparsity a method chose itself)
+LEVEL = re.compile(r"^(?P<metric>.+)_(?P<level>p\d{2,3}|nat)$")
+NAT = "nat"
+DATASET_NAMES = {"mnist": "MNIST", "fmnist": "Fashion-MNIST"}   # display names, and the order datasets are shown in
 EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "epoch_time_s")
+IDENTITY_TAGS = ("grid_key", "label", "method", "dataset", "git_commit", "device", "pruner", "sweep", "concurrency",
+                 "protocol", "label_order", "color", "baseline")
+
+# Documented fallback for stores written before the run-tag contract: their runs carry no `protocol`
+# tag and no label_order / color / baseline, and only these five labels existed. Used only to fill
+# tags such a run lacks; a run that has the tags is never looked up here.
+LEGACY_LABELS = {"SGD": ("0", "#1f77b4", "true"), "Dropout 0.5": ("0.5", "#ff7f0e", "false"),
+                 "Dropout 0.75": ("0.75", "#2ca02c", "false"), "Dropout 0.9": ("0.9", "#9467bd", "false"),
+                 "BBB": ("1", "#d62728", "false")}
 
 
 class AnalysisError(ValueError):
@@ -25,16 +42,27 @@ class Experiment:
     """The FINISHED runs of one experiment (one per grid_key) and what else the store holds."""
 
     name: str
-    runs: pd.DataFrame          # one row per grid point: tags, params, final metrics, run_id
+    runs: pd.DataFrame          # one row per grid point: tags, `param.*`, final metrics, run_id
     status_counts: dict[str, int]
     duplicates_dropped: int
     client: MlflowClient
 
 
-def method_order(labels) -> list[str]:
-    """SGD, Dropout by p, BBB first in that order, anything else after, alphabetically."""
-    known = [m for m in METHOD_ORDER if m in set(labels)]
-    return known + sorted(set(labels) - set(known))
+def _row(r) -> dict:
+    t, p = dict(r.data.tags), r.data.params
+    if "protocol" not in t:  # a run from before the tag contract (see LEGACY_LABELS)
+        t["protocol"] = "oneshot"
+        for k, v in zip(("label_order", "color", "baseline"), LEGACY_LABELS.get(t.get("label"), ())):
+            t.setdefault(k, v)
+    row = {"run_id": r.info.run_id, "end_time": r.info.end_time, **{k: t.get(k) for k in IDENTITY_TAGS}}
+    row.update(sweep=t.get("sweep", ""), protocol=t.get("protocol") or "oneshot",
+               dropout=float(t.get("dropout", 0)), seed=int(t.get("seed", 0)),
+               label_order=pd.to_numeric(t.get("label_order"), errors="coerce"),
+               baseline=str(t.get("baseline", "")).lower() == "true",
+               hidden=p.get("hidden"), epochs=int(p.get("epochs", 0)))
+    row.update({f"param.{k}": v for k, v in p.items()})
+    row.update(r.data.metrics)
+    return row
 
 
 def load(experiment: str, tracking_uri: str) -> Experiment:
@@ -47,18 +75,7 @@ def load(experiment: str, tracking_uri: str) -> Experiment:
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.info.status] = counts.get(r.info.status, 0) + 1
-    rows = []
-    for r in runs:
-        if r.info.status != "FINISHED":
-            continue
-        t, p = r.data.tags, r.data.params
-        rows.append({"run_id": r.info.run_id, "end_time": r.info.end_time, "grid_key": t.get("grid_key"),
-                     "label": t.get("label"), "method": t.get("method"), "dataset": t.get("dataset"),
-                     "dropout": float(t.get("dropout", 0)), "seed": int(t.get("seed", 0)),
-                     "hidden": p.get("hidden"), "epochs": int(p.get("epochs", 0)), "git_commit": t.get("git_commit"),
-                     "device": t.get("device"), "pruner": t.get("pruner"), "sweep": t.get("sweep", ""),
-                     "concurrency": t.get("concurrency"), **r.data.metrics})
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([_row(r) for r in runs if r.info.status == "FINISHED"])
     if df.empty:
         raise AnalysisError(f"experiment {experiment!r} has no FINISHED runs yet (runs by status: {counts or 'none'}).")
     # an accident upstream (--rerun, two drivers) must not double-count: the latest FINISHED run of a
@@ -68,15 +85,41 @@ def load(experiment: str, tracking_uri: str) -> Experiment:
     return Experiment(experiment, df, counts, n - len(df), client)
 
 
+def ordered_labels(df: pd.DataFrame) -> list[str]:
+    """Labels by their `label_order` tag (ties alphabetically), then labels without one, alphabetically."""
+    order = df.groupby("label")["label_order"].min()
+    return sorted(order.index, key=lambda lab: (np.isnan(order[lab]), 0 if np.isnan(order[lab]) else order[lab], lab))
+
+
+def ordered_datasets(df: pd.DataFrame) -> list[str]:
+    """Datasets in DATASET_NAMES order (MNIST first), others after, alphabetically."""
+    known = list(DATASET_NAMES)
+    return sorted(df.dataset.unique(), key=lambda d: (known.index(d) if d in known else len(known), d))
+
+
+def baseline_label(df: pd.DataFrame) -> str | None:
+    """The label whose runs carry `baseline=true` (the comparison's reference); None if no run says so."""
+    labels = [lab for lab in ordered_labels(df) if df.loc[df.label == lab, "baseline"].any()]
+    return labels[0] if labels else None
+
+
+def level_key(level: str) -> float:
+    """Sort key of a level name: p00 < p50 < p99 < nat."""
+    return np.inf if level == NAT else int(level[1:])
+
+
 def by_level(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Long format of a per-sparsity metric: one row per run and level (sparsity as a fraction)."""
-    cols = {c: int(LEVEL.match(c)["level"]) / 100 for c in df.columns
-            if LEVEL.match(c) and LEVEL.match(c)["metric"] == metric}
+    """Long format of a per-level metric: one row per run and level. `level` is pNN or nat; `sparsity`
+    is the nominal fraction for pNN and the measured `sparsity_nat` of the run for nat."""
+    cols = {c: m["level"] for c in df.columns if (m := LEVEL.match(c)) and m["metric"] == metric}
+    keep = ["run_id", "label", "dataset", "seed"]
     if not cols:
-        return pd.DataFrame(columns=["run_id", "label", "dataset", "seed", "sparsity", metric])
-    long = df.melt(id_vars=["run_id", "label", "dataset", "seed"], value_vars=list(cols), var_name="col",
-                   value_name=metric).dropna(subset=[metric])
-    long["sparsity"] = long["col"].map(cols)
+        return pd.DataFrame(columns=[*keep, "level", "sparsity", metric])
+    long = df.melt(id_vars=keep, value_vars=list(cols), var_name="col", value_name=metric).dropna(subset=[metric])
+    long["level"] = long["col"].map(cols)
+    nominal = long["level"].map(lambda lv: np.nan if lv == NAT else int(lv[1:]) / 100)
+    measured = long["run_id"].map(df.set_index("run_id")["sparsity_nat"]) if "sparsity_nat" in df else np.nan
+    long["sparsity"] = nominal.where(long["level"] != NAT, measured)
     return long.drop(columns="col")
 
 

@@ -1,6 +1,9 @@
 """`python -m analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
 
     python -m analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
+
+The report is built once as sections of blocks (text, bullet list, Table, image); report.md and the
+self-contained index.html are two renderings of that one structure, so they always agree.
 """
 from __future__ import annotations
 
@@ -8,17 +11,54 @@ import argparse
 import base64
 import html
 import os
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+import markupsafe
 import pandas as pd
 
-from . import plots, tables
-from .load import AnalysisError, Experiment, load
+from . import plots, references, tables
+from .load import (
+    DATASET_NAMES,
+    NAT,
+    AnalysisError,
+    Experiment,
+    baseline_label,
+    history,
+    load,
+    ordered_datasets,
+    ordered_labels,
+)
+from .tables import Table
 
-TITLES = {"test_acc": "Test accuracy (posterior mean for BBB)", "test_acc_mc": "BBB Monte Carlo ensemble accuracy",
-          "test_nll": "Test NLL (nats per example)", "test_ece": "Test ECE (15 bins)",
-          "sparsity": "Measured sparsity (zeros in the forward pass)"}
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass
+class Block:
+    kind: str                     # text | list | table | image
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    table: Table | None = None
+    path: str = ""                # image, relative to the report folder
+    caption: str = ""
+    note: bool = False            # text: a side remark (smaller, grey in HTML)
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    subsections: list["Section"] = field(default_factory=list)
+    headline: bool = False
+    anchor: str = ""
+
+
+def text(s: str, note: bool = False) -> Block:
+    return Block("text", text=s, note=note)
 
 
 def default_uri() -> str:
@@ -26,98 +66,253 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
-def study_check(ref: pd.DataFrame) -> list[str]:
-    """What our numbers say about the study's claims, in words (only claims we have data for)."""
+def images(paths: list[Path], root: Path, caption) -> list[Block]:
+    return [Block("image", path=str(p.relative_to(root)), caption=caption(p)) for p in paths]
+
+
+def study_check(ref: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """The study's claims against our like-protocol numbers, in words: each compared label's range, and
+    every other label against the baseline label (tag baseline=true) at the highest compared level."""
     lines = []
-    for ds, g in ref.groupby("dataset"):
-        bbb = g[g.label == "BBB"].dropna(subset=["ours_mean"])
-        if bbb.empty:
+    ok = ref[ref.status == "compared"].dropna(subset=["ours_mean"])
+    for ds, g in ok.groupby("dataset"):
+        for label, h in g.groupby("label", sort=False):
+            h = h.set_index("sparsity")
+            if len(h) > 1:
+                lines.append(f"{ds}, {label}: the study reports {h.published.iloc[0]:.4f} unpruned -> {h.published.iloc[-1]:.4f} "
+                             f"at {h.index[-1]:.0%}; measured here {h.ours_mean.iloc[0]:.4f} -> {h.ours_mean.iloc[-1]:.4f}.")
+        base = baseline_label(df[df.dataset == ds])
+        if base is None or base not in set(g.label):
             continue
-        pub, ours = bbb.set_index("sparsity")["published"], bbb.set_index("sparsity")["ours_mean"]
-        top = max(ours.index)
-        if 0.0 not in ours.index or top == 0.0:
-            continue  # no unpruned or no pruned BBB level to compare
-        lines.append(
-            f"- {ds}: the study reports BBB accuracy {pub.min():.4f}..{pub.max():.4f} at every level up to "
-            f"{max(pub.index):.0%} (flat: its pruning never reached the forward pass). Measured here with zeros the forward "
-            f"pass really uses: {ours.loc[0.0]:.4f} unpruned -> {ours.loc[top]:.4f} at {top:.0%}.")
-        sgd = g[g.label == "SGD"].dropna(subset=["ours_mean"]).set_index("sparsity")["ours_mean"]
-        if top in sgd.index:
-            verdict = "better" if ours.loc[top] > sgd.loc[top] else "worse"
-            lines.append(f"  At {top:.0%}, BBB (SNR pruning) does {verdict} than SGD (L1 pruning): "
-                         f"{ours.loc[top]:.4f} vs {sgd.loc[top]:.4f}.")
+        top = g[g.label == base].sparsity.max()
+        at = g[g.sparsity == top].set_index("label")
+        for label in [lab for lab in ordered_labels(df[df.dataset == ds]) if lab in at.index and lab != base]:
+            verdict = "better" if at.ours_mean[label] > at.ours_mean[base] else "worse"
+            study = "better" if at.published[label] > at.published[base] else "worse"
+            lines.append(f"{ds}, {top:.0%}: {label} does {verdict} than {base} here ({at.ours_mean[label]:.4f} vs "
+                         f"{at.ours_mean[base]:.4f}); the study found it {study} ({at.published[label]:.4f} vs "
+                         f"{at.published[base]:.4f}).")
     return lines
+
+
+def _uses_compression(df: pd.DataFrame) -> bool:
+    """Experiments that prune to 95 % or more, or let a method choose its sparsity, are read as compression
+    benchmarks: their headline is error vs compression ratio."""
+    levels = [c.rsplit("_", 1)[1] for c in df.columns if c.startswith("test_acc_") and c.count("_") == 2]
+    return any(lv == NAT or (lv.startswith("p") and lv[1:].isdigit() and int(lv[1:]) >= 95) for lv in levels)
+
+
+def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]]:
+    """Write tables/ and plots/ under out; return the intro paragraphs and the sections that show them."""
+    tdir, pdir = out / "tables", out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    df = exp.runs
+    seeds = df.groupby(["dataset", "label"]).seed.nunique()
+    intro = [f"Runs in the store by status: {', '.join(f'{k} {v}' for k, v in sorted(exp.status_counts.items()))}. "
+             f"Only FINISHED runs are used, one per grid point ({len(df)} grid points"
+             + (f"; {exp.duplicates_dropped} older duplicate run(s) of the same grid point ignored"
+                if exp.duplicates_dropped else "")
+             + f"). Seeds per cell: {seeds.min()}..{seeds.max()}"
+             + (" (one seed: no spread is shown; cells say so)." if seeds.max() == 1 else ".")
+             + f" Code: {', '.join(sorted(set(df.git_commit.dropna().str[:10])))};"
+             + f" device: {', '.join(sorted(set(df.device.dropna())))}."]
+    sweeps = sorted(s for s in df.sweep.unique() if s)
+    if sweeps:
+        intro.append(f"This experiment holds {len(sweeps)} concurrency sweeps ({', '.join(sweeps)}) of the same grid: the tables "
+                     "pool their repeated runs of each grid point; see the throughput plot.")
+    clash = df.groupby(["dataset", "label", "seed"]).grid_key.nunique()
+    if not sweeps and (clash > 1).any():
+        intro.append("Note: some cells pool grid points that differ in more than the seed (e.g. epochs or width); "
+                     "their spread is not a seed spread.")
+    sections = [headline_section(exp, out)]
+    for ds in ordered_datasets(df):
+        sec = Section(DATASET_NAMES.get(ds, ds))
+        for metric, (title, what, higher) in tables.LEVEL_TABLES.items():
+            t = tables.level_table(df, metric, ds)
+            if t.empty:
+                continue
+            best = "; best per column in bold" if higher is not None else ""
+            about = text(f"{what[0].upper() + what[1:]}; mean ± std over seeds (n){best}.", note=True)
+            sec.subsections.append(Section(title, [about, Block("table", table=t.write(tdir, f"{metric}_{ds}"))]))
+        sec.subsections.append(Section("Training cost", [
+            Block("table", table=tables.cost_table(df, ds).write(tdir, f"cost_{ds}")),
+            text("train = the training epochs only; compile = torch.compile warm-up before training; eval = pruning "
+                 "sweep, evaluation and latency after training; total = all of it with setup. Columns no run logged "
+                 "are left out.", note=True)]))
+        inference = tables.cost_table(df, ds, tables.INFERENCE_COST)
+        if not inference.empty:
+            sec.subsections.append(Section("Inference cost", [Block("table", table=inference.write(tdir, f"inference_{ds}"))]))
+        sections.append(sec)
+    sections.append(compression_section(exp, out))
+    sections.append(reference_section(df, tdir))
+    sections.append(plot_section(exp, out))
+    return intro, sections
+
+
+def error_bars(df: pd.DataFrame) -> dict[str, float]:
+    """The compression table's error bar per dataset (drawn as a line in the compression plots)."""
+    return {ds: tables.error_target(df, ds)[0] for ds in ordered_datasets(df)}
+
+
+def headline_section(exp: Experiment, out: Path) -> Section:
+    df = exp.runs
+    base = baseline_label(df)
+    by_compression = _uses_compression(df)
+    t, levels = tables.headline_table(df, with_compression=by_compression)
+    fig = plots.headline(exp, out / "plots", by_compression, error_bars(df))
+    who = (f"every method against the baseline **{base}** (runs tagged `baseline=true`)" if base else
+           "every method (no run is tagged `baseline=true`, so no difference to a baseline is shown)")
+    squeeze = (" and the highest compression at which its error stays within the bar of the Compression section"
+               if by_compression else "")
+    blocks = [text(f"The comparison this experiment was run for: {who}, unpruned and at the highest pruning level "
+                   f"every method was evaluated at ({levels}){squeeze}; mean ± std over seeds, best per dataset in bold."),
+              Block("table", table=t.write(out / "tables", "headline")),
+              Block("image", path=str(fig.relative_to(out)),
+                    caption="Test error vs compression ratio (published results of the same architecture as black diamonds)"
+                    if by_compression else "Test accuracy vs fraction of weights pruned (band: ±1 std over seeds)")]
+    return Section("Headline", blocks, headline=True)
+
+
+def compression_section(exp: Experiment, out: Path) -> Section:
+    df, sec = exp.runs, Section("Compression")
+    figs = {p.stem.removeprefix("error_vs_compression_"): p
+            for p in plots.error_vs_compression(exp, out / "plots", error_bars(df))}
+    sec.blocks.append(text("Compression ratio = dense weights / nonzero weights of the network the forward pass uses, "
+                           "weights only (biases not counted), from the measured per-layer sparsities where logged. "
+                           "Final-epoch numbers."))
+    for ds in ordered_datasets(df):
+        t, bar = tables.compression_table(df, ds)
+        if t.empty:
+            continue
+        name = DATASET_NAMES.get(ds, ds)
+        blocks = [text(f"Highest compression at which {bar} (any level, the natural one included)."),
+                  Block("table", table=t.write(out / "tables", f"compression_{ds}"))]
+        pub = references.published_markers(df[df.dataset == ds])
+        if not pub.empty:
+            cells = pub.assign(test_error=(100 * pub.test_error).map("{:.2f} %".format),
+                               compression=pub.compression.map("{:g}x".format), removed=pub.removed.map("{:.1%}".format))
+            blocks += [text("Published on the same architecture (sources and how each ratio is counted: "
+                            "`analysis/reference/lenet300100.csv`):"),
+                       Block("table", table=Table(cells[["label", "test_error", "compression", "removed", "paper"]]
+                                                  .set_index("label").fillna("")))]
+        else:
+            blocks.append(text("No published results for this dataset and architecture (analysis/reference/lenet300100.csv "
+                               "covers 784-300-100-10 on MNIST), so no markers are drawn.", note=True))
+        blocks += images([figs[ds]], out, lambda p: f"{name}: test error vs compression ratio (log scale), "
+                                                    "band ±1 std over seeds; stars: natural sparsity")
+        sec.subsections.append(Section(name, blocks))
+    return sec
+
+
+def reference_section(df: pd.DataFrame, tdir: Path) -> Section:
+    sec = Section("Against the published numbers")
+    sec.blocks.append(text("A published cell is compared only with runs whose protocol (architecture, epochs, optimizer, "
+                           "learning rate, data split, pruning scope and biases, as the reference file states them) "
+                           "matches; otherwise the fields that differ are named and no difference is shown."))
+    for name in references.STUDY_TABLES:
+        ref, differ = references.compare(df, references.load_reference(name))
+        if (ref.status == "not run").all():
+            continue
+        blocks = [text(f"Source: {references.source(name)}", note=True)]
+        if not differ.empty:
+            blocks += [text(f"Not compared: our runs of {', '.join(differ.columns[1:])} differ from the published "
+                            "protocol in these fields (our values; `-` = matches, or not stated for that method):"),
+                       Block("table", table=Table(differ).write(tdir, f"protocol_{name}"))]
+        if (ref.status == "compared").any():
+            t = Table(ref[ref.status != "not run"].round(4).fillna(""), index=False).write(tdir, f"reference_{name}")
+            blocks.append(Block("table", table=t))
+            checks = study_check(ref, df) if name == "prasad2021" else []
+            if checks:
+                blocks.append(Block("list", items=checks))
+        sec.subsections.append(Section(name, blocks))
+    if not sec.subsections:
+        sec.blocks.append(text("No run shares a dataset and label with a published table.", note=True))
+    return sec
+
+
+def plot_section(exp: Experiment, out: Path) -> Section:
+    pdir = out / "plots"
+    hist = history(exp)
+    sec = Section("Plots")
+    groups = [("Accuracy after pruning", plots.accuracy_vs_sparsity(exp, pdir)),
+              ("Calibration after pruning", plots.calibration(exp, pdir)),
+              ("Training curves", plots.training_curves(exp, pdir, hist)),
+              ("Weights", [*plots.weight_distributions(exp, pdir), *plots.snr_distribution(exp, pdir),
+                           *plots.prior(exp, pdir, hist)]),
+              ("Cost, latency and scaling", [*plots.cost(exp, pdir), *plots.latency_plot(exp, pdir), *plots.scaling(exp, pdir)])]
+    for title, paths in groups:
+        if paths:
+            sec.subsections.append(Section(title, images(paths, out, _caption)))
+    return sec
+
+
+def _caption(p: Path) -> str:
+    """plots/accuracy_vs_sparsity_fmnist.png -> "accuracy vs sparsity, Fashion-MNIST"."""
+    stem, _, ds = p.stem.rpartition("_")
+    return f"{stem.replace('_', ' ')}, {DATASET_NAMES[ds]}" if ds in DATASET_NAMES else p.stem.replace("_", " ")
+
+
+def _anchors(sections: list[Section]) -> None:
+    seen: set[str] = set()
+    for s in [x for sec in sections for x in (sec, *sec.subsections)]:
+        base = re.sub(r"[^a-z0-9]+", "-", s.title.lower()).strip("-") or "section"
+        s.anchor, i = base, 1
+        while s.anchor in seen:
+            i += 1
+            s.anchor = f"{base}-{i}"
+        seen.add(s.anchor)
+
+
+def to_markdown(title: str, intro: list[str], sections: list[Section]) -> str:
+    def blocks(bs: list[Block]) -> list[str]:
+        md = []
+        for b in bs:
+            md += {"text": lambda: [b.text], "list": lambda: [f"- {i}" for i in b.items],
+                   "table": lambda: [b.table.markdown()], "image": lambda: [f"![{b.caption}]({b.path})"]}[b.kind]() + [""]
+        return md
+    md = [f"# {title}", "", *[p + "\n" for p in intro]]
+    for s in sections:
+        md += [f"## {s.title}", "", *blocks(s.blocks)]
+        for t in s.subsections:
+            md += [f"### {t.title}", "", *blocks(t.blocks)]
+    return "\n".join(md)
+
+
+def _inline(s: str) -> str:
+    """The two markdown spans report text uses (`code`, **bold**) as HTML, everything else escaped."""
+    s = html.escape(s)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+def to_html(title: str, intro: list[str], sections: list[Section], root: Path) -> str:
+    """A self-contained page (images inlined as base64, no network): same sections as report.md."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    env.filters["inline"] = lambda s: markupsafe.Markup(_inline(s))
+    env.filters["data_uri"] = lambda p: "data:image/png;base64," + base64.b64encode((root / p).read_bytes()).decode()
+    # a single-panel figure takes half the page, so two sit side by side; a multi-panel one the full width
+    env.filters["png_width"] = lambda p: int.from_bytes((root / p).read_bytes()[16:20], "big")  # PNG IHDR width
+    return env.get_template("report.html.j2").render(title=title, intro=intro, sections=sections)
 
 
 def build(exp: Experiment, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    tdir, pdir = out / "tables", out / "plots"
-    df = exp.runs
-    seeds = df.groupby(["dataset", "label"]).seed.nunique()
-    md = [f"# Report: experiment `{exp.name}`", "",
-          f"Runs in the store by status: {', '.join(f'{k} {v}' for k, v in sorted(exp.status_counts.items()))}. "
-          f"Only FINISHED runs are used, one per grid point ({len(df)} grid points"
-          + (f"; {exp.duplicates_dropped} older duplicate run(s) of the same grid point ignored" if exp.duplicates_dropped else "")
-          + f"). Seeds per cell: {seeds.min()}..{seeds.max()}"
-          + (" (one seed: no spread is shown; cells say so)." if seeds.max() == 1 else ".")
-          + f" Code: {', '.join(sorted(set(df.git_commit.dropna().str[:10])))}; device: {', '.join(sorted(set(df.device.dropna())))}.", ""]
-    sweeps = sorted(s for s in df.sweep.unique() if s)
-    if sweeps:
-        md += [f"This experiment holds {len(sweeps)} concurrency sweeps ({', '.join(sweeps)}) of the same grid: the tables "
-               "pool their repeated runs of each grid point; see the throughput plot.", ""]
-    clash = df.groupby(["dataset", "label", "seed"]).grid_key.nunique()
-    if not sweeps and (clash > 1).any():
-        md += ["Note: some cells pool grid points that differ in more than the seed (e.g. epochs or width); "
-               "their spread is not a seed spread.", ""]
-    for ds in sorted(df.dataset.unique()):
-        md.append(f"## {plots.DATASET_NAMES.get(ds, ds)}\n")
-        for metric, higher in tables.LEVEL_TABLES.items():
-            cells, means = tables.level_table(df, metric, ds)
-            if cells.empty:
-                continue
-            note = " (best per column in bold)" if higher is not None else ""
-            md += [f"### {TITLES[metric]}{note}\n", tables.write(cells, tdir, f"{metric}_{ds}", means, higher), ""]
-        md += ["### Cost\n", tables.write(tables.cost_table(df, ds), tdir, f"cost_{ds}"), ""]
-    md.append("## Against the published numbers\n")
-    for name in ("prasad2021", "blundell2015"):
-        ref = tables.reference_table(df, tables.load_reference(name))
-        if ref.n_seeds.isna().all():
-            continue
-        md += [f"Source: {tables.reference_source(name)}\n", tables.write(ref.round(4), tdir, f"reference_{name}", index=False), ""]
-        if name == "prasad2021":
-            md += study_check(ref) + [""]
-    md.append("## Plots\n")
-    for p in plots.all_plots(exp, pdir):
-        md += [f"![{p.stem}](plots/{p.name})", ""]
-    text = "\n".join(md)
-    (out / "report.md").write_text(text)
-    (out / "index.html").write_text(to_html(text, out))
+    intro, sections = build_sections(exp, out)
+    sections = [s for s in sections if s.blocks or s.subsections]
+    for s in sections:
+        s.subsections = [t for t in s.subsections if t.blocks]
+    _anchors(sections)
+    title = f"Report: experiment {exp.name}"
+    (out / "report.md").write_text(to_markdown(f"Report: experiment `{exp.name}`", intro, sections))
+    (out / "index.html").write_text(to_html(title, intro, sections, out))
     return out / "report.md"
-
-
-def to_html(md_text: str, root: Path) -> str:
-    """A self-contained page: the markdown tables as preformatted text, images inlined as base64."""
-    body = []
-    for line in md_text.splitlines():
-        if line.startswith("!["):
-            src = line[line.index("(") + 1:-1]
-            data = base64.b64encode((root / src).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(src)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("|"):
-            body.append(f"<pre>{html.escape(line)}</pre>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    return ("<!doctype html><meta charset='utf-8'><title>bayes-prune-bench report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{margin:0}</style>" + "\n".join(body))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep's --experiment)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", default=None, help="report folder (default: reports/<experiment>/)")
     args = ap.parse_args(argv)
     try:

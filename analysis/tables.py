@@ -1,16 +1,107 @@
-"""Comparison tables: the study's layout (method x sparsity, mean ± std over seeds), costs, references."""
+"""Comparison tables: the study's layout (method x level, mean ± std over seeds), costs, compression,
+the headline. Each builder returns a `Table`; the same object renders markdown (report.md), HTML
+(index.html), CSV and LaTeX, so every format shows the same numbers."""
 from __future__ import annotations
 
+import html
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .load import by_level, method_order
+from . import compression
+from .load import DATASET_NAMES, NAT, baseline_label, by_level, level_key, ordered_datasets, ordered_labels
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
-# (metric column, higher is better) for the per-sparsity tables
-LEVEL_TABLES = {"test_acc": True, "test_acc_mc": True, "test_nll": False, "test_ece": False, "sparsity": None}
+# metric -> (title, what it is, higher is better; None = no "best")
+LEVEL_TABLES = {
+    "test_acc": ("Test accuracy", "one deterministic forward pass (posterior mean for Bayesian methods)", True),
+    "oneshot_acc": ("Test accuracy before fine-tuning", "one-shot pruned, before the fine-tune protocol retrained it", True),
+    "test_acc_mc": ("Ensemble test accuracy", "Monte Carlo ensemble of sampled networks (methods that sample)", True),
+    "test_nll": ("Test NLL", "negative log-likelihood, nats per example", False),
+    "test_nll_mc": ("Ensemble test NLL", "Monte Carlo ensemble, nats per example", False),
+    "test_ece": ("Test ECE", "expected calibration error, 15 bins", False),
+    "test_ece_mc": ("Ensemble test ECE", "Monte Carlo ensemble, expected calibration error, 15 bins", False),
+    "sparsity": ("Measured sparsity", "fraction of zeros among the weights the forward pass multiplies with", None),
+}
+# (metric column, header, digits); a column no run of the dataset logged is left out
+TRAINING_COST = [("time_per_epoch_s", "s / epoch", 2), ("train_wall_s", "train s", 1), ("compile_s", "compile s", 1),
+                 ("eval_wall_s", "eval s", 1), ("total_wall_s", "total s", 1), ("epochs_to_fit", "epochs to fit", 1),
+                 ("epochs_to_99pct_best", "epochs to 99 % best", 1)]
+INFERENCE_COST = [("latency_dense_b1_ms_p00", "dense b1 ms @0 %", 3), ("latency_sparse_b1_ms_p90", "sparse b1 ms @90 %", 3),
+                  ("latency_dense_b1000_ms_p00", "dense b1000 ms @0 %", 2),
+                  ("latency_sparse_b1000_ms_p90", "sparse b1000 ms @90 %", 2),
+                  ("size_dense_bytes_p00", "dense MB", 2), ("size_csr_bytes_p90", "CSR MB @90 %", 2)]
+# Compression targets (issue 9): MNIST LeNet papers quote error <= 2.0 %; Fashion-MNIST has no
+# published bar, so "within 1 percentage point of the dense baseline".
+ERROR_TARGETS = {"mnist": ("absolute", 0.02)}
+DEFAULT_TARGET = ("above dense", 0.01)
+
+
+@dataclass
+class Table:
+    """Display cells, plus the numeric means that decide the bold "best" cell of each column."""
+
+    cells: pd.DataFrame
+    means: pd.DataFrame | None = None
+    higher: bool | None = None
+    index: bool = True
+    groups: pd.Series | None = None   # best is picked within each group of rows (e.g. per dataset)
+
+    @property
+    def empty(self) -> bool:
+        return self.cells.empty
+
+    def best(self) -> pd.DataFrame:
+        """Bool mask of the best mean per column (ties all marked); all False without a direction."""
+        mask = pd.DataFrame(False, index=self.cells.index, columns=self.cells.columns)
+        if self.higher is None or self.means is None:
+            return mask
+        keys = self.groups if self.groups is not None else pd.Series(0, index=self.means.index)
+        for c in self.means.columns:
+            col = self.means[c].astype(float)
+            best = col.groupby(keys).transform("max" if self.higher else "min")
+            rivals = col.notna().groupby(keys).transform("sum")  # a lone value is not "best" of anything
+            mask[c] = np.isclose(col, best, rtol=0, atol=1e-12) & col.notna() & (rivals > 1)
+        return mask
+
+    def _marked(self, left: str, right: str) -> pd.DataFrame:
+        out, mask = self.cells.astype(str), self.best()
+        return out.mask(mask, left + out + right)
+
+    def markdown(self) -> str:
+        t = self._marked("**", "**")
+        if isinstance(t.index, pd.MultiIndex):  # tabulate would print tuples
+            return t.reset_index().to_markdown(index=False)
+        return t.to_markdown(index=self.index)
+
+    def latex(self) -> str:
+        return self._marked("\\textbf{", "}").to_latex(index=self.index).replace("±", "$\\pm$")
+
+    def html(self) -> str:
+        """A <table class="data">; best cells bold; a cell's seed count goes on a second, smaller line
+        so wide level tables fit a screen."""
+        def fmt(v) -> str:
+            v = html.escape("-" if pd.isna(v) else str(v))
+            return re.sub(r" \((n=\d+|1 seed)\)", r'<br><span class="n">(\1)</span>', v)
+        styler = self.cells.style.apply(lambda _: self.best().replace({True: "font-weight:bold", False: ""}), axis=None)
+        styler = styler.format(fmt).format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+        styler = styler.set_table_attributes('class="data"')
+        words = [c for c in self.cells.columns if not self.cells[c].astype(str).str.match(r"[-+\d.]").any()]
+        # prose columns (sources, notes) read left to right, header included
+        styler = styler.set_properties(subset=words, **{"text-align": "left"})
+        styler = styler.set_table_styles({c: [{"selector": "th", "props": "text-align: left"}] for c in words}, overwrite=False)
+        styler = styler.hide(axis="index", names=True) if self.index else styler.hide(axis="index")
+        return styler.to_html()
+
+    def write(self, out: Path, stem: str) -> "Table":
+        """<stem>.md, .csv and .tex under out."""
+        out.mkdir(parents=True, exist_ok=True)
+        self.cells.to_csv(out / f"{stem}.csv", index=self.index)
+        (out / f"{stem}.md").write_text(self.markdown() + "\n")
+        (out / f"{stem}.tex").write_text(self.latex() + "\n")
+        return self
 
 
 def summarize(long: pd.DataFrame, value: str, keys: list[str]) -> pd.DataFrame:
@@ -19,102 +110,135 @@ def summarize(long: pd.DataFrame, value: str, keys: list[str]) -> pd.DataFrame:
     return g.agg(mean="mean", std="std", n="count").reset_index()
 
 
-def cell(mean: float, std: float, n: int, digits: int = 4) -> str:
+def cell(mean: float, std: float, n: int, digits: int = 4, note: str = "") -> str:
+    """"0.9812 ± 0.0010 (n=3)" or "0.9812 (1 seed)"; `note` goes before the seed count."""
     if np.isnan(mean):
         return "-"
-    spread = f" ± {std:.{digits}f}" if n > 1 else " (1 seed)"
-    return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n > 1 else "")
+    spread = f" ± {std:.{digits}f}" if n > 1 else ""
+    return f"{mean:.{digits}f}{spread}{' ' + note if note else ''}" + (f" (n={int(n)})" if n > 1 else " (1 seed)")
 
 
-def level_table(df: pd.DataFrame, metric: str, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows = method, columns = sparsity levels; returns (formatted cells, numeric means).
-    The best mean per column is marked with ** (md) by the writers."""
-    s = summarize(by_level(df[df.dataset == dataset], metric), metric, ["label", "sparsity"])
+def level_name(level: str) -> str:
+    return "natural" if level == NAT else f"{int(level[1:])} %"
+
+
+def level_table(df: pd.DataFrame, metric: str, dataset: str) -> Table:
+    """Rows = labels in tag order, columns = levels (p00 ... then `natural`, whose cells also give the
+    measured sparsity the method chose)."""
+    d = df[df.dataset == dataset]
+    long = by_level(d, metric)
+    s = summarize(long, metric, ["label", "level"])
     if s.empty:
-        return pd.DataFrame(), pd.DataFrame()
-    means = s.pivot(index="label", columns="sparsity", values="mean")
-    cells = s.assign(cell=[cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]) \
-        .pivot(index="label", columns="sparsity", values="cell").fillna("-")  # a level some methods lack
-    order = method_order(means.index)
-    cols = sorted(means.columns)
-    names = [f"{round(c * 100)} %" for c in cols]
-    means, cells = means.loc[order, cols], cells.loc[order, cols]
-    means.columns = cells.columns = names
-    return cells, means
+        return Table(pd.DataFrame())
+    # a natural-level cell also says which sparsity the method chose (not needed in the sparsity table itself)
+    nat_sp = d.groupby("label")["sparsity_nat"].mean() if "sparsity_nat" in d and metric != "sparsity" else {}
+    s["cell"] = [cell(m, sd, n, note=f"@ {nat_sp[lab]:.1%} sparse" if lv == NAT and lab in nat_sp else "")
+                 for m, sd, n, lab, lv in zip(s["mean"], s["std"], s["n"], s.label, s.level)]
+    order = [lab for lab in ordered_labels(d) if lab in set(s.label)]
+    cols = sorted(s.level.unique(), key=level_key)
+    means = s.pivot(index="label", columns="level", values="mean").loc[order, cols]
+    cells = s.pivot(index="label", columns="level", values="cell").loc[order, cols].fillna("-")
+    means.columns = cells.columns = [level_name(c) for c in cols]
+    return Table(cells, means, LEVEL_TABLES[metric][2])
 
 
-def mark_best(cells: pd.DataFrame, means: pd.DataFrame, higher: bool | None, bold=("**", "**")) -> pd.DataFrame:
-    """Wrap the best mean of each column in bold markers (ties all marked); None = no best."""
-    if higher is None or means.empty:
-        return cells
-    out = cells.copy()
-    for c in means.columns:
-        best = means[c].max() if higher else means[c].min()
-        for i in means.index[np.isclose(means[c], best, rtol=0, atol=1e-12)]:
-            out.loc[i, c] = f"{bold[0]}{cells.loc[i, c]}{bold[1]}"
-    return out
-
-
-COST_METRICS = [("train_wall_s", "train wall s", 1), ("time_per_epoch_s", "s / epoch", 2),
-                ("epochs_to_fit", "epochs to fit", 1), ("epochs_to_99pct_best", "epochs to 99 % best", 1),
-                ("latency_dense_b1_ms_p00", "dense b1 ms @0 %", 3), ("latency_sparse_b1_ms_p90", "sparse b1 ms @90 %", 3),
-                ("latency_dense_b1000_ms_p00", "dense b1000 ms @0 %", 2),
-                ("latency_sparse_b1000_ms_p90", "sparse b1000 ms @90 %", 2),
-                ("size_dense_bytes_p00", "dense MB", 2), ("size_csr_bytes_p90", "CSR MB @90 %", 2)]
-
-
-def cost_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Per method: time, epochs to fit (with how many seeds got there), latency, size; mean ± std."""
+def cost_table(df: pd.DataFrame, dataset: str, columns=TRAINING_COST) -> Table:
+    """Per label, mean ± std: TRAINING_COST (time per epoch; train, compile, eval and total wall time;
+    epochs to fit with how many seeds got there) or INFERENCE_COST (latency, size)."""
     d = df[df.dataset == dataset].copy()
     d["time_per_epoch_s"] = d["train_wall_s"] / d["epochs"]
     for col in ("size_dense_bytes_p00", "size_csr_bytes_p90"):
         if col in d:
             d[col] = d[col] / 1e6
+    present = [(c, name, dg) for c, name, dg in columns if c in d and d[c].notna().any() or c == "epochs_to_fit"]
     rows = {}
-    for label in method_order(d.label):
+    for label in ordered_labels(d):
         g = d[d.label == label]
         row = {}
-        for col, name, digits in COST_METRICS:
-            if col not in g or g[col].isna().all():
+        for col, name, digits in present:
+            v = g[col].dropna() if col in g else pd.Series(dtype=float)
+            if v.empty:
                 row[name] = f"never (0/{len(g)} fitted)" if col == "epochs_to_fit" else "-"
                 continue
-            v = g[col].dropna()
             row[name] = cell(v.mean(), v.std(), len(v), digits)
             if col == "epochs_to_fit" and len(v) < len(g):
                 row[name] += f" [{len(v)}/{len(g)} fitted]"
         rows[label] = row
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return Table(pd.DataFrame.from_dict(rows, orient="index").dropna(axis=1, how="all"))
 
 
-def load_reference(name: str) -> pd.DataFrame:
-    """A published table from analysis/reference/<name>.csv (its first line names the source)."""
-    return pd.read_csv(REFERENCE_DIR / f"{name}.csv", comment="#")
+def error_target(df: pd.DataFrame, dataset: str) -> tuple[float, str]:
+    """(error bar, how it was set) for the compression table of a dataset."""
+    kind, value = ERROR_TARGETS.get(dataset, DEFAULT_TARGET)
+    if kind == "absolute":
+        return value, f"mean test error <= {value:.1%}"
+    base = baseline_label(df[df.dataset == dataset])
+    ref = by_level(df[(df.dataset == dataset) & ((df.label == base) if base else True)], "test_acc")
+    dense = 1 - ref.loc[ref.level == "p00", "test_acc"].mean()
+    who = f"{base}'s" if base else "all methods'"
+    return dense + value, f"mean test error <= {dense:.2%} ({who} dense error) + {value * 100:g} pp = {dense + value:.2%}"
 
 
-def reference_source(name: str) -> str:
-    return (REFERENCE_DIR / f"{name}.csv").read_text().splitlines()[0].lstrip("# ").removeprefix("source:").strip()
+def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
+    """Per label: the highest compression (dense weights / nonzero weights) among levels whose mean test
+    error meets the dataset's bar (final-epoch numbers). Returns the table and the bar in words."""
+    s = compression.summary(df[df.dataset == dataset])
+    if s.empty:
+        return Table(pd.DataFrame()), ""
+    bar, words = error_target(df, dataset)
+    rows, means = {}, {}
+    for label in [lab for lab in ordered_labels(df[df.dataset == dataset]) if lab in set(s.label)]:
+        g = s[s.label == label]
+        ok = g[g.error <= bar + 1e-12]
+        if ok.empty:
+            low = g.loc[g.error.idxmin()]
+            rows[label] = {"compression": "none meets the bar", "weights removed": "-", "level": "-",
+                           "test error": f"lowest {low.error:.2%} at {level_name(low.level)}"}
+            means[label] = {"compression": np.nan}
+            continue
+        top = ok.loc[ok.compression.idxmax()]
+        err = f"{top.error:.2%}" + (f" ± {top.error_std:.2%} (n={top.n})" if top.n > 1 else " (1 seed)")
+        rows[label] = {"compression": f"{top.compression:.1f}x" + ("" if top.exact else " *"),
+                       "weights removed": f"{top.removed:.1%}", "level": level_name(top.level), "test error": err}
+        means[label] = {"compression": top.compression}
+    cells = pd.DataFrame.from_dict(rows, orient="index")
+    if not s.exact.all():
+        words += ("; * = computed from the overall sparsity, which counts pruned biases too (no per-layer "
+                  "weight sparsities logged)")
+    return Table(cells, pd.DataFrame.from_dict(means, orient="index"), True), words
 
 
-def reference_table(df: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
-    """Ours beside the published numbers on the same cells: difference, and whether it lies within
-    two standard deviations of our seed spread (n/a with one seed)."""
-    ours = summarize(by_level(df, "test_acc"), "test_acc", ["dataset", "label", "sparsity"])
-    m = ref.merge(ours, on=["dataset", "label", "sparsity"], how="left")
-    m["diff"] = m["mean"] - m["test_acc"]
-    m["inside_spread"] = [("n/a (1 seed)" if n == 1 else "yes" if abs(dv) <= 2 * sd else "no") if n == n and n >= 1
-                          else "not run" for dv, sd, n in zip(m["diff"], m["std"], m["n"])]
-    m = m.rename(columns={"test_acc": "published", "mean": "ours_mean", "std": "ours_std", "n": "n_seeds"})
-    return m[["dataset", "label", "sparsity", "published", "ours_mean", "ours_std", "n_seeds", "diff", "inside_spread"]]
-
-
-def write(table: pd.DataFrame, out: Path, stem: str, means: pd.DataFrame | None = None,
-          higher: bool | None = None, index: bool = True) -> str:
-    """Write <stem>.md, .csv and .tex; return the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"{stem}.csv", index=index)
-    md_table = mark_best(table, means, higher) if means is not None else table
-    tex_table = mark_best(table, means, higher, ("\\textbf{", "}")) if means is not None else table
-    md = md_table.to_markdown(index=index)
-    (out / f"{stem}.md").write_text(md + "\n")
-    (out / f"{stem}.tex").write_text(tex_table.to_latex(index=index).replace("±", "$\\pm$") + "\n")
-    return md
+def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Table, str]:
+    """One row per dataset and label: dense accuracy, accuracy at the highest level every label has,
+    its difference to the baseline label (tag baseline=true) and, for compression benchmarks, the
+    compression table's figure. Returns the table and the level per dataset in words."""
+    rows, means, words = [], [], []
+    for ds in ordered_datasets(df):
+        d = df[df.dataset == ds]
+        squeeze = compression_table(df, ds)[0].cells if with_compression else pd.DataFrame()
+        s = summarize(by_level(d, "test_acc"), "test_acc", ["label", "level"]).set_index(["label", "level"])
+        labels = ordered_labels(d)
+        fixed = [lv for lv in {lv for _, lv in s.index} if lv != NAT and all((lab, lv) in s.index for lab in labels)]
+        top = max(fixed, key=level_key, default=None)
+        base = baseline_label(d)
+        for lab in labels:
+            row, mrow = {"dataset": DATASET_NAMES.get(ds, ds), "method": lab, "seeds": int(d[d.label == lab].seed.nunique())}, {}
+            for lv, name in (("p00", "dense"), (top, f"pruned {level_name(top) if top else ''}".strip())):
+                if lv is None or (lab, lv) not in s.index:
+                    continue
+                m = s.loc[(lab, lv)]
+                row[f"test acc {name}"], mrow[f"test acc {name}"] = cell(m["mean"], m["std"], m["n"]), m["mean"]
+            if base and top and top != "p00":
+                diff = s.loc[(lab, top), "mean"] - s.loc[(base, top), "mean"]
+                row[f"vs {base} at {level_name(top)}"] = "baseline" if lab == base else f"{diff * 100:+.2f} pp"
+            if lab in squeeze.index:
+                row["highest compression within the error bar"] = squeeze.loc[lab, "compression"]
+                mrow["highest compression within the error bar"] = pd.to_numeric(
+                    squeeze.loc[lab, "compression"].split("x")[0], errors="coerce")
+            rows.append(row)
+            means.append(mrow)
+        name = DATASET_NAMES.get(ds, ds)
+        words.append(f"{name}: {level_name(top)}" if top else f"{name}: no common pruned level")
+    cells = pd.DataFrame(rows).fillna("-").set_index(["dataset", "method"])
+    m = pd.DataFrame(means, index=cells.index)
+    return Table(cells, m, True, groups=pd.Series(cells.index.get_level_values(0), index=cells.index)), "; ".join(words)
