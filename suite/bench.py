@@ -102,7 +102,7 @@ def bbb_kernels(x, y) -> list[Kernel]:
     g_w, g_kl = torch.randn_like(w), torch.ones(())
     no_grad = torch.no_grad()  # as inside the autograd.Function, so the compiled kernels are reused, not recompiled
     parts = [("noise", lambda: noise(n, key)), ("sample+KL fwd", no_grad(lambda: fwd(mu, rho, eps, *consts))),
-             ("sample+KL bwd", no_grad(lambda: bwd(g_w, g_kl, eps, *saved))), *_matmuls(model, xb, yb, w),
+             ("sample+KL bwd", no_grad(lambda: bwd(g_w, g_kl, *saved))), *_matmuls(model, xb, yb, w),
              ("optimizer", opt.step), ("step", step)]
     return [("BBB", k, f) for k, f in parts]
 
