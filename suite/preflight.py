@@ -113,9 +113,10 @@ def node_shapes() -> tuple[list[dict[str, float]], bool]:
     import ray
     shapes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     types = launchable_node_types()
-    if types is not None:
-        return shapes + types, False
-    return shapes, autoscaler_can_add_nodes()
+    if types is None:
+        return shapes, autoscaler_can_add_nodes()
+    # a type without resources is sized by Ray on the node itself (on-premise, or autodetection failed)
+    return shapes + [t for t in types if t], any(not t for t in types)
 
 
 def autoscaler_can_add_nodes() -> bool:
