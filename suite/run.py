@@ -160,7 +160,8 @@ def sweep(args: argparse.Namespace) -> int:
         print(f"{r.key:16} {r.name:44} {r.status:8} {f(r.acc0, '8.4f')} {f(r.acc_max, '8.4f')} {f(r.wall_s, '7.0f')}")
     expected = len(pending) * len(args.concurrency or [1])
     ok = all(r.status == "FINISHED" for r in rows) and len(rows) == expected
-    print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. Browse: {tracking.browse_hint(uri, exp_id)}")
+    print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. "
+          f"Browse: {tracking.browse_hint(uri, exp_id)}")
     return 0 if ok else 1
 
 

@@ -71,8 +71,9 @@ def test_sweep_on_autoscaling_cluster_from_zero_workers(tmp_path):
     # the cluster requires the token; the sweep gets only the token's path, as a user with
     # ~/.ray/auth_token would, and must switch token auth on itself for an explicit address
     head_env = {**base, "RAY_AUTH_MODE": "token", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
-                             f"--temp-dir={ray_tmp}", "--include-dashboard=false", f"--autoscaling-config={config}"],
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=0", f"--temp-dir={ray_tmp}",
+                             "--include-dashboard=false", f"--autoscaling-config={config}"],
                             env=head_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, head)

@@ -93,7 +93,7 @@ def test_token_auth_enabled_only_when_a_token_exists_and_mode_unset(tmp_path, mo
 def test_fit_counts_one_node_and_launchable_node_types(tmp_path):
     head, worker = {"CPU": 0.0}, {"CPU": 2.0}
     preflight.check_fit(2, 0, [head, worker])
-    with pytest.raises(PreflightError, match=r"largest: 2 CPU, 0 GPU\): pass --cpus-per-trial 2 and --gpus-per-trial 0"):
+    with pytest.raises(PreflightError, match=r"largest: 2 CPU, 0 GPU\): pass --cpus-per-trial 2 and --gpus-per-trial 0 "):
         preflight.check_fit(3, 0.5, [head, worker, worker])  # 4 CPUs in all, but a trial is one bundle
     # what `ray up` leaves on the head: the node types, resources filled in, the head's own max_workers 0
     boot = tmp_path / "ray_bootstrap_config.yaml"
