@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -54,8 +55,8 @@ def test_ray_address_nothing_listens_on(tmp_path):
 
 
 def test_trial_that_fits_no_node_fails_and_leaves_no_experiment(tmp_path):
-    """More CPUs per trial than this machine has (the local Ray cluster is this machine), then more GPUs
-    than any machine has: each one line, and the store holds no experiment for the grid."""
+    """More CPUs per trial than this machine has (the local Ray cluster is this machine), more GPUs
+    than any machine has, device cuda without one: each one line, and the store holds no experiment."""
     cpus = (os.cpu_count() or 1) + 1
     r, took = run_cli(["--grid", "smoke", "--cpus-per-trial", str(cpus)], tmp_path)
     line = one_error_line(r)
@@ -63,6 +64,9 @@ def test_trial_that_fits_no_node_fails_and_leaves_no_experiment(tmp_path):
     assert took < 60
     r, _ = run_cli(["--grid", "smoke", "--gpus-per-trial", "64"], tmp_path)
     assert "--gpus-per-trial" in one_error_line(r)
+    if not torch.cuda.is_available():
+        r, _ = run_cli(["--grid", "smoke", "--device", "cuda"], tmp_path)
+        assert "no CUDA GPU is visible" in one_error_line(r)
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("smoke") is None
 
 
@@ -104,3 +108,20 @@ def test_fit_counts_one_node_and_launchable_node_types(tmp_path):
     assert types == [{"CPU": 8, "GPU": 1}]
     preflight.check_fit(4, 0.25, [head, *types])  # no worker is up yet, but one can be launched
     assert preflight.launchable_node_types(tmp_path / "absent.yaml") is None
+
+
+def test_experiments_are_training_kind_runs_described_and_the_hint_fits_the_store(tmp_path):
+    """What a user sees in the MLflow UI: the model-training kind, a run description, the right URL."""
+    from suite import tracking
+    from suite.config import load_grid
+    client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = tracking.ensure_experiment(client, "smoke")
+    assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    cfg = load_grid("smoke").trials[0]
+    run = client.get_run(tracking.start_run(client, exp_id, cfg, {}))
+    note = run.data.tags["mlflow.note.content"]
+    assert run.info.run_name == cfg.run_name() and cfg.label() in note and cfg.grid_key() in note
+    assert "`epochs=1`" in note and "test_acc_p00" in note  # smoke differs from the default 50 epochs
+    hint = tracking.browse_hint("http://127.0.0.1:5000", exp_id)
+    assert hint == f"open http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"
+    assert "mlflow ui --backend-store-uri sqlite:///" in tracking.browse_hint(f"sqlite:///{tmp_path}/m.db", exp_id)
