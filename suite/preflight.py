@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,6 +42,8 @@ def check_tracking(uri: str, timeout: float = TIMEOUT_S) -> None:
             return  # it answered (e.g. 401 behind auth, 404 behind a proxy): MLflow reports the rest
         except (OSError, ValueError) as e:  # refused, unresolvable, timed out, malformed URL
             reason = getattr(e, "reason", None) or e
+            if isinstance(reason, ssl.SSLError):
+                return  # it answered; its certificate is MLflow's business (MLFLOW_TRACKING_SERVER_CERT_PATH)
             raise PreflightError(f"the MLflow tracking server at {uri} does not answer within {timeout:g} s ({reason}): "
                                  "start it (mlflow server --host 127.0.0.1 --port 5000) or pass a reachable "
                                  "--tracking-uri (or a sqlite:///path/mlflow.db file).") from None

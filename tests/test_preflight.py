@@ -125,3 +125,17 @@ def test_experiments_are_training_kind_runs_described_and_the_hint_fits_the_stor
     hint = tracking.browse_hint("http://127.0.0.1:5000", exp_id)
     assert hint == f"open http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"
     assert "mlflow ui --backend-store-uri sqlite:///" in tracking.browse_hint(f"sqlite:///{tmp_path}/m.db", exp_id)
+
+
+def test_any_http_answer_counts_as_a_tracking_server(tmp_path):
+    """A server that answers, even 404 (no /health behind a proxy), passes; MLflow reports the rest."""
+    import http.server
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # 501 to all
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        preflight.check_tracking(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    with pytest.raises(PreflightError, match="folder .* does not exist"):
+        preflight.check_tracking(f"sqlite:///{tmp_path}/missing/mlflow.db")
