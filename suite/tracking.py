@@ -103,10 +103,10 @@ def start_run(client: MlflowClient, exp_id: str, cfg: TrialConfig, tags: dict[st
 
 def description(cfg: TrialConfig) -> str:
     """The run's description in the MLflow UI (markdown): what was trained, and how it differs from
-    the suite's defaults (the full config is in the params)."""
-    default = TrialConfig().to_dict()
+    its method's defaults (the full config is in the params)."""
+    default = TrialConfig(method=cfg.method).to_dict()
     changed = [f"`{k}={v}`" for k, v in cfg.to_dict().items()
-               if v != default[k] and k not in ("method", "dataset", "seed")]
+               if v != default.get(k) and k not in ("method", "dataset", "seed")]
     return (f"**{cfg.label()}** on {cfg.dataset}, seed {cfg.seed} (grid point `{cfg.grid_key()}`).\n\n"
             f"Differs from the defaults: {', '.join(changed) or 'nothing'}. Compare runs on test_acc_p00 / "
             "test_acc_pNN (accuracy after pruning NN %), total_wall_s and epochs_to_fit.")
