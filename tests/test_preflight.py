@@ -79,7 +79,10 @@ def test_unusable_address_forms(address, says):
 
 
 def test_token_auth_enabled_only_when_a_token_exists_and_mode_unset(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    # setenv first so that monkeypatch restores the variable's original state (usually absent) at the
+    # end, including what enable_ray_token_auth writes: a leaked mode breaks later in-process Ray tests
+    monkeypatch.setenv("RAY_AUTH_MODE", "")
+    monkeypatch.delenv("RAY_AUTH_MODE")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
