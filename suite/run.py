@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import preflight
 from .config import ConfigError, Grid, load_grid
-
+from .preflight import PreflightError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +22,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--grid", required=True, help="grid NAME in tune_configs/ (smoke, paper, full, scaling) or a .yaml path")
     ap.add_argument("--experiment", help="MLflow experiment name (default: the grid's name)")
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
-    ap.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001); default: start a local one")
+    ap.add_argument("--address", help="join an existing Ray cluster: auto (the one `ray start` made here, or $RAY_ADDRESS) "
+                    "or host:port of its GCS (e.g. 127.0.0.1:6379); default: start a local one")
     ap.add_argument("--cpus-per-trial", type=float, default=None,
                     help="CPU cores per trial (= torch threads); default 1 (see README for the measurement)")
     ap.add_argument("--gpus-per-trial", type=float, default=None,
@@ -38,11 +40,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "concurrency and get sweep_trials_per_hour; default experiment <grid>-concurrency")
     args = ap.parse_args(argv)
     if args.concurrency is not None:
-        try:
-            args.concurrency = [int(k) for k in args.concurrency.split(",")]
-            assert args.concurrency and min(args.concurrency) >= 1
-        except (ValueError, AssertionError):
+        levels = args.concurrency.split(",")
+        if not all(k.strip().isdigit() and int(k) >= 1 for k in levels):
             ap.error(f"--concurrency={args.concurrency!r} is invalid: use positive integers separated by commas, e.g. 1,2,4.")
+        args.concurrency = [int(k) for k in levels]
     if args.cpus_per_trial is not None and args.cpus_per_trial < 1:
         ap.error(f"--cpus-per-trial={args.cpus_per_trial} is invalid: use a number >= 1.")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
@@ -65,18 +66,28 @@ def table(grid: Grid, finished: set[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    try:
+        return sweep(args)
+    except (ConfigError, PreflightError) as e:  # every check's message is the one line the user sees
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """Validate everything that can be validated, then create the experiment, then train."""
     overrides = {"device": args.device} if args.device else {}
     if args.data_dir:
         overrides["data_dir"] = str(Path(args.data_dir).resolve())  # absolute: Ray moves trials' cwd
-    try:
-        grid = load_grid(args.grid, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    grid = load_grid(args.grid, overrides)
     experiment = args.experiment or (f"{grid.name}-concurrency" if args.concurrency else grid.name)
 
-    from . import tracking  # heavy imports only after the grid is known to be valid
-    uri = args.tracking_uri or tracking.default_uri()
+    uri = preflight.tracking_uri(args.tracking_uri)
+    preflight.check_tracking(uri)
+    if args.address and not args.dry_run:
+        preflight.enable_ray_token_auth()  # before ray is imported below
+        preflight.check_ray_address(args.address)
+
+    from . import tracking  # heavy imports (mlflow, torch) only after the quick checks passed
     store_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
     client = tracking.connect(uri) if store_exists or not args.dry_run else None
     exp = client.get_experiment_by_name(experiment) if client else None
@@ -86,23 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .data import DataError, load_arrays
-    from .sweep import Resources, resume_dir, run_sweep  # sets Ray's environment defaults before ray is imported
+    from .sweep import resume_dir, run_sweep  # sets Ray's environment defaults before ray is imported
     from .trial import check_compiler
     import ray
     try:
-        exp_id = tracking.ensure_experiment(client, experiment)
+        tracking.check_not_deleted(exp, experiment)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise PreflightError(str(e)) from None
     storage = Path(args.storage_path or "ray_results").resolve()
     lock = driver_lock(storage / experiment)
     if lock is None:
-        print(f"error: another suite.run is already driving experiment {experiment!r} from {storage}: wait for it, "
-              "or stop it (Ctrl-C) and run this command again to resume.", file=sys.stderr)
-        return 2
-    reaped = tracking.reap_stale(client, exp_id)
-    if reaped:
-        print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
+        raise PreflightError(f"another suite.run is already driving experiment {experiment!r} from {storage}: wait "
+                             "for it, or stop it (Ctrl-C) and run this command again to resume.")
     # a concurrency sweep times the whole grid at every level, so nothing counts as already done
     pending = grid.trials if args.rerun or args.concurrency else [t for t in grid.trials if t.grid_key() not in finished]
     # seed-major order: an interrupted sweep already holds every method's result for the first seeds
@@ -113,33 +119,33 @@ def main(argv: list[str] | None = None) -> int:
     if not pending:
         print("nothing to do")
         return 0
+    if not args.address:  # on a cluster the workers' compilers and GPUs matter, not the driver's
+        for t in pending:
+            check_compiler(t)
     try:  # fail before Ray starts if a dataset cannot be had; loaded once, shared via the object store
-        if not args.address:  # on a cluster the workers' compilers matter, not the driver's
-            for t in pending:
-                check_compiler(t)
         arrays = {d: load_arrays(d, args.data_dir) for d in sorted({t.dataset for t in pending})}
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except DataError as e:
+        raise PreflightError(str(e)) from None
     if args.rerun:  # a rerun trains from scratch, not from a leftover resume state
         for t in pending:
             shutil.rmtree(resume_dir(storage, experiment, t.grid_key()), ignore_errors=True)
     # address="local" always starts a fresh local instance: a bare ray.init() would silently attach to
     # whatever cluster `ray start` left registered on this machine (possibly a dead one).
-    ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        # GPUs are counted on the cluster, not on the driver (a cluster's head usually has none)
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cluster_gpus else 0.0)
-        if gpus and not cluster_gpus:
-            print("error: --gpus-per-trial > 0 but the Ray cluster has no GPU (trials would wait forever).",
-                  file=sys.stderr)
-            return 2
-        if not gpus and any(t.device == "cuda" for t in pending):
-            print("error: device=cuda but trials get no GPU: pass --gpus-per-trial > 0 or use --device auto/cpu.",
-                  file=sys.stderr)
-            return 2
-        res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
+        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+        if not args.address:
+            raise
+        # the port answered (checked above), so what remains is the cluster refusing us
+        raise PreflightError(f"could not join the Ray cluster at {args.address} ({str(e).splitlines()[0]}): if it "
+                             "uses token auth, put its token (`ray get-auth-token` on its head) into ~/.ray/auth_token "
+                             "or $RAY_AUTH_TOKEN.") from None
+    try:
+        res = trial_resources(args, pending)
+        exp_id = tracking.ensure_experiment(client, experiment)  # only now: a refused sweep leaves no experiment
+        reaped = tracking.reap_stale(client, exp_id)
+        if reaped:
+            print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
         if not args.concurrency:
             rows = run_sweep(pending, experiment, client, exp_id, storage, res, arrays)
         else:
@@ -155,8 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     expected = len(pending) * len(args.concurrency or [1])
     ok = all(r.status == "FINISHED" for r in rows) and len(rows) == expected
     print(f"{sum(r.status == 'FINISHED' for r in rows)}/{expected} finished. "
-          f"Browse: mlflow ui --backend-store-uri {uri}")
+          f"Browse: {tracking.browse_hint(uri, exp_id)}")
     return 0 if ok else 1
+
+
+def trial_resources(args: argparse.Namespace, pending: list):
+    """CPUs / GPUs per trial, checked against the nodes of the cluster Ray is connected to."""
+    from .sweep import Resources
+    shapes, autoscaler_unknown = preflight.node_shapes()
+    has_gpu = any(s.get("GPU", 0) for s in shapes)  # counted on the cluster: a cluster's head usually has none
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
+    if not gpus and any(t.device == "cuda" for t in pending):
+        raise PreflightError("device=cuda but trials get no GPU: pass --gpus-per-trial > 0 or use --device auto/cpu.")
+    res = Resources(cpus=args.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=args.max_concurrent)
+    try:
+        preflight.check_fit(res.cpus, res.gpus, shapes)
+    except PreflightError:
+        if not autoscaler_unknown:
+            raise
+        # an autoscaler whose node types this machine cannot see (not a `ray up` head): it may add one
+        print(f"no node fits a trial yet (nodes: {preflight.describe(shapes)}); waiting for the autoscaler to add one")
+    return res
 
 
 def driver_lock(folder: Path):

@@ -6,7 +6,6 @@ tracking store, and a sqlite store has exactly one writer, so no metric is lost 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -21,11 +20,9 @@ from .trial import write_artifacts
 
 EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "step_time_ms", "epoch_time_s")
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
-
-
-def default_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db (absolute: Ray changes working dirs)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+# MLflow 3 tells GenAI from model-training experiments by this experiment tag (values from the UI's
+# source: genai_development, custom_model_development); without it the UI opens the GenAI view.
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def connect(uri: str) -> MlflowClient:
@@ -34,14 +31,29 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name)
-    if exp.lifecycle_stage == "deleted":
+def check_not_deleted(exp, name: str) -> None:
+    if exp is not None and exp.lifecycle_stage == "deleted":
         raise ValueError(f"experiment {name!r} is deleted in this store: restore it (mlflow experiments restore) "
                          "or pick another --experiment name.")
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if missing; marked as a model-training experiment either way."""
+    exp = client.get_experiment_by_name(name)
+    check_not_deleted(exp, name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
+    if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # made by an older version of the suite
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
     return exp.experiment_id
+
+
+def browse_hint(uri: str, exp_id: str) -> str:
+    """How to open the experiment in the MLflow UI, in its model-training view."""
+    page = f"#/experiments/{exp_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}"
 
 
 def runs_by_status(client: MlflowClient, exp_id: str, status: str) -> list:
@@ -82,10 +94,22 @@ def repro_tags() -> dict[str, str]:
 
 def start_run(client: MlflowClient, exp_id: str, cfg: TrialConfig, tags: dict[str, str]) -> str:
     """A RUNNING run with the grid_key tag, identity tags and every TrialConfig field as a param."""
-    run = client.create_run(exp_id, run_name=cfg.run_name(), tags={**cfg.run_tags(), **tags})
+    run = client.create_run(exp_id, run_name=cfg.run_name(),
+                            tags={**cfg.run_tags(), **tags, "mlflow.note.content": description(cfg)})
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in cfg.to_dict().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
+
+
+def description(cfg: TrialConfig) -> str:
+    """The run's description in the MLflow UI (markdown): what was trained, and how it differs from
+    its method's defaults (the full config is in the params)."""
+    default = TrialConfig(method=cfg.method).to_dict()
+    changed = [f"`{k}={v}`" for k, v in cfg.to_dict().items()
+               if v != default.get(k) and k not in ("method", "dataset", "seed")]
+    return (f"**{cfg.label()}** on {cfg.dataset}, seed {cfg.seed} (grid point `{cfg.grid_key()}`).\n\n"
+            f"Differs from the defaults: {', '.join(changed) or 'nothing'}. Compare runs on test_acc_p00 / "
+            "test_acc_pNN (accuracy after pruning NN %), total_wall_s and epochs_to_fit.")
 
 
 def log_epochs(client: MlflowClient, run_id: str, epochs: list[dict]) -> None:

@@ -1,6 +1,6 @@
-import gzip
 import io
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -85,3 +85,25 @@ def test_splits_are_seeded_and_disjoint(mnist):
     assert len(rows(s1.x_val) & rows(s1.x_train)) < 10  # MNIST has a few exact duplicates; a leak gives ~10000
     s0 = data.make_splits(mnist, 0, 1000, seed=0, device=torch.device("cpu"))
     assert len(s0.y_train) == 1000 and torch.equal(s0.x_val, s0.x_test)
+
+
+def test_corrupt_cache_is_refetched_and_the_user_is_told(tmp_path, monkeypatch, capsys, mnist):
+    """A cached file whose sha256 no longer matches is fetched again, and stderr says so and from where."""
+    cached = data.ensure("mnist")  # the real, verified cache (the mnist fixture made sure of it)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.FILES:
+        shutil.copy(cached / name, raw / name)
+    blob = bytearray((raw / data.FILES[2]).read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte in the test images
+    (raw / data.FILES[2]).write_bytes(bytes(blob))
+
+    def mirror(dataset, data_dir, raw_dir):  # stands in for the network: the verified cache
+        for name in data.FILES:
+            shutil.copy(cached / name, raw_dir / name)
+    monkeypatch.setattr(data, "_from_torchvision", mirror)
+    assert data.ensure("mnist", tmp_path) == raw
+    err = capsys.readouterr().err
+    assert "1 cached file(s) failed the sha256 check and will be fetched again" in err and data.FILES[2] in err
+    assert f"fetching via torchvision download into {raw}" in err and "sha256 verified" in err
+    assert data.verify_dir(raw, "mnist") == []
