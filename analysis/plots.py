@@ -336,7 +336,7 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
     sw = sw[sw.sweep_trials_per_hour.notna()] if not sw.empty else sw
     if not sw.empty:
         agg = []
-        for (sweep, conc), g in sw.groupby(["sweep", "concurrency"]):
+        for (_sweep, conc), g in sw.groupby(["sweep", "concurrency"]):
             agg.append({"concurrency": int(conc), "trials_per_hour": float(g["sweep_trials_per_hour"].iloc[0])})
         a = pd.DataFrame(agg).sort_values("concurrency")
         fig, ax = plt.subplots(figsize=(7, 4.5))

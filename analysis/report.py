@@ -52,7 +52,7 @@ class Block:
 class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
-    subsections: list["Section"] = field(default_factory=list)
+    subsections: list[Section] = field(default_factory=list)
     headline: bool = False
     anchor: str = ""
 

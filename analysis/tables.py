@@ -95,7 +95,7 @@ class Table:
         styler = styler.hide(axis="index", names=True) if self.index else styler.hide(axis="index")
         return styler.to_html()
 
-    def write(self, out: Path, stem: str) -> "Table":
+    def write(self, out: Path, stem: str) -> Table:
         """<stem>.md, .csv and .tex under out."""
         out.mkdir(parents=True, exist_ok=True)
         self.cells.to_csv(out / f"{stem}.csv", index=self.index)

@@ -19,8 +19,8 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -160,8 +160,9 @@ def breakdown(x, y, rounds: int, steps: int) -> dict[str, dict[str, dict[str, fl
         if (m, "step") in ms:
             ms[m, "other"] = ms[m, "step"] - sum(ms[m, k] for k in ks)
             ks += ["other", "step"]
-    row = lambda m, k: {"ms": ms[m, k], "share": ms[m, k] / ms[m, "step"] if (m, "step") in ms else None,
-                        "x_exp": ms[m, k] / ms["ref", "exp pass"]}
+    def row(m, k):
+        return {"ms": ms[m, k], "share": ms[m, k] / ms[m, "step"] if (m, "step") in ms else None,
+                "x_exp": ms[m, k] / ms["ref", "exp pass"]}
     return {m: {k: row(m, k) for k in ks} for m, ks in methods.items()}
 
 
@@ -280,7 +281,8 @@ def blitz_bbb(batches, samples: int) -> Callable[[], None]:
         def __init__(self):
             super().__init__()
             kw = dict(prior_sigma_1=s1, prior_sigma_2=s2, prior_pi=pi)
-            self.l1, self.l2, self.l3 = BayesianLinear(784, 500, **kw), BayesianLinear(500, 500, **kw), BayesianLinear(500, 10, **kw)
+            self.l1, self.l2 = BayesianLinear(784, 500, **kw), BayesianLinear(500, 500, **kw)
+            self.l3 = BayesianLinear(500, 10, **kw)
 
         def forward(self, x):
             return self.l3(F.relu(self.l2(F.relu(self.l1(x)))))

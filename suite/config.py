@@ -8,8 +8,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import inspect
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import yaml
 
-from . import methods
 from .methods import METHODS, Params
 
 DATASETS = ("mnist", "fmnist")
@@ -174,7 +173,7 @@ class TrialConfig:
         d.update({f.name: getattr(self.params, f.name) for f in dataclasses.fields(self.params)})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
-    def replace(self, **changes) -> "TrialConfig":
+    def replace(self, **changes) -> TrialConfig:
         """A copy with some flat keys changed (validated like any config)."""
         return TrialConfig(**{**self.to_dict(), **changes})
 

@@ -25,7 +25,7 @@ EXPORT_DATASETS = ["mnist", "fmnist"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    from .run import add_runtime_options
+    from .run import add_runtime_options, check_runtime_options
     ap = argparse.ArgumentParser(prog="python -m suite.search", description=__doc__.splitlines()[0])
     ap.add_argument("--space", required=True, help="search space NAME in tune_configs/search/ or a .yaml path")
     ap.add_argument("--samples", type=int, default=None, help="recipes to draw (default: the space's budget.samples)")
@@ -34,7 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="write the best recipe into this grid YAML (e.g. tune_configs/tuned.yaml), replacing this "
                          "space's earlier entry; it runs the recipe over 5 seeds on MNIST and Fashion-MNIST")
     add_runtime_options(ap, default_experiment="search-<space>")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    check_runtime_options(ap, args)
+    return args
 
 
 def ranking(client, exp_id: str, space: Space) -> list[dict]:
@@ -84,42 +86,54 @@ def export_grid(path: Path, space: Space, best: dict) -> str:
     return f"{comment}\n{entry}"
 
 
+def recipe_table(space: Space, trials: list, finished: set[str]) -> str:
+    keys = list(space.dists)
+    lines = [f"{'#':>3} {'grid_key':16} " + " ".join(f"{k:>14}" for k in keys) + " status"]
+    for i, t in enumerate(trials):
+        vals = t.to_dict()
+        lines.append(f"{i:>3} {t.grid_key():16} " + " ".join(f"{str(vals[k]):>14}" for k in keys)
+                     + (" finished" if t.grid_key() in finished else " pending"))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    from .preflight import PreflightError
     from .run import drive, runtime_overrides
     try:
         space = load_space(args.space, args.samples, args.max_epochs)
         trials = space.trials(runtime_overrides(args))
-    except ConfigError as e:
+        b = space.budget
+        print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} "
+              f"epochs each, ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
+        tags = {"search": space.name}
+        parent = {**tags, "method": space.method, "select": space.metric, "budget_samples": str(b.samples),
+                  "budget_max_epochs": str(b.max_epochs), "budget_grace_period": str(b.grace_period)}
+        done = drive(args, trials, args.experiment or f"search-{space.name}", f"search {space.name}",
+                     lambda finished: recipe_table(space, trials, finished), extra_tags=tags, select=space.metric,
+                     grace_period=b.grace_period, parent=parent)
+    except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    experiment = args.experiment or f"search-{space.name}"
-    b = space.budget
-    print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} epochs each, "
-          f"ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
+    if done is None:
+        return 0
     from . import tracking
-    tags = {"search": space.name}
-    result = drive(args, trials, experiment, f"search {space.name}", extra_tags=tags, select=space.metric,
-                   grace_period=b.grace_period, parent={"budget_samples": str(b.samples), "budget_max_epochs": str(b.max_epochs),
-                                                        "select": space.metric, "method": space.method, **tags})
-    if isinstance(result, int):
-        return result
-    client, exp_id, parent_id, ok = result
-    rows = ranking(client, exp_id, space)
+    rows = ranking(done.client, done.exp_id, space)
     print(f"\n{'rank':>4} {space.metric:>13} {'epochs':>6}  recipe")
     for i, r in enumerate(rows):
         v = f"{r['value']:.4f}" if r["value"] is not None else "-"
         print(f"{i + 1:>4} {v:>13} {r['epochs']:>6}  {r['name']}{'  (stopped early)' if r['stopped'] else ''}")
     best = next((r for r in rows if not r["stopped"] and r["value"] is not None), None)
     if best is not None:
-        client.log_metric(parent_id, f"best_{space.metric}", best["value"])
-        client.set_tag(parent_id, "best_run_id", best["run_id"])
-        print(f"best recipe: {recipe_of(best, space)}")
+        done.client.log_metric(done.parent_id, f"best_{space.metric}", best["value"])
+        done.client.set_tag(done.parent_id, "best_run_id", best["run_id"])
+        print(f"best recipe ({space.metric} = {best['value']:.4f} on validation): {recipe_of(best, space)}")
         if args.export_grid:
             print(f"wrote {args.export_grid}:\n{export_grid(Path(args.export_grid), space, best)}")
-    if ok:
-        tracking.finish_parent(client, parent_id)
-    return 0 if ok and best is not None else 1
+    if done.ok:
+        tracking.finish_parent(done.client, done.parent_id)
+    print(f"Browse: {done.browse}")
+    return 0 if done.ok and best is not None else 1
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from . import tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
-from .prune import level_tag
+from .prune import level_tag  # noqa: E402
 from .trial import run_trial, write_artifacts  # noqa: E402
 
 STATE = "state.pt"
@@ -141,7 +141,7 @@ class SweepCallback(tune.Callback):
         return left / max(1, self.peak_running)
 
     def _say(self, msg: str) -> None:
-        done = sum(r.status == "FINISHED" for r in self.rows.values())
+        done = sum(r.status in ("FINISHED", "STOPPED") for r in self.rows.values())
         failed = sum(r.status == "FAILED" for r in self.rows.values())
         eta_s = time.strftime("%H:%M:%S", time.gmtime(self._eta())) if self.epoch_s else "--:--:--"
         print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", flush=True)
@@ -178,14 +178,16 @@ class SweepCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]
         res = self.final.pop(trial.trial_id, None)
-        if res is None:  # stopped early by the scheduler (a recipe search): finished, and says where it stopped
-            epoch = self.logged.get(run_id, 0)
-            self.client.log_metric(run_id, "stopped_at_epoch", epoch)
-            self.client.set_tag(run_id, "stopped_early", "true")
+        if res is None:  # stopped by the scheduler (a recipe search): finished, and says where it stopped
+            epoch, epochs = self.logged.get(run_id, 0), self.todo[row.key][1]
+            if epoch < epochs:  # at its last epoch ASHA may still "stop" a recipe that has trained it fully
+                self.client.log_metric(run_id, "stopped_at_epoch", epoch)
+                self.client.set_tag(run_id, "stopped_early", "true")
             self.client.set_terminated(run_id, "FINISHED")
             shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
-            row.status = "STOPPED"
-            self._say(f"{row.name} stopped early at epoch {epoch} by the scheduler")
+            row.status = "STOPPED" if epoch < epochs else "FINISHED"
+            self._say(f"{row.name} stopped early at epoch {epoch} by the scheduler" if epoch < epochs
+                      else f"{row.name} finished its {epochs} epochs")
             return
         with trial.checkpoint.as_directory() as d:
             tracking.finish_run(self.client, run_id, res["final_metrics"], res["final_info"], Path(d))

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from .config import TrialConfig
 from .trial import write_artifacts
 
-EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "step_time_ms", "epoch_time_s")
+EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "lr", "step_time_ms", "epoch_time_s")
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow 3 tells GenAI from model-training experiments by this experiment tag (values from the UI's
 # source: genai_development, custom_model_development); without it the UI opens the GenAI view.
@@ -112,9 +112,27 @@ def description(cfg: TrialConfig) -> str:
             "test_acc_pNN (accuracy after pruning NN %), total_wall_s and epochs_to_fit.")
 
 
+def parent_run(client: MlflowClient, exp_id: str, name: str, tags: dict[str, str]) -> str:
+    """The parent run a search's trial runs nest under (tag mlflow.parentRunId): found again by name
+    and the `search_parent` tag when an interrupted search is resumed, created otherwise."""
+    for r in client.search_runs([exp_id], filter_string="tags.search_parent = 'true'", max_results=1000):
+        if r.info.run_name == name:
+            if r.info.status != "RUNNING":
+                client.update_run(r.info.run_id, status="RUNNING")
+            return r.info.run_id
+    run = client.create_run(exp_id, run_name=name, tags={**repro_tags(), **tags, "search_parent": "true",
+                                                          "mlflow.note.content": f"Recipe search {name}: {tags}"})
+    return run.info.run_id
+
+
+def finish_parent(client: MlflowClient, run_id: str) -> None:
+    client.set_terminated(run_id, "FINISHED")
+
+
 def log_epochs(client: MlflowClient, run_id: str, epochs: list[dict]) -> None:
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(e[k]), now, int(e["epoch"])) for e in epochs for k in EPOCH_METRICS if k in e]
+    metrics = [Metric(k, float(v), now, int(e["epoch"])) for e in epochs for k, v in e.items()
+               if k in EPOCH_METRICS or k.startswith("val_acc_")]  # val_acc_pNN / _mean: val_sparsities
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + BATCH])
 

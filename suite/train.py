@@ -3,8 +3,8 @@ Methods differ only in the model's objective (NLL, or NLL + weighted KL) and the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -11,15 +11,14 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from . import latency, metrics, prune
-from . import methods
+from . import latency, methods, metrics, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, load_arrays, make_splits
 from .methods import Method

@@ -18,8 +18,8 @@ def pruned(method: str, p: float):
 def test_sparse_kernels_match_dense_and_sizes_count_what_is_stored():
     m = pruned("sgd", 0.9)
     x = torch.rand(1000, 784)
-    for build in (latency._torch_csr, latency._scipy_csr):
-        fwd, size = build(m)
+    for make in (latency._torch_csr, latency._scipy_csr):
+        fwd, size = make(m)
         torch.testing.assert_close(fwd(x), m(x), rtol=1e-4, atol=1e-4)
         nnz = sum(int((w != 0).sum()) for w, _ in latency._layers(m))
         rows = sum(w.shape[0] + 1 for w, _ in latency._layers(m))

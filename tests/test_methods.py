@@ -172,7 +172,7 @@ def test_finetune_keeps_pruned_weights_and_adam_moments_at_zero(mnist):
         progress: dict = {}
         data = make_splits(mnist, 1000, 2000, 0, torch.device("cpu"))
         m = finetune_level(model, keep, cfg, data, 0, progress, None, lambda: {})
-        for name, p in m.named_parameters():
+        for name, _ in m.named_parameters():
             moments = progress["optimizer"]["state"][list(dict(m.named_parameters())).index(name)]
             assert torch.all(moments["exp_avg"][~keep] == 0) and torch.all(moments["exp_avg_sq"][~keep] == 0)
             assert moments["exp_avg"][keep].abs().sum() > 0  # the kept weights did train

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from suite.kernels import Prior, kl_kernels, philox4x32, philox_normal, sample_and_kl, softplus, weight_noise_key
 from suite.config import TrialConfig
+from suite.kernels import Prior, kl_kernels, philox_normal, sample_and_kl, softplus, weight_noise_key
 from suite.methods import build
 
 

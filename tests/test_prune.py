@@ -1,12 +1,11 @@
-import math
 
 import pytest
 import torch
 
 from suite import prune
 from suite.config import TrialConfig
-from suite.metrics import accuracy
 from suite.methods import build
+from suite.metrics import accuracy
 
 
 def small(method, **kw):

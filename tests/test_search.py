@@ -53,3 +53,69 @@ def test_shipped_spaces_share_one_budget_and_metric():
     spaces = [load_space(n) for n in ("sgd", "dropout", "bbb", "sparse_vd")]
     assert len({(s.budget, s.metric, s.levels) for s in spaces}) == 1
     assert {s.method for s in spaces} == {"sgd", "bbb", "sparse_vd"}
+
+
+def cli(args, cwd, timeout=900):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "suite.search", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+TINY = GOOD.replace("samples: 3, max_epochs: 2", "samples: 4, max_epochs: 3").replace(
+    "train_subset: 600", "train_subset: 600, test_samples: 2")
+
+
+def test_tiny_search_end_to_end_with_resume_nested_runs_and_export(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from suite.config import load_grid
+    space = write(tmp_path, TINY)
+    # first attempt: killed (SIGKILL, no cleanup) once the first recipe has logged an epoch
+    env_args = [sys.executable, "-m", "suite.search", "--space", space, "--cpus-per-trial", "1"]
+    proc = subprocess.Popen(env_args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True)
+    deadline = time.time() + 600
+    for line in proc.stdout:
+        if "epoch 1/3" in line or time.time() > deadline:
+            break
+    # the driver and everything it started (its local Ray), never `ray stop`: that would kill every
+    # Ray instance on the machine, other users' sweeps included
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = cli(["--space", space, "--export-grid", str(tmp_path / "tuned.yaml")], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "best recipe (val_acc_mean" in r.stdout
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("search-space")
+    runs = c.search_runs([exp.experiment_id])
+    parents = [x for x in runs if x.data.tags.get("search_parent") == "true"]
+    children = [x for x in runs if "grid_key" in x.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # one run per recipe: the killed attempt's run is KILLED, its recipe resumed into a new FINISHED run
+    finished = [x for x in children if x.info.status == "FINISHED"]
+    assert len({x.data.tags["grid_key"] for x in finished}) == len(finished) == 4
+    assert all(x.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for x in children)
+    for x in finished:  # selection data from validation only: no test metric anywhere in the search
+        assert not any(k.startswith(("test_", "oneshot_", "latency_")) for k in x.data.metrics)
+        assert "val_acc_mean" in x.data.metrics and "val_acc_p90" in x.data.metrics
+    best = parents[0].data.tags["best_run_id"]
+    ranked = sorted((x for x in finished if x.data.tags.get("stopped_early") != "true"),
+                    key=lambda x: -x.data.metrics["val_acc_mean"])
+    assert best == ranked[0].info.run_id
+    # the exported grid runs the winner over 5 seeds and both datasets, with its provenance
+    text = (tmp_path / "tuned.yaml").read_text()
+    assert "# space: search space (4 recipes x 3 epochs" in text and best in text
+    g = load_grid(str(tmp_path / "tuned.yaml"))
+    assert len(g.trials) == 10 and {t.seed for t in g.trials} == {0, 1, 2, 3, 4}
+    won = yaml.safe_load(c.get_run(best).data.params["lr"])
+    assert all(t.lr == won and t.method == "bbb" and t.epochs == 3 for t in g.trials)

@@ -95,8 +95,8 @@ def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
     assert held is not None
     r = cli(["--grid", "smoke"], tmp_path)
     assert r.returncode == 2 and "another suite.run is already driving experiment 'smoke'" in r.stderr
-    c, rs = runs(tmp_path / "mlflow.db", "smoke")
-    assert rs == []  # refused before it touched any run
+    # refused before it touched the store: no experiment, no run
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("smoke") is None
     held.close()
 
 

@@ -35,7 +35,8 @@ def test_same_config_same_numbers(method, dropout, mnist):
 @pytest.mark.parametrize("method,dropout,dataset,floor", [
     ("sgd", 0.0, "mnist", 0.8), ("sgd", 0.5, "mnist", 0.6), ("bbb", 0.0, "mnist", 0.6), ("bbb", 0.0, "fmnist", 0.5)])
 def test_short_real_training_beats_chance(method, dropout, dataset, floor, request):
-    cfg = TrialConfig(method=method, **({"dropout": dropout} if dropout else {}), dataset=dataset, epochs=2, train_subset=5000, val_size=5000,
+    cfg = TrialConfig(method=method, **({"dropout": dropout} if dropout else {}), dataset=dataset, epochs=2,
+                      train_subset=5000, val_size=5000,
                       sparsities=(0.0,), test_samples=2, compile=False)
     r = run_trial(cfg, arrays=request.getfixturevalue(dataset))
     assert r.metrics["test_acc_p00"] > floor  # chance is 0.1

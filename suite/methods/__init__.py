@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import os
 
-from . import sgd  # noqa: F401, I001  (registration side effect; registry order = listing order)
-from . import bbb  # noqa: F401
-from . import sparse_vd  # noqa: F401
+from . import (
+    bbb,  # noqa: F401
+    sgd,  # noqa: F401, I001  (registration side effect; registry order = listing order)
+    sparse_vd,  # noqa: F401
+)
 from .base import KLParams, Method, Params, Segment, make_layout
 from .registry import METHODS, register
 
