@@ -9,11 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from . import (
-    bbb,  # noqa: F401
-    sgd,  # noqa: F401, I001  (registration side effect; registry order = listing order)
-    sparse_vd,  # noqa: F401
-)
+from . import bbb, sgd, sparse_vd  # noqa: F401  (registration side effect; listed by each method's `order`)
 from .base import KLParams, Method, Params, Segment, make_layout
 from .registry import METHODS, register
 
