@@ -99,12 +99,15 @@ def test_bench_breakdown_covers_each_method_and_names_the_cpu():
     bd = bench.breakdown(x, y, rounds=1, steps=2)
     assert set(bd["BBB"]) == {"noise", "sample+KL fwd", "sample+KL bwd", "matmuls fwd", "matmuls bwd",
                               "optimizer", "other", "step"}
-    for method in ("SGD", "BBB"):
+    assert set(bd["Sparse VD"]) == {"terms fwd", "terms bwd", "matmuls fwd", "matmuls bwd", "optimizer", "other", "step"}
+    for method in ("SGD", "BBB", "Sparse VD"):
         parts = bd[method]
         assert abs(sum(v["ms"] for k, v in parts.items() if k != "step") - parts["step"]["ms"]) < 1e-9
         assert parts["step"]["share"] == 1.0
     assert bd["ref"]["exp pass"]["x_exp"] == 1.0
     cpu = bench.cpu_info()
     assert cpu["vector_isa"] == torch.backends.cpu.get_cpu_capability() and cpu["cpu_model"] != "unknown"
-    t = bench.speed_targets({"ours SGD": 1.0, "ours BBB (1 sample)": 1.9, "BLiTZ BBB (1 sample)": 7.0}, 1)
-    assert [(d["name"], d["met"]) for d in t] == [("ours BBB / ours SGD", True), ("BLiTZ BBB / ours BBB", False)]
+    t = bench.speed_targets({"ours SGD": 1.0, "ours BBB (1 sample)": 1.9, "ours Sparse VD": 2.6,
+                             "BLiTZ BBB (1 sample)": 7.0}, 1)
+    assert [(d["name"], d["met"]) for d in t] == [("ours BBB / ours SGD", True), ("ours Sparse VD / ours SGD", False),
+                                                  ("BLiTZ BBB / ours BBB", False)]
