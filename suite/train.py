@@ -24,7 +24,6 @@ class Phase:
     lr: float                 # base learning rate
     decay_start: int = 0      # 0: constant lr; k: linear decay from epoch k towards 0 at `epochs`
     seed_offset: int = 0      # separates the RNG streams of phases (epoch_seed(seed, offset + epoch))
-    prefix: str = ""          # log key prefix ("" for training, e.g. "ft_p90_" for fine-tuning)
 
     def lr_at(self, epoch: int) -> float:
         """Linear decay: lr x (E - e + 1) / (E - k + 1) from epoch k on (Molchanov et al. 2017 decay
