@@ -172,6 +172,11 @@ def training_curves(exp: Experiment, out: Path, hist: pd.DataFrame) -> list[Path
     return paths
 
 
+def _label_artifacts(exp: Experiment, d: pd.DataFrame, label: str, name: str) -> list[dict[str, np.ndarray]]:
+    """The .npz artifact `name` of every run of `label` in d that saved one."""
+    return [a for a in (npz_artifact(exp, r, name) for r in d[d.label == label].run_id) if a is not None]
+
+
 def weight_distributions(exp: Experiment, out: Path) -> list[Path]:
     """Unpruned weight values per label (the study's Fig. 8/9), summed over seeds, as densities."""
     paths = []
@@ -180,7 +185,7 @@ def weight_distributions(exp: Experiment, out: Path) -> list[Path]:
         d = exp.runs[exp.runs.dataset == ds]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label in ordered_labels(d):
-            arrays = [a for a in (npz_artifact(exp, r, "weights_hist.npz") for r in d[d.label == label].run_id) if a is not None]
+            arrays = _label_artifacts(exp, d, label, "weights_hist.npz")
             if not arrays:
                 continue
             edges = arrays[0]["edges"]
@@ -208,7 +213,7 @@ def snr_distribution(exp: Experiment, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         thresholds, lo, hi = None, np.inf, -np.inf
         for label in ordered_labels(d):
-            arrays = [a for a in (npz_artifact(exp, r, "snr_hist.npz") for r in d[d.label == label].run_id) if a is not None]
+            arrays = _label_artifacts(exp, d, label, "snr_hist.npz")
             if not arrays:
                 continue
             edges = arrays[0]["edges_db"]

@@ -177,13 +177,13 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor
     return {**out, **lat}, info
 
 
-def finetune_level(model: Method, keep: torch.Tensor, cfg: TrialConfig, data: Splits, i: int, progress: dict,
+def finetune_level(m: Method, keep: torch.Tensor, cfg: TrialConfig, data: Splits, i: int, progress: dict,
                    on_epoch: OnEpoch | None, state: Callable[[], dict]) -> Method:
-    """Han et al. 2015's prune-and-retrain at one level: prune a copy, hold its mask, retrain it for
+    """Han et al. 2015's prune-and-retrain at one level: m (a copy of the trained model, changed in
+    place) is pruned with `keep` and holds that mask while it is retrained for
     finetune_epochs with a fresh optimiser (constant finetune_lr) in the one training loop. Resumable:
     `progress` (this level's entry in the trial state) carries its history, weights and optimiser
     state (Adam's moments of the pruned entries stay exactly 0: tests read them there)."""
-    m = prune.pruned_copy(model, keep)
     m.hold_(keep)
     lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
     opt = make_optimizer(cfg, m, lr)
@@ -230,7 +230,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, finetune: dic
                 m = prune.pruned_copy(model, keep).eval()
                 before = {f"oneshot_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
                 with torch.enable_grad():
-                    m = finetune_level(model, keep, cfg, data, i, finetune.setdefault(tag, {}), on_epoch, state)
+                    m = finetune_level(m, keep, cfg, data, i, finetune.setdefault(tag, {}), on_epoch, state)
                 torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
                 level, level_info = evaluate_level(m, cfg, x, y, tag)
                 hist = finetune[tag]["history"]

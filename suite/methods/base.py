@@ -181,14 +181,19 @@ class Method(nn.Module):
         return nll, nll, None
 
     def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
-        """The KL weight of each minibatch of an epoch (methods without a KL: unused zeros)."""
-        return [0.0] * n_batches
+        """The KL weight of each minibatch of an epoch: from the method's KLParams (weighting x warm-up),
+        unused zeros for methods without a KL."""
+        return self.p.kl_weights(n_batches, epoch) if isinstance(self.p, KLParams) else [0.0] * n_batches
 
     def after_step(self) -> None:
         """Called after every optimiser step (e.g. to clip a parameter); default: nothing."""
 
     def compile_warmup(self, x: Tensor, y: Tensor) -> None:
-        """Trigger torch.compile's code generation on one batch so it is not timed as training."""
+        """Trigger torch.compile's code generation (forward and backward) on one batch so it is not
+        timed as training; parameters are untouched and the gradients dropped."""
+        if self.compiled_kernels and self.cfg.compile:
+            self.objective(x, y, 0.0)[0].backward()
+            self.zero_grad(set_to_none=True)
 
     # -- prediction
     @torch.no_grad()

@@ -72,9 +72,6 @@ class BBB(Method):
     def sigma(self) -> Tensor:
         return softplus(self.rho)
 
-    def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
-        return self.p.kl_weights(n_batches, epoch)
-
     def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
         """Blundell eq. 8 per minibatch, divided by the batch size B so its scale matches the MLP's:
         loss = mean_s [ NLL_s / B + kl_weight * KL_s / B ] over train_samples weight samples s.
@@ -92,11 +89,6 @@ class BBB(Method):
             kl = kl + kl_s
         nll, kl = nll / self.train_samples, kl_weight * kl / (self.train_samples * len(x))
         return nll + kl, nll, kl
-
-    def compile_warmup(self, x: Tensor, y: Tensor) -> None:
-        if self.compiled:
-            self.objective(x, y, 0.0)[0].backward()
-            self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def sample(self) -> Tensor:

@@ -153,9 +153,6 @@ class SparseVD(Method):
         0 for biases, and exactly 0 for a pruned weight (theta = 0)."""
         return torch.where(self.is_weight, torch.exp(log_alpha) * self.theta * self.theta, 0.0)
 
-    def kl_weights(self, n_batches: int, epoch: int) -> list[float]:
-        return self.p.kl_weights(n_batches, epoch)
-
     def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per minibatch: NLL / B + kl_weight * KL / B, the ELBO scaled like BBB's (Molchanov et al.
         2017, eq. 3 with the SGVB estimator and local reparameterisation). A held-pruned weight
@@ -164,11 +161,6 @@ class SparseVD(Method):
         var, kl = vd_terms(self.theta, self.log_sigma2, in_kl, self.cfg.compile)
         nll = F.cross_entropy(self(x, self.theta, var), y)
         return nll + kl_weight * kl / len(x), nll, kl_weight * kl / len(x)
-
-    def compile_warmup(self, x: Tensor, y: Tensor) -> None:
-        if self.cfg.compile:
-            self.objective(x, y, 0.0)[0].backward()
-            self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def sample(self) -> Tensor:
