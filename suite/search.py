@@ -36,6 +36,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add_runtime_options(ap, default_experiment="search-<space>")
     args = ap.parse_args(argv)
     check_runtime_options(ap, args)
+    if args.export_grid and not Path(args.export_grid).resolve().parent.is_dir():  # not after hours of search
+        ap.error(f"--export-grid {args.export_grid}: the folder {Path(args.export_grid).resolve().parent} does not exist.")
     return args
 
 
