@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from . import bbb, sgd, sparse_vd  # noqa: F401  (registration side effect; listed by each method's `order`)
+from . import bbb, l0, sgd, sparse_vd  # noqa: F401  (registration side effect; listed by each method's `order`)
 from .base import KLParams, Method, Params, Segment, make_layout
 from .registry import METHODS, register
 
