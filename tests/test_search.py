@@ -55,9 +55,11 @@ def test_export_to_a_missing_folder_fails_before_ray(tmp_path):
 
 
 def test_shipped_spaces_share_one_budget_and_metric():
-    spaces = [load_space(n) for n in ("sgd", "dropout", "bbb", "sparse_vd")]
+    from pathlib import Path
+    names = sorted(p.stem for p in (Path(__file__).parent.parent / "tune_configs" / "search").glob("*.yaml"))
+    spaces = [load_space(n) for n in names]
     assert len({(s.budget, s.metric, s.levels) for s in spaces}) == 1
-    assert {s.method for s in spaces} == {"sgd", "bbb", "sparse_vd"}
+    assert {s.method for s in spaces} == {"sgd", "bbb", "sparse_vd", "l0"}
 
 
 def cli(args, cwd, timeout=900):
