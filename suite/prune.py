@@ -25,10 +25,7 @@ def level_tag(p: float | str) -> str:
 
 def prunable(model: Method, prune_biases: bool) -> Tensor:
     """Bool [P]: which entries of the flat vector may be pruned (weights, and biases if asked)."""
-    mask = torch.zeros(model.n_params, dtype=torch.bool)
-    for s in model.layout:
-        mask[s.start:s.end] = prune_biases or not s.is_bias
-    return mask
+    return torch.ones(model.n_params, dtype=torch.bool) if prune_biases else model.weight_entries()
 
 
 def scores(model: Method, kind: str, seed: int) -> Tensor:

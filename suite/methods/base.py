@@ -145,6 +145,13 @@ class Method(nn.Module):
             flat[s.start:s.end].uniform_(-bound, bound)
         return flat
 
+    def weight_entries(self) -> Tensor:
+        """Bool [P]: True on weight-matrix entries, False on biases."""
+        mask = torch.zeros(self.n_params, dtype=torch.bool)
+        for s in self.layout:
+            mask[s.start:s.end] = not s.is_bias
+        return mask
+
     # -- the one forward pass every method and every metric uses
     def forward(self, x: Tensor, flat: Tensor | None = None, var: Tensor | None = None) -> Tensor:
         """x: [B, 784] -> logits [B, 10], computed from the flat [P] weights `flat` (default: the point

@@ -91,10 +91,7 @@ class L0(Method):
         p = self.p.l0_droprate_init
         self.theta = nn.Parameter(self.uniform_init())
         self.log_alpha = nn.Parameter(math.log((1 - p) / p) + 0.01 * torch.randn(self.n_params))
-        is_weight = torch.zeros(self.n_params, dtype=torch.bool)
-        for s in self.layout:
-            is_weight[s.start:s.end] = not s.is_bias
-        self.register_buffer("is_weight", is_weight, persistent=False)
+        self.register_buffer("is_weight", self.weight_entries(), persistent=False)
 
     def gated(self, gate: Tensor) -> Tensor:
         """[P] theta * gate on weights, theta on biases."""

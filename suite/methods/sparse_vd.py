@@ -140,10 +140,7 @@ class SparseVD(Method):
     def init_parameters(self) -> None:
         self.theta = nn.Parameter(self.uniform_init())
         self.log_sigma2 = nn.Parameter(torch.full((self.n_params,), self.p.log_sigma2_init))
-        is_weight = torch.zeros(self.n_params, dtype=torch.bool)
-        for s in self.layout:
-            is_weight[s.start:s.end] = not s.is_bias
-        self.register_buffer("is_weight", is_weight, persistent=False)
+        self.register_buffer("is_weight", self.weight_entries(), persistent=False)
 
     def point_weights(self) -> Tensor:
         return self.theta
