@@ -7,7 +7,7 @@ and a selection metric on validation data. Validated completely before Ray start
       lr: {loguniform: [1.0e-4, 3.0e-3]}
       kl_weighting: {choice: [blundell, uniform]}
       prior_pi: {uniform: [0.25, 0.75]}
-    budget: {samples: 40, max_epochs: 60, grace_period: 5, seed: 0}
+    budget: {samples: 40, max_epochs: 30, grace_period: 3, seed: 0}
     select: {metric: val_acc_mean, levels: [0.9, 0.95, 0.98]}      # or val_acc_p95 with levels [0.95]
 
 Recipes are drawn up front from a seeded generator (random search): the same file always gives the
