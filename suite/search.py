@@ -65,27 +65,31 @@ def recipe_of(best: dict, space: Space) -> dict:
 
 def export_grid(path: Path, space: Space, best: dict) -> str:
     """Write (or replace) this space's entry in the grid file at `path`; returns the entry's text.
-    Each entry is one comment line naming its provenance and one flow-style sub-grid line, so an
-    entry is replaced by the space name in its comment and the other methods' entries stay."""
+    Each entry is one comment line naming its provenance and one flow-style sub-grid line per variant
+    (the winner itself, then each of the space's `variants`), so an entry is replaced by the space
+    name in its comment and the other methods' entries stay."""
     recipe = {**recipe_of(best, space), "epochs": space.budget.max_epochs}
     b = space.budget
     comment = (f"# {space.name}: search {space.name} ({b.samples} recipes x {b.max_epochs} epochs, ASHA grace "
                f"{b.grace_period}, seed {b.seed}), selected by {space.metric} on validation = {best['value']:.4f} "
                f"(MLflow run {best['run_id']}), exported {time.strftime('%Y-%m-%d')}")
-    axes = {k: [v] for k, v in recipe.items()} | {"dataset": EXPORT_DATASETS, "seed": EXPORT_SEEDS}
-    entry = "  - " + yaml.safe_dump(axes, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    lines = []
+    for variant in ({}, *space.variants):
+        axes = {k: [v] for k, v in (recipe | variant).items()} | {"dataset": EXPORT_DATASETS, "seed": EXPORT_SEEDS}
+        lines.append("  - " + yaml.safe_dump(axes, default_flow_style=True, width=10_000, sort_keys=False).strip())
     head = ("description: >\n  The best recipe of each method's search (tune_configs/search/), chosen on validation data only,\n"
             "  run over 5 seeds on MNIST and Fashion-MNIST. Provenance above each entry.\ngrid:\n")
-    entries = {}
-    if path.is_file():
-        lines = path.read_text().splitlines()
-        for c, e in zip(lines, lines[1:]):
-            m = re.match(r"  # (\S+): search ", c)
-            if m and e.startswith("  - "):
-                entries[m[1]] = (c, e)
-    entries[space.name] = ("  " + comment, entry)
-    path.write_text(head + "".join(f"{c}\n{e}\n" for c, e in entries.values()))
-    return f"{comment}\n{entry}"
+    entries: dict[str, list[str]] = {}
+    name = None
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if m := re.match(r"  # (\S+): search ", line):
+            name = m[1]
+            entries[name] = [line]
+        elif name and line.startswith("  - "):
+            entries[name].append(line)
+    entries[space.name] = ["  " + comment, *lines]
+    path.write_text(head + "".join(f"{line}\n" for e in entries.values() for line in e))
+    return "\n".join([comment, *lines])
 
 
 def recipe_table(space: Space, trials: list, finished: set[str]) -> str:

@@ -9,6 +9,7 @@ and a selection metric on validation data. Validated completely before Ray start
       prior_pi: {uniform: [0.25, 0.75]}
     budget: {samples: 40, max_epochs: 30, grace_period: 3, seed: 0}
     select: {metric: val_acc_mean, levels: [0.9, 0.95, 0.98]}      # or val_acc_p95 with levels [0.95]
+    variants: [{protocol: finetune, finetune_epochs: 10}]          # optional: the winner also run so when exported
 
 Recipes are drawn up front from a seeded generator (random search): the same file always gives the
 same recipes, so a search is reproducible, resumable like a grid, and every method searched with
@@ -50,6 +51,7 @@ class Space:
     budget: Budget
     metric: str                          # selection metric: val_acc_mean or val_acc_pNN
     levels: tuple[float, ...]            # pruning levels evaluated on validation every epoch
+    variants: list[dict]                 # the winner with these fields changed: extra --export-grid entries (not searched)
 
     def recipes(self) -> list[dict]:
         """The `samples` recipes: sampled keys only, in draw order (duplicates of choice-only
@@ -109,7 +111,7 @@ def load_space(name_or_path: str, samples: int | None = None, max_epochs: int | 
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    allowed = {"description", "fixed", "space", "budget", "select"}
+    allowed = {"description", "fixed", "space", "budget", "select", "variants"}
     if not isinstance(spec, dict) or set(spec) - allowed or not {"space", "budget", "select"} <= set(spec):
         got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise _err(path, f"top-level keys must be {', '.join(sorted(allowed))} (space, budget, select required), got {got}.")
@@ -155,10 +157,20 @@ def load_space(name_or_path: str, samples: int | None = None, max_epochs: int | 
     if not levels or len(tags) != len(levels) or metric not in {"val_acc_mean", *tags}:
         raise _err(path, f"select needs levels (a non-empty list of fractions) and metric val_acc_mean or one of "
                          f"{', '.join(sorted(tags)) or 'val_acc_pNN for a listed level'}; got {sel!r}.")
+    variants = spec.get("variants") or []
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and v for v in variants):
+        raise _err(path, f"variants must be a list of non-empty mappings of TrialConfig keys, got {variants!r}.")
+    for v in variants:
+        check_keys(v, f"{path.name}: variants")
+        if clash := set(v) & {*dists, "epochs", "dataset", "seed"}:
+            raise _err(path, f"a variant may not set {sorted(clash)}: searched keys come from the winner, epochs "
+                             "from the budget, dataset and seed from the export.")
     space = Space(path.stem, str(spec.get("description", "")).strip(), fixed, parsed, budget, metric,
-                  tuple(float(p) for p in levels))
+                  tuple(float(p) for p in levels), variants)
     # every recipe is a valid config (val_size = 0 is refused there: selection never sees the test
-    # set): errors now, not in a worker hours later
+    # set), and so is every variant: errors now, not in a worker hours later
     for r in space.recipes():
         space.trial(r)
+        for v in variants:
+            space.trial(r, v)
     return space

@@ -43,6 +43,9 @@ def test_draws_are_reproducible_and_inside_the_space(tmp_path):
     (("val_size: 300", "val_size: 0"), "with val_size=0 \\(the validation split would be the test set\\)"),
     (("prior_pi: {uniform", "dropout: {uniform"), "dropout is a setting of method sgd"),
     (("lr: {loguniform", "lr: {normal"), "space.lr must be one of"),
+    (("select:", "variants: [{lr: 0.1}]\nselect:"), "a variant may not set \\['lr'\\]"),
+    (("select:", "variants: [{protocol: finetune}]\nselect:"), "finetune_epochs.*>= 1 with protocol=finetune"),
+    (("select:", "variants: {protocol: finetune}\nselect:"), "variants must be a list"),
 ])
 def test_bad_spaces_fail_before_ray(tmp_path, change, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -62,6 +65,34 @@ def test_shipped_spaces_share_one_budget_and_metric():
     assert {s.method for s in spaces} == {"sgd", "bbb", "sparse_vd", "l0"}
 
 
+def test_export_keeps_other_spaces_and_replaces_its_own_entry(tmp_path):
+    """Each space owns one entry (a provenance comment, then the winner and its variants); exporting a
+    space again replaces exactly that entry."""
+    from suite.config import load_grid
+    from suite.search import export_grid
+    ft = GOOD.replace("select:", "variants: [{protocol: finetune, finetune_epochs: 1}]\nselect:")
+    a = load_space(write(tmp_path, ft))
+    other = tmp_path / "sgd.yaml"
+    other.write_text("fixed: {method: sgd, hidden: [16], val_size: 300, sparsities: [0, 0.9]}\n"
+                     "space: {lr: {loguniform: [1.0e-3, 1.0e-2]}}\n"
+                     "budget: {samples: 2, max_epochs: 2, grace_period: 1}\nselect: {metric: val_acc_p90, levels: [0.9]}\n")
+    b = load_space(str(other))
+    out = tmp_path / "tuned.yaml"
+
+    def best(space, lr):
+        params = {k: str(v) for k, v in {**space.fixed, **space.recipes()[0], "lr": lr}.items()}
+        return {"run_id": f"run-{lr}", "value": 0.9, "params": params}
+    export_grid(out, a, best(a, 0.002))
+    export_grid(out, b, best(b, 0.003))
+    export_grid(out, a, best(a, 0.005))          # the space's second export replaces its first
+    text = out.read_text()
+    assert text.count("# space: search space") == 1 and "run-0.002" not in text and "run-0.005" in text
+    trials = load_grid(str(out)).trials
+    assert sorted((t.method, t.protocol, t.lr) for t in trials if t.seed == 0 and t.dataset == "mnist") == [
+        ("bbb", "finetune", 0.005), ("bbb", "oneshot", 0.005), ("sgd", "oneshot", 0.003)]
+    assert len(trials) == 3 * 5 * 2
+
+
 def cli(args, cwd, timeout=900):
     import os
     import subprocess
@@ -72,7 +103,8 @@ def cli(args, cwd, timeout=900):
 
 
 TINY = GOOD.replace("samples: 3, max_epochs: 2", "samples: 4, max_epochs: 3").replace(
-    "train_subset: 600", "train_subset: 600, test_samples: 2")
+    "train_subset: 600", "train_subset: 600, test_samples: 2").replace(
+    "select:", "variants: [{protocol: finetune, finetune_epochs: 1}]\nselect:")
 
 
 def test_tiny_search_end_to_end_with_resume_nested_runs_and_export(tmp_path):
@@ -119,10 +151,12 @@ def test_tiny_search_end_to_end_with_resume_nested_runs_and_export(tmp_path):
     ranked = sorted((x for x in finished if x.data.tags.get("stopped_early") != "true"),
                     key=lambda x: -x.data.metrics["val_acc_mean"])
     assert best == ranked[0].info.run_id
-    # the exported grid runs the winner over 5 seeds and both datasets, with its provenance
+    # the exported grid runs the winner (and its fine-tuned variant) over 5 seeds and both datasets,
+    # with its provenance
     text = (tmp_path / "tuned.yaml").read_text()
     assert "# space: search space (4 recipes x 3 epochs" in text and best in text
     g = load_grid(str(tmp_path / "tuned.yaml"))
-    assert len(g.trials) == 10 and {t.seed for t in g.trials} == {0, 1, 2, 3, 4}
+    assert len(g.trials) == 20 and {t.seed for t in g.trials} == {0, 1, 2, 3, 4}
+    assert {t.protocol for t in g.trials} == {"oneshot", "finetune"}
     won = yaml.safe_load(c.get_run(best).data.params["lr"])
     assert all(t.lr == won and t.method == "bbb" and t.epochs == 3 for t in g.trials)
