@@ -1,6 +1,7 @@
 """`python -m analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
 
     python -m analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
+    python -m analysis.report --experiment tuned --against full     # + each method at both recipes
 
 The report is built once as sections of blocks (text, bullet list, Table, image); report.md and the
 self-contained index.html are two renderings of that one structure, so they always agree.
@@ -102,7 +103,7 @@ def _uses_compression(df: pd.DataFrame) -> bool:
     return any(lv == NAT or (lv.startswith("p") and lv[1:].isdigit() and int(lv[1:]) >= 95) for lv in levels)
 
 
-def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]]:
+def build_sections(exp: Experiment, out: Path, against: Experiment | None = None) -> tuple[list[str], list[Section]]:
     """Write tables/ and plots/ under out; return the intro paragraphs and the sections that show them."""
     tdir, pdir = out / "tables", out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,8 @@ def build_sections(exp: Experiment, out: Path) -> tuple[list[str], list[Section]
         intro.append("Note: some cells pool grid points that differ in more than the seed (e.g. epochs or width); "
                      "their spread is not a seed spread.")
     sections = [headline_section(exp, out)]
+    if against is not None:
+        sections.append(recipe_section(exp, against, tdir))
     for ds in ordered_datasets(df):
         sec = Section(DATASET_NAMES.get(ds, ds))
         for metric, (title, what, higher) in tables.LEVEL_TABLES.items():
@@ -171,6 +174,27 @@ def headline_section(exp: Experiment, out: Path) -> Section:
                     caption="Test error vs compression ratio (published results of the same architecture as black diamonds)"
                     if by_compression else "Test accuracy vs fraction of weights pruned (band: ±1 std over seeds)")]
     return Section("Headline", blocks, headline=True)
+
+
+def recipe_section(exp: Experiment, against: Experiment, tdir: Path) -> Section:
+    """Each method at this experiment's recipe and at another's (e.g. searched vs the study's), same test split."""
+    sec = Section(f"Recipes: {exp.name} vs {against.name}")
+    sec.blocks.append(text(
+        f"Each method at the recipe of experiment `{exp.name}` and at that of `{against.name}` (FINISHED runs of "
+        f"`{against.name}`: {len(against.runs)} grid points). Test error in % after pruning, final epoch, mean ± std "
+        "over seeds; the lower of a method's rows in bold. A method's rows are matched by method, protocol and "
+        "whether dropout is on; each row keeps its own label."))
+    runs = {exp.name: exp.runs, against.name: against.runs}
+    for ds in ordered_datasets(pd.concat([exp.runs[["dataset"]], against.runs[["dataset"]]])):
+        errors, fields = tables.recipe_comparison(runs, ds)
+        if errors.empty:
+            continue
+        blocks = [Block("table", table=errors.write(tdir, f"recipes_{ds}"))]
+        if not fields.empty:
+            blocks += [text("The recipe fields that differ (first run of each method):", note=True),
+                       Block("table", table=fields.write(tdir, f"recipe_fields_{ds}"))]
+        sec.subsections.append(Section(DATASET_NAMES.get(ds, ds), blocks))
+    return sec
 
 
 def compression_section(exp: Experiment, out: Path) -> Section:
@@ -295,9 +319,9 @@ def to_html(title: str, intro: list[str], sections: list[Section], root: Path) -
     return env.get_template("report.html.j2").render(title=title, intro=intro, sections=sections)
 
 
-def build(exp: Experiment, out: Path) -> Path:
+def build(exp: Experiment, out: Path, against: Experiment | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    intro, sections = build_sections(exp, out)
+    intro, sections = build_sections(exp, out, against)
     sections = [s for s in sections if s.blocks or s.subsections]
     for s in sections:
         s.subsections = [t for t in s.subsections if t.blocks]
@@ -314,13 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None,
                     help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", default=None, help="report folder (default: reports/<experiment>/)")
+    ap.add_argument("--against", default=None, metavar="EXPERIMENT",
+                    help="another experiment in the same store (e.g. full, the study's recipe): adds a table of "
+                         "each method at both experiments' recipes")
     args = ap.parse_args(argv)
     try:
         exp = load(args.experiment, args.tracking_uri or default_uri())
+        against = load(args.against, args.tracking_uri or default_uri()) if args.against else None
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = build(exp, Path(args.out or Path("reports") / args.experiment))
+    path = build(exp, Path(args.out or Path("reports") / args.experiment), against)
     print(f"wrote {path} (and index.html, tables/, plots/)")
     return 0
 

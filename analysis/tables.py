@@ -242,3 +242,53 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
     cells = pd.DataFrame(rows).fillna("-").set_index(["dataset", "method"])
     m = pd.DataFrame(means, index=cells.index)
     return Table(cells, m, True, groups=pd.Series(cells.index.get_level_values(0), index=cells.index)), "; ".join(words)
+
+
+def family(df: pd.DataFrame) -> pd.Series:
+    """What makes runs of two experiments "the same method at different recipes": the method and
+    protocol tags and whether dropout is on (the dropout rate itself is part of the recipe)."""
+    return df.method.astype(str) + "|" + df.protocol.astype(str) + "|" + (df.dropout > 0).map({True: "dropout", False: ""})
+
+
+# recipe fields never shown as a difference: the seed axis, and what only the search sets
+_NOT_RECIPE = {"seed", "dataset", "val_sparsities", "device", "data_dir", "compile"}
+
+
+def recipe_comparison(runs: dict[str, pd.DataFrame], dataset: str) -> tuple[Table, Table]:
+    """Each method family (see `family`) at each experiment's recipe: test error (%) after pruning at
+    every level either has, mean ± std over seeds, best per family in bold; and a second table of the
+    recipe fields whose values differ between the experiments (first run of each family)."""
+    parts = {name: d.assign(family=family(d)) for name, d in ((n, r[r.dataset == dataset]) for n, r in runs.items())
+             if not d.empty}
+    order: list[str] = []
+    for d in parts.values():
+        order += [f for f in d.sort_values("label_order").family.unique() if f not in order]
+    rows, means, groups, diffs = [], [], [], []
+    for fam in order:
+        fields, labels = {}, []
+        for name, d in parts.items():
+            g = d[d.family == fam]
+            if g.empty:
+                continue
+            s = summarize(by_level(g, "test_acc").assign(err=lambda x: 100 * (1 - x.test_acc)), "err", ["level"])
+            row = {"method": g.label.iloc[0], "recipe": name, "seeds": int(g.seed.nunique())}
+            mrow = {}
+            for lv, m, sd, n in zip(s.level, s["mean"], s["std"], s["n"]):
+                row[level_name(lv)], mrow[level_name(lv)] = cell(m, sd, n, digits=2), m
+            rows.append(row)
+            means.append(mrow)
+            groups.append(fam)
+            labels.append(g.label.iloc[0])
+            fields[name] = {k[6:]: v for k, v in g.iloc[0].items() if k.startswith("param.") and k[6:] not in _NOT_RECIPE}
+        if len(fields) == 2:
+            (a, fa), (b, fb) = fields.items()
+            diffs += [{"method": " / ".join(dict.fromkeys(labels)), "field": k, a: fa.get(k, "-"), b: fb.get(k, "-")}
+                      for k in sorted(set(fa) | set(fb)) if str(fa.get(k)) != str(fb.get(k))]
+    if not rows:
+        return Table(pd.DataFrame()), Table(pd.DataFrame())
+    cells = pd.DataFrame(rows).set_index(["method", "recipe"])
+    levels = sorted(set(cells.columns) - {"seeds"}, key=lambda c: np.inf if c == "natural" else float(c.split()[0]))
+    cells = cells[["seeds", *levels]].fillna("-")
+    m = pd.DataFrame(means, index=cells.index).reindex(columns=cells.columns)
+    return (Table(cells, m, False, groups=pd.Series(groups, index=cells.index)),
+            Table(pd.DataFrame(diffs, columns=["method", "field", *parts]).fillna("-"), index=False))

@@ -46,8 +46,10 @@ def level_metrics(tag: str, err: float, layers, mc: bool, finetune: bool) -> dic
     return m
 
 
-def log_lenet(client: MlflowClient, exp_id: str, seeds=(0, 1, 2), tagged: bool = True) -> None:
-    """Hand-logged LeNet-300-100 runs for MNIST and Fashion-MNIST with LeNet-paper-like numbers."""
+def log_lenet(client: MlflowClient, exp_id: str, seeds=(0, 1, 2), tagged: bool = True, worse_pp: float = 0.0,
+              lr: str = "0.001") -> None:
+    """Hand-logged LeNet-300-100 runs for MNIST and Fashion-MNIST with LeNet-paper-like numbers
+    (worse_pp percentage points more error at every level, e.g. for a worse recipe)."""
     rng = np.random.default_rng(0)
     for ds in ("mnist", "fmnist"):
         for label, (method, protocol, order, colour, baseline, errs) in LENET.items():
@@ -56,7 +58,7 @@ def log_lenet(client: MlflowClient, exp_id: str, seeds=(0, 1, 2), tagged: bool =
                 noise = rng.normal(0, 0.03, len(errs))
                 metrics = {}
                 for p, e, n in zip(LEVELS, errs, noise):
-                    metrics |= level_metrics(f"p{round(p * 100):02d}", (e + shift + n) / 100, layer_sparsities(p),
+                    metrics |= level_metrics(f"p{round(p * 100):02d}", (e + shift + n + worse_pp) / 100, layer_sparsities(p),
                                              method != "sgd", protocol == "finetune")
                 if protocol == "natural":
                     metrics |= level_metrics("nat", (NAT_ERROR + shift + rng.normal(0, 0.03)) / 100, NAT_LAYERS, True, False)
@@ -70,7 +72,7 @@ def log_lenet(client: MlflowClient, exp_id: str, seeds=(0, 1, 2), tagged: bool =
                 if tagged:
                     tags |= {"protocol": protocol, "label_order": order, "baseline": str(baseline).lower()}
                     tags |= {"color": colour} if colour else {}
-                params = {"hidden": "[300, 100]", "epochs": str(epochs), "lr": "0.001", "optimizer": "adam",
+                params = {"hidden": "[300, 100]", "epochs": str(epochs), "lr": lr, "optimizer": "adam",
                           "batch_size": "100", "val_size": "10000", "prune_scope": "global", "prune_biases": "False",
                           "input_dropout": "False", "train_subset": "0", "dataset": ds}
                 rid = client.create_run(exp_id, tags=tags).info.run_id
@@ -271,6 +273,28 @@ def test_error_vs_compression_plot_and_empty_panels_explained(lenet):
     fig = plots.cost_figure(exp.runs.assign(epochs_to_fit=np.nan))
     assert "No trial reached" in " ".join(t.get_text() for t in fig.axes[1].texts)
     assert not fig.axes[1].patches                                           # and draws no bars
+
+
+def test_against_shows_each_method_at_both_recipes(tmp_path):
+    """--against: per method, a row per experiment with its own error figures, the better one bold, and
+    the recipe fields that differ; the dropout rate may differ (it is part of the recipe)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    log_lenet(client, client.create_experiment("tuned"), seeds=(0, 1))
+    log_lenet(client, client.create_experiment("study"), seeds=(0, 1, 2), worse_pp=1.0, lr="0.0001")
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "tuned", "--against", "study", "--tracking-uri", uri, "--out", str(out)]) == 0
+    t = pd.read_csv(out / "tables" / "recipes_mnist.csv")
+    assert list(t.columns[:3]) == ["method", "recipe", "seeds"] and len(t) == 2 * len(LENET)
+    bbb = t[t.method == "BBB"].set_index("recipe")
+    assert bbb.loc["tuned", "seeds"] == 2 and bbb.loc["study", "seeds"] == 3
+    tuned, study = (float(bbb.loc[r, "95 %"].split()[0]) for r in ("tuned", "study"))
+    assert study - tuned == pytest.approx(1.0, abs=0.1)   # 1 pp worse by construction, in percent error
+    fields = pd.read_csv(out / "tables" / "recipe_fields_mnist.csv")
+    assert set(fields.field) == {"lr"} and set(fields.study.astype(str)) == {"0.0001"}
+    md = (out / "report.md").read_text()
+    assert "## Recipes: tuned vs study" in md and re.search(r"\| BBB +\| tuned +\| +2 \| \*\*", md)
+    assert report.main(["--experiment", "tuned", "--against", "nope", "--tracking-uri", uri, "--out", str(out)]) == 2
 
 
 def test_table_renderings_agree_and_escape():
