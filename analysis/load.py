@@ -142,3 +142,29 @@ def npz_artifact(exp: Experiment, run_id: str, name: str) -> dict[str, np.ndarra
         path = exp.client.download_artifacts(run_id, name, d)
         with np.load(io.BytesIO(Path(path).read_bytes())) as z:
             return {k: z[k] for k in z.files}
+
+
+def searches(client: MlflowClient, methods: set[str]) -> pd.DataFrame:
+    """One row per recipe search in the store (`suite.search` parent runs) of one of `methods`: its
+    budget, selection metric, what it trained (recipes, epochs, stopped early) and its wall time
+    (parent run start to end; a resumed search's includes the pause)."""
+    rows = []
+    for e in client.search_experiments():
+        for parent in client.search_runs([e.experiment_id], filter_string="tags.search_parent = 'true'"):
+            t = parent.data.tags
+            if t.get("method") not in methods:
+                continue
+            kids = [r for r in client.search_runs([e.experiment_id], max_results=50000)
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.status == "FINISHED"]
+            max_epochs = int(t.get("budget_max_epochs", 0))
+            epochs = [int(r.data.metrics.get("stopped_at_epoch", max_epochs)) for r in kids]
+            end = parent.info.end_time if parent.info.status == "FINISHED" else None
+            metric = t.get("select", "")
+            rows.append({"search": t.get("search"), "method": t["method"], "status": parent.info.status,
+                         "samples": int(t.get("budget_samples", 0)), "max_epochs": max_epochs,
+                         "grace_period": int(t.get("budget_grace_period", 0)), "select": metric,
+                         "recipes_finished": len(kids), "trained_full": sum(ep == max_epochs for ep in epochs),
+                         "epochs_trained": sum(epochs),
+                         "wall_h": (end - parent.info.start_time) / 3.6e6 if end else np.nan,
+                         "best": parent.data.metrics.get(f"best_{metric}", np.nan), "best_run_id": t.get("best_run_id", "")})
+    return pd.DataFrame(rows)

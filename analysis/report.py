@@ -31,6 +31,7 @@ from .load import (
     history,
     load,
     ordered_datasets,
+    searches,
     ordered_labels,
 )
 from .tables import Table
@@ -128,6 +129,13 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
     sections = [headline_section(exp, out)]
     if against is not None:
         sections.append(recipe_section(exp, against, tdir))
+    found = searches(exp.client, set(df.method.dropna()))
+    if not found.empty:
+        sections.append(Section("Recipe searches", [
+            text("The `suite.search` runs in this store for this experiment's methods: the budget each got, what it "
+                 "trained (ASHA stopped the others early) and its wall time. Winners are chosen by the final epoch's "
+                 "validation metric; `tune_configs/tuned.yaml` names each winner's MLflow run."),
+            Block("table", table=tables.search_table(found).write(tdir, "searches"))]))
     for ds in ordered_datasets(df):
         sec = Section(DATASET_NAMES.get(ds, ds))
         for metric, (title, what, higher) in tables.LEVEL_TABLES.items():
@@ -345,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp = load(args.experiment, args.tracking_uri or default_uri())
         against = load(args.against, args.tracking_uri or default_uri()) if args.against else None
+        for e in (exp, against):
+            if e is not None and not any(c.startswith("test_acc_") for c in e.runs.columns):
+                raise AnalysisError(f"experiment {e.name!r} has no test metrics: a recipe search (suite.search) logs "
+                                    "validation metrics only. Report the grid its winners ran in (e.g. --experiment "
+                                    "tuned); that report lists the searches of its methods.")
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

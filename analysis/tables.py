@@ -292,3 +292,17 @@ def recipe_comparison(runs: dict[str, pd.DataFrame], dataset: str) -> tuple[Tabl
     m = pd.DataFrame(means, index=cells.index).reindex(columns=cells.columns)
     return (Table(cells, m, False, groups=pd.Series(groups, index=cells.index)),
             Table(pd.DataFrame(diffs, columns=["method", "field", *parts]).fillna("-"), index=False))
+
+
+def search_table(s: pd.DataFrame) -> Table:
+    """The recipe searches behind an experiment: the budget each method got and what it used."""
+    cells = pd.DataFrame({
+        "search": s.search, "method": s.method,
+        "budget": [f"{a} recipes x {b} epochs, ASHA grace {c}" for a, b, c in zip(s.samples, s.max_epochs, s.grace_period)],
+        "selection (validation)": s.select,
+        "recipes done": [f"{a} ({b} to the last epoch)" for a, b in zip(s.recipes_finished, s.trained_full)],
+        "epochs trained": s.epochs_trained,
+        "wall h": s.wall_h.map(lambda h: "-" if np.isnan(h) else f"{h:.2f}"),
+        "best value": s.best.map(lambda v: "-" if np.isnan(v) else f"{v:.4f}"),
+        "status": s.status})
+    return Table(cells, index=False)

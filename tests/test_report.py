@@ -293,6 +293,25 @@ def test_against_shows_each_method_at_both_recipes(tmp_path):
     fields = pd.read_csv(out / "tables" / "recipe_fields_mnist.csv")
     assert set(fields.field) == {"lr"} and set(fields.study.astype(str)) == {"0.0001"}
     md = (out / "report.md").read_text()
+    assert "## Recipes: tuned vs study" in md and "## Recipe searches" not in md   # no search in this store yet
+    # a search of one of the experiment's methods (as suite.search logs it: a parent run, nested recipe
+    # runs, ASHA-stopped ones tagged) is listed with its budget and what it trained
+    sid = client.create_experiment("search-bbb")
+    parent = client.create_run(sid, tags={"search_parent": "true", "search": "bbb", "method": "bbb", "select": "val_acc_mean",
+                                          "budget_samples": "3", "budget_max_epochs": "30", "budget_grace_period": "3"})
+    for epochs in (30, 3, 9):
+        kid = client.create_run(sid, tags={"mlflow.parentRunId": parent.info.run_id, "search": "bbb"})
+        if epochs < 30:
+            client.log_metric(kid.info.run_id, "stopped_at_epoch", epochs)
+            client.set_tag(kid.info.run_id, "stopped_early", "true")
+        client.set_terminated(kid.info.run_id, "FINISHED")
+    client.log_metric(parent.info.run_id, "best_val_acc_mean", 0.9612)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    assert report.main(["--experiment", "tuned", "--tracking-uri", uri, "--out", str(out)]) == 0
+    s = pd.read_csv(out / "tables" / "searches.csv").iloc[0]
+    assert (s.search, s.budget, s["recipes done"], s["epochs trained"], s["best value"]) == (
+        "bbb", "3 recipes x 30 epochs, ASHA grace 3", "3 (1 to the last epoch)", 42, 0.9612)
+    assert report.main(["--experiment", "search-bbb", "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "## Recipes: tuned vs study" in md and re.search(r"\| BBB +\| tuned +\| +2 \| \*\*", md)
     assert report.main(["--experiment", "tuned", "--against", "nope", "--tracking-uri", uri, "--out", str(out)]) == 2
 
