@@ -31,8 +31,8 @@ from .load import (
     history,
     load,
     ordered_datasets,
-    searches,
     ordered_labels,
+    searches,
 )
 from .tables import Table
 
