@@ -172,8 +172,9 @@ class SweepCallback(tune.Callback):
         if "final_metrics" in result:
             self.final[trial.trial_id] = result
         elif new:
+            sel = f" {self.select} {new[-1][self.select]:.4f}" if self.select in new[-1] else ""  # what ASHA ranks by
             self._say(f"{row.name} epoch {new[-1]['epoch']}/{trial.config['trial']['epochs']} "
-                      f"val_acc {new[-1]['val_acc']:.4f}")
+                      f"val_acc {new[-1]['val_acc']:.4f}{sel}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]

@@ -1,5 +1,7 @@
 """Recipe search: space validation before Ray, reproducible draws, a tiny search end to end with
 resume, validation-only selection, nested MLflow runs and the exported grid."""
+import re
+
 import pytest
 
 from suite.config import ConfigError
@@ -134,6 +136,7 @@ def test_tiny_search_end_to_end_with_resume_nested_runs_and_export(tmp_path):
     r = cli(["--space", space, "--export-grid", str(tmp_path / "tuned.yaml")], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "best recipe (val_acc_mean" in r.stdout
+    assert re.search(r"epoch \d/3 val_acc 0\.\d+ val_acc_mean 0\.\d+", r.stdout)  # progress shows what ASHA ranks by
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("search-space")
     runs = c.search_runs([exp.experiment_id])
