@@ -132,10 +132,20 @@ class SweepCallback(tune.Callback):
 
     def _eta(self) -> float:
         """Seconds left: each unfinished trial's remaining epochs at its method's mean epoch time
-        (BBB epochs cost several SGD epochs), spread over as many trials as have run side by side."""
+        (BBB epochs cost several SGD epochs), spread over as many trials as have run side by side.
+        In a search, a trial is expected to train as many epochs as the ended ones did on average
+        (ASHA stops most recipes at its first rungs), not all of them; ended trials count nothing."""
         seen = [t for ts in self.epoch_s.values() for t in ts]
-        left = sum((epochs - self.done_epochs.get(key, 0)) * sum(self.epoch_s.get(method, seen)) /
-                   len(self.epoch_s.get(method, seen)) for key, (method, epochs) in self.todo.items())
+        ended = {r.key: self.done_epochs.get(r.key, 0) for r in self.rows.values() if r.status != "RUNNING"}
+        ended_epochs = list(ended.values()) if self.select else []
+        left = 0.0
+        for key, (method, epochs) in self.todo.items():
+            if key in ended:
+                continue
+            done = self.done_epochs.get(key, 0)
+            target = max(done, min(epochs, sum(ended_epochs) / len(ended_epochs))) if ended_epochs else epochs
+            times = self.epoch_s.get(method, seen)
+            left += (target - done) * sum(times) / len(times)
         running = sum(r.status == "RUNNING" for r in self.rows.values())
         self.peak_running = max(self.peak_running, running)  # not 'now': a trial just ended, the next not yet started
         return left / max(1, self.peak_running)

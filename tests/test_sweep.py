@@ -201,3 +201,24 @@ def test_cluster_yaml_validates_like_ray_up():
     assert head["resources"] == {"CPU": 0}
     assert any("mlflow server" in c for c in config["head_start_ray_commands"])
     assert any("pip install -e" in c for c in config["setup_commands"])
+
+
+def test_eta_counts_ended_trials_as_done_and_expects_asha_stops_in_a_search(tmp_path):
+    """An ASHA-stopped recipe has nothing left to train; in a search a pending recipe is expected to
+    run as many epochs as the ended ones did on average, not the whole budget."""
+    from suite.config import from_dict
+    from suite.sweep import Row, SweepCallback
+    trials = [from_dict({"method": "sgd", "epochs": 30, "lr": lr}) for lr in (1e-3, 2e-3, 3e-3, 4e-3)]
+    keys = [t.grid_key() for t in trials]
+
+    def eta(select):
+        cb = SweepCallback(None, "0", {}, trials, tmp_path, "x", select=select)
+        cb.epoch_s = {"sgd": [2.0]}                          # 2 s per epoch
+        cb.rows = {"a": Row(keys[0], "a", "STOPPED", "r0"), "b": Row(keys[1], "b", "FINISHED", "r1"),
+                   "c": Row(keys[2], "c", "RUNNING", "r2")}
+        cb.done_epochs = {keys[0]: 3, keys[1]: 30, keys[2]: 5}
+        return cb._eta()
+    # one running trial at a time; ended: 3 and 30 epochs, mean 16.5: running 5 -> 16.5, pending 0 -> 16.5
+    assert eta("val_acc_mean") == pytest.approx((11.5 + 16.5) * 2.0)
+    # a grid (no scheduler) expects every epoch: running 25 left, pending 30
+    assert eta(None) == pytest.approx((25 + 30) * 2.0)
