@@ -58,9 +58,10 @@ def ranking(client, exp_id: str, space: Space) -> list[dict]:
 
 
 def recipe_of(best: dict, space: Space) -> dict:
-    """The winning recipe as grid values: the space's fixed keys and its sampled keys, from the run's params."""
-    keys = [k for k in (*space.fixed, *space.dists) if k != "dataset"]
-    return {k: yaml.safe_load(best["params"][k]) for k in keys}
+    """The winning recipe as grid values: the space's fixed keys and its sampled keys, from the run's
+    params, typed by TrialConfig (YAML reads MLflow's "1e-05" as a string, not a float)."""
+    values = space.trial({k: yaml.safe_load(best["params"][k]) for k in space.dists}).to_dict()
+    return {k: values[k] for k in (*space.fixed, *space.dists) if k != "dataset"}
 
 
 def export_grid(path: Path, space: Space, best: dict) -> str:

@@ -86,12 +86,13 @@ def test_export_keeps_other_spaces_and_replaces_its_own_entry(tmp_path):
         return {"run_id": f"run-{lr}", "value": 0.9, "params": params}
     export_grid(out, a, best(a, 0.002))
     export_grid(out, b, best(b, 0.003))
-    export_grid(out, a, best(a, 0.005))          # the space's second export replaces its first
+    export_grid(out, a, best(a, 1e-05))          # the space's second export replaces its first
     text = out.read_text()
-    assert text.count("# space: search space") == 1 and "run-0.002" not in text and "run-0.005" in text
+    assert text.count("# space: search space") == 1 and "run-0.002" not in text and "run-1e-05" in text
+    assert "lr: [1.0e-05]" in text                 # a float in YAML, not the string MLflow stored
     trials = load_grid(str(out)).trials
     assert sorted((t.method, t.protocol, t.lr) for t in trials if t.seed == 0 and t.dataset == "mnist") == [
-        ("bbb", "finetune", 0.005), ("bbb", "oneshot", 0.005), ("sgd", "oneshot", 0.003)]
+        ("bbb", "finetune", 1e-05), ("bbb", "oneshot", 1e-05), ("sgd", "oneshot", 0.003)]
     assert len(trials) == 3 * 5 * 2
 
 
