@@ -146,8 +146,9 @@ def npz_artifact(exp: Experiment, run_id: str, name: str) -> dict[str, np.ndarra
 
 def searches(client: MlflowClient, methods: set[str]) -> pd.DataFrame:
     """One row per recipe search in the store (`suite.search` parent runs) of one of `methods`: its
-    budget, selection metric, what it trained (recipes, epochs, stopped early) and its wall time
-    (parent run start to end; a resumed search's includes the pause)."""
+    budget, selection metric, what it trained (recipes, epochs, stopped early), its wall time (first
+    recipe's start to last recipe's end: a resumed search's includes the pause; re-exporting adds
+    nothing) and its trial time (recipe runs' durations summed: CPU-hours at one core per trial)."""
     rows = []
     for e in client.search_experiments():
         for parent in client.search_runs([e.experiment_id], filter_string="tags.search_parent = 'true'"):
@@ -158,13 +159,14 @@ def searches(client: MlflowClient, methods: set[str]) -> pd.DataFrame:
                     if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.status == "FINISHED"]
             max_epochs = int(t.get("budget_max_epochs", 0))
             epochs = [int(r.data.metrics.get("stopped_at_epoch", max_epochs)) for r in kids]
-            end = parent.info.end_time if parent.info.status == "FINISHED" else None
+            spans = [(r.info.start_time, r.info.end_time) for r in kids if r.info.end_time]
             metric = t.get("select", "")
             rows.append({"search": t.get("search"), "method": t["method"], "status": parent.info.status,
                          "samples": int(t.get("budget_samples", 0)), "max_epochs": max_epochs,
                          "grace_period": int(t.get("budget_grace_period", 0)), "select": metric,
                          "recipes_finished": len(kids), "trained_full": sum(ep == max_epochs for ep in epochs),
                          "epochs_trained": sum(epochs),
-                         "wall_h": (end - parent.info.start_time) / 3.6e6 if end else np.nan,
+                         "wall_h": (max(e for _, e in spans) - min(b for b, _ in spans)) / 3.6e6 if spans else np.nan,
+                         "trial_h": sum(e - b for b, e in spans) / 3.6e6,
                          "best": parent.data.metrics.get(f"best_{metric}", np.nan), "best_run_id": t.get("best_run_id", "")})
     return pd.DataFrame(rows)

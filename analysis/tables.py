@@ -303,6 +303,7 @@ def search_table(s: pd.DataFrame) -> Table:
         "recipes done": [f"{a} ({b} to the last epoch)" for a, b in zip(s.recipes_finished, s.trained_full)],
         "epochs trained": s.epochs_trained,
         "wall h": s.wall_h.map(lambda h: "-" if np.isnan(h) else f"{h:.2f}"),
+        "trial h": s.trial_h.map("{:.2f}".format),
         "best value": s.best.map(lambda v: "-" if np.isnan(v) else f"{v:.4f}"),
         "status": s.status})
     return Table(cells, index=False)
