@@ -296,14 +296,16 @@ def recipe_comparison(runs: dict[str, pd.DataFrame], dataset: str) -> tuple[Tabl
 
 def search_table(s: pd.DataFrame) -> Table:
     """The recipe searches behind an experiment: the budget each method got and what it used."""
+    # columns by [name]: DataFrame attributes shadow some (s.select is a pandas method)
     cells = pd.DataFrame({
-        "search": s.search, "method": s.method,
-        "budget": [f"{a} recipes x {b} epochs, ASHA grace {c}" for a, b, c in zip(s.samples, s.max_epochs, s.grace_period)],
-        "selection (validation)": s.select,
-        "recipes done": [f"{a} ({b} to the last epoch)" for a, b in zip(s.recipes_finished, s.trained_full)],
-        "epochs trained": s.epochs_trained,
-        "wall h": s.wall_h.map(lambda h: "-" if np.isnan(h) else f"{h:.2f}"),
-        "trial h": s.trial_h.map("{:.2f}".format),
-        "best value": s.best.map(lambda v: "-" if np.isnan(v) else f"{v:.4f}"),
-        "status": s.status})
+        "search": s["search"], "method": s["method"],
+        "budget": [f"{a} recipes x {b} epochs, ASHA grace {c}" for a, b, c in zip(s["samples"], s["max_epochs"],
+                                                                                  s["grace_period"])],
+        "selection (validation)": s["select"],
+        "recipes done": [f"{a} ({b} to the last epoch)" for a, b in zip(s["recipes_finished"], s["trained_full"])],
+        "epochs trained": s["epochs_trained"],
+        "wall h": s["wall_h"].map(lambda h: "-" if np.isnan(h) else f"{h:.2f}"),
+        "trial h": s["trial_h"].map("{:.2f}".format),
+        "best value": s["best"].map(lambda v: "-" if np.isnan(v) else f"{v:.4f}"),
+        "status": s["status"]})
     return Table(cells, index=False)
