@@ -9,7 +9,7 @@ and a selection metric on validation data. Validated completely before Ray start
       prior_pi: {uniform: [0.25, 0.75]}
     budget: {samples: 40, max_epochs: 30, grace_period: 3, seed: 0}
     select: {metric: val_acc_mean, levels: [0.9, 0.95, 0.98]}      # or val_acc_p95 with levels [0.95]
-    variants: [{protocol: finetune, finetune_epochs: 10}]          # optional: the winner also run so when exported
+    variants: [{protocol: finetune, finetune_epochs: 10}]          # optional: also export the winner so changed
 
 Recipes are drawn up front from a seeded generator (random search): the same file always gives the
 same recipes, so a search is reproducible, resumable like a grid, and every method searched with
