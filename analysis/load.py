@@ -151,11 +151,12 @@ def searches(client: MlflowClient, methods: set[str]) -> pd.DataFrame:
     nothing) and its trial time (recipe runs' durations summed: CPU-hours at one core per trial)."""
     rows = []
     for e in client.search_experiments():
-        for parent in client.search_runs([e.experiment_id], filter_string="tags.search_parent = 'true'"):
+        parents = [r for r in client.search_runs([e.experiment_id], filter_string="tags.search_parent = 'true'")
+                   if r.data.tags.get("method") in methods]
+        runs = client.search_runs([e.experiment_id], max_results=50000) if parents else []  # once per search experiment
+        for parent in parents:
             t = parent.data.tags
-            if t.get("method") not in methods:
-                continue
-            kids = [r for r in client.search_runs([e.experiment_id], max_results=50000)
+            kids = [r for r in runs
                     if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.status == "FINISHED"]
             max_epochs = int(t.get("budget_max_epochs", 0))
             epochs = [int(r.data.metrics.get("stopped_at_epoch", max_epochs)) for r in kids]
