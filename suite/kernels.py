@@ -35,58 +35,101 @@ class Prior:
         return math.log(weight) - math.log(s) - 0.5 * LOG_2PI - w * w / (2 * s * s)
 
 
-# Transcendentals. Sleef's vector log and log1p (which torch.log / torch.log1p and inductor call) are
-# the slowest part of the sample + KL forward and vary most across CPUs: log1p measured 12x slower than
-# log on an AVX-512 EPYC (issue 12), and in the fused forward on an AVX2 EPYC the two logs took 43 % of
-# the time. The two below are plain float32 arithmetic that inductor inlines and vectorises on every
-# ISA; both are within 3e-7 relative of float64 (tests/test_kernels.py).
+# Transcendentals. Sleef's vector exp, log and log1p (which torch.exp / torch.log / torch.log1p and
+# inductor call) vary most across CPUs: log1p measured 12x slower than log on an AVX-512 EPYC (issue
+# 12); in the fused forward on an AVX2 EPYC the two logs took 43 % of the time; and on a Xeon (AVX-512)
+# each Sleef call spills every vector register around it and the fused forward ran at 1.4 or 2.8 ms
+# from one process to the next. The functions below are plain float32 arithmetic that inductor
+# inlines and vectorises on every ISA, and they evaluate polynomials by Estrin's scheme (a few
+# independent multiply-adds per level instead of one long Horner chain: these loops are latency-bound).
+# Coefficients: least-squares fits on Chebyshev nodes in float64 (our own, error stated at each).
+# They run only under torch.compile: in eager mode each of their ~20 operations is a pass over memory,
+# so there torch's own function (one pass) is faster, and float64 (tests) always takes torch's.
+# Accuracy of both paths against float64: tests/test_kernels.py.
 _LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = hi + lo, hi exact in 16 bits
+# e^r on |r| <= ln2 / 2, degree 6: relative error 1.9e-9
+_EXP_C = (1.0000000005920209, 1.0000000361258996, 0.4999999149303672, 0.1666642083211891,
+          0.04166835803302364, 0.008374771520128483, 0.0013829420595802581)
+# sin(a) / a and cos(a) as polynomials in a^2 on |a| <= pi / 4: absolute error 2.4e-9 and 4.7e-11
+_SIN_C = (0.9999999969220256, -0.1666665068660358, 0.008332036330443174, -0.0001950396312591788)
+_COS_C = (0.9999999999525452, -0.49999999615145646, 0.0416666167158721, -0.001388661860492518, 2.4379880306558404e-05)
+
+
+def _inline(x: Tensor) -> bool:
+    """Use the inlined float32 arithmetic (compiled float32) rather than torch's function."""
+    return x.dtype == torch.float32 and torch.compiler.is_compiling()
+
+
+def _poly(x: Tensor, coeffs) -> Tensor:
+    """sum_k coeffs[k] x^k by Estrin's scheme: pair terms as (c0 + c1 x), (c2 + c3 x), ..., then pair
+    those with x^2, then x^4: depth log2(len) instead of len - 1 dependent multiply-adds."""
+    terms, p = list(coeffs), x
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] * p if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        p = p * p
+    return terms[0]
 
 
 def _two_atanh(s: Tensor, terms: int) -> Tensor:
-    """2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), the first terms+1 terms (Horner in s^2)."""
-    s2 = s * s
-    p = 1.0 / (2 * terms + 1)
-    for k in range(terms - 1, -1, -1):
-        p = p * s2 + 1.0 / (2 * k + 1)
-    return 2 * s * p
+    """2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), the first terms+1 terms."""
+    return 2 * s * _poly(s * s, [1.0 / (2 * k + 1) for k in range(terms + 1)])
 
 
-def _log1p_unit(t: Tensor) -> Tensor:
-    """log1p(t) for t in [0, 1] as 2 atanh(t / (2 + t)): s <= 1/3, so 8 series terms leave < 2e-8.
-    t is used as is (1 + t is never formed), so tiny t gives t itself and t = 0 gives 0 exactly.
-    The series is sized for float32; other dtypes (float64 in tests) get torch.log1p."""
-    if t.dtype != torch.float32:
-        return torch.log1p(t)
-    return _two_atanh(t / (2 + t), 7)
+def exp32(x: Tensor) -> Tensor:
+    """e^x for float32 x: x = k ln2 + r, |r| <= ln2/2, e^x = 2^k e^r with 2^k applied as two exact
+    powers 2^(k//2) 2^(k - k//2) built from the exponent bits, so results in float32's subnormal range
+    round once, as they should. x <= -110 gives 0 (below -103.97, e^x is under half the smallest
+    subnormal, 2^-150), x >= 89 gives inf."""
+    if not _inline(x):
+        return torch.exp(x)
+    x = x.clamp(-110.0, 89.0)
+    k = torch.round(x * (1 / math.log(2)))
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    ki = k.to(torch.int32)  # in [-159, 128]: both halves are normal exponents
+    half = ki >> 1
+    scale1 = ((half + 127) << 23).view(torch.float32)
+    scale2 = ((ki - half + 127) << 23).view(torch.float32)
+    return _poly(r, _EXP_C) * scale1 * scale2
 
 
-def log32(x: Tensor) -> Tensor:
-    """Natural log of finite float32 x >= 0 in the normal range (log 0 = -inf): x = 2^k m with
-    m in [sqrt(2)/2, sqrt(2)) read from the float's bits, log x = k ln 2 + 2 atanh((m - 1)/(m + 1)).
-    Other dtypes (float64 in tests) get torch.log."""
-    if x.dtype != torch.float32:
-        return torch.log(x)
+def _log32_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(k, f) with x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), read from the float's bits."""
     bits = x.view(torch.int32)
     m = ((bits & 0x7FFFFF) | 0x3F800000).view(torch.float32)  # mantissa in [1, 2)
     big = m > math.sqrt(2)
     m = torch.where(big, m * 0.5, m)
-    k = ((bits >> 23) - 127 + big.to(torch.int32)).to(torch.float32)
-    f = m - 1
-    out = k * _LN2_HI + (_two_atanh(f / (2 + f), 5) + k * _LN2_LO)  # |s| <= 0.172: 6 terms leave < 3e-9
+    return ((bits >> 23) - 127 + big.to(torch.int32)).to(torch.float32), m - 1
+
+
+def _log32_join(x: Tensor, k: Tensor, s: Tensor) -> Tensor:
+    """log x = k ln 2 + 2 atanh(s), s = f / (2 + f): |s| <= 0.172, so 6 terms leave < 3e-9; log 0 = -inf."""
+    out = k * _LN2_HI + (_two_atanh(s, 5) + k * _LN2_LO)
     return torch.where(x > 0, out, float("-inf"))
 
 
+def log32(x: Tensor) -> Tensor:
+    """Natural log of finite float32 x >= 0 in the normal range (log 0 = -inf)."""
+    if not _inline(x):
+        return torch.log(x)
+    k, f = _log32_parts(x)
+    return _log32_join(x, k, f / (2 + f))
+
+
 def softplus_sigmoid(rho: Tensor) -> tuple[Tensor, Tensor]:
-    """(softplus(rho), sigmoid(rho)) [same shape as rho] from one exp: sigma and its derivative
-    d sigma / d rho, each within a few float32 ulps of the exact value for every rho.
+    """(softplus(rho), sigmoid(rho)) [same shape as rho] from one exp and one division: sigma and its
+    derivative d sigma / d rho, each within a few float32 ulps of the exact value for every rho.
 
     softplus(rho) = max(rho, 0) + log1p(t), t = e^-|rho| in [0, 1], so nothing overflows (rho > 88
     gives rho, not inf), sigma > 0 wherever t > 0 (log1p(t) ~ t where 1 + t rounds to 1, rho < -17),
-    and softplus(-inf) = 0 exactly, which pruning relies on. sigmoid(rho) = (t or 1) / (1 + t).
+    and softplus(-inf) = 0 exactly, which pruning relies on. log1p(t) = 2 atanh(t / (2 + t)) (s <= 1/3:
+    8 series terms leave < 2e-8; t is used as is, so tiny t gives t itself), sigmoid(rho) = (t or 1) /
+    (1 + t); both quotients come from one reciprocal q = 1 / ((2 + t)(1 + t)). In eager mode: torch.log1p.
     """
-    t = torch.exp(-rho.abs())
-    return rho.clamp_min(0) + _log1p_unit(t), torch.where(rho < 0, t, 1.0) / (1 + t)
+    t = exp32(-rho.abs())
+    a, b = 2 + t, 1 + t
+    q = 1 / (a * b)
+    log1p_t = _two_atanh(t * b * q, 7) if _inline(t) else torch.log1p(t)
+    return rho.clamp_min(0) + log1p_t, torch.where(rho < 0, t, 1.0) * a * q
 
 
 def softplus(rho: Tensor) -> Tensor:
@@ -108,6 +151,9 @@ def _kl_forward(mu: Tensor, rho: Tensor, eps: Tensor, k1: float, k2: float, c1: 
     (measured 10x slower on x86) and changes log P by < P * 2e-35, far below float32 resolution.
     The two logs, -log sigma and -log(1 + e), are taken as one, log(sigma (1 + e)), and it needs no
     log1p: where 1 + e rounds to 1 (e < 6e-8) the lost e is below float32 resolution of log sigma.
+    Divisions (the slowest vector instruction, and a shared unit) are three: softplus_sigmoid's one,
+    sigmoid / sigma, and one reciprocal 1 / ((2 + f)(1 + e)) that gives both the log's f / (2 + f) and
+    e / (1 + e) (_log_and_ratio).
 
     The gradient is computed here, not in backward, because it shares e, 1 + e and the sigmoid:
     d = dKL/dw = 2 w (k1 (1 - r) + k2 r), r = e / (1 + e) the narrow component's responsibility [P],
@@ -118,11 +164,23 @@ def _kl_forward(mu: Tensor, rho: Tensor, eps: Tensor, k1: float, k2: float, c1: 
     sigma, sig = softplus_sigmoid(rho)
     w = torch.addcmul(mu, sigma, eps)
     w2 = w * w
-    e = torch.exp(torch.clamp_min(w2 * (k1 - k2) + (c2 - c1), -80.0))
+    e = exp32(torch.clamp_min(w2 * (k1 - k2) + (c2 - c1), -80.0))
     u = 1 + e
-    kl = (k1 * w2 - log32(sigma * u)).sum() - (c1 + 0.5) * n
-    d = w * (2 * k1 + (2 * (k2 - k1)) * (e / u))
+    log_x, r = _log_and_ratio(sigma * u, e, u)
+    kl = (k1 * w2 - log_x).sum() - (c1 + 0.5) * n
+    d = w * (2 * k1 + (2 * (k2 - k1)) * r)
     return w, kl, d, eps * sig, sig / sigma
+
+
+def _log_and_ratio(x: Tensor, e: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(log x, e / u) from one division for float32: 1 / ((2 + f) u) gives log32's f / (2 + f) and
+    e / u (2 + f is in [1.7, 2.5] and u = 1 + e in [1, e^(c2 - c1) + 1], so the product is safe).
+    In eager mode: torch.log and a plain division."""
+    if not _inline(x):
+        return torch.log(x), e / u
+    k, f = _log32_parts(x)
+    q = 1 / ((2 + f) * u)
+    return _log32_join(x, k, f * u * q), e * (2 + f) * q
 
 
 def _kl_backward(g_w: Tensor, g_kl: Tensor, d: Tensor, eps_sig: Tensor, sig_over_sigma: Tensor):
@@ -173,30 +231,55 @@ def philox4x32(c: tuple[Tensor, Tensor, Tensor, Tensor], key: Tensor) -> tuple[T
     return c0, c1, c2, c3
 
 
+def cos_sin_2pi(u: Tensor) -> tuple[Tensor, Tensor]:
+    """(cos 2 pi u, sin 2 pi u) for float32 u in [0, 1], inlined: u = q/4 + v with q = round(4u) and
+    |v| <= 1/8, so a = 2 pi v is in [-pi/4, pi/4] where short polynomials are accurate to 3e-9; the
+    quadrant q then rotates (cos a, sin a) by q x 90 degrees (swap and negate, exact)."""
+    if not _inline(u):
+        return torch.cos((2 * math.pi) * u), torch.sin((2 * math.pi) * u)
+    q = torch.round(4 * u)
+    a = (2 * math.pi) * (u - 0.25 * q)  # u - q/4 is exact (Sterbenz), so a carries no cancellation error
+    a2 = a * a
+    s, c = a * _poly(a2, _SIN_C), _poly(a2, _COS_C)
+    qi = q.to(torch.int32)
+    odd, neg = (qi & 1) == 1, (qi & 2) == 2
+    cos, sin = torch.where(odd, -s, c), torch.where(odd, c, s)
+    return torch.where(neg, -cos, cos), torch.where(neg, -sin, sin)
+
+
 def philox_normal(n: int, key: Tensor) -> Tensor:
     """n independent N(0, 1) floats [n]: Philox4x32-10 on counters 0..n/4-1 under the 64-bit key
-    (int64 [2]), then Box-Muller on 24-bit uniforms in (0, 1): u >= 2^-25, so log(u) is finite,
-    and sqrt, cos and sin see arguments in [0, 35] and [0, 2 pi], where Sleef's float versions are
-    accurate to a few ulps."""
+    (int64 [2]), then Box-Muller on 24-bit uniforms in (0, 1): u >= 2^-25, so log(u) is finite and
+    sqrt sees arguments in [0, 35]; cos and sin of 2 pi u come from cos_sin_2pi."""
     c0 = torch.arange((n + 3) // 4, dtype=torch.int32, device=key.device)
     zero = torch.zeros_like(c0)
     u = [(_srl(c, 8).to(torch.float32) + 0.5) * 2.0 ** -24 for c in philox4x32((c0, zero, zero, zero), key)]
     r0, r1 = torch.sqrt(-2 * log32(u[0])), torch.sqrt(-2 * log32(u[2]))
-    t0, t1 = (2 * math.pi) * u[1], (2 * math.pi) * u[3]
-    return torch.cat([r0 * torch.cos(t0), r0 * torch.sin(t0), r1 * torch.cos(t1), r1 * torch.sin(t1)])[:n]
+    (c0, s0), (c1, s1) = cos_sin_2pi(u[1]), cos_sin_2pi(u[3])
+    return torch.cat([r0 * c0, r0 * s0, r1 * c1, r1 * s1])[:n]
 
 
 # The ~90 elementwise operations of the sample + KL and the ~400 integer ones of Philox are op-bound in
 # eager mode; torch.compile fuses each function into one vectorised loop (`python -m suite.bench` times
-# each kernel against a plain exp pass over the same floats). The eager path computes the same numbers
-# with the same formulas, only slower, so `compile` never changes a result beyond float rounding.
+# each kernel against a plain exp pass over the same floats). The eager path computes the same
+# formulas with torch's exp / log / log1p / cos / sin in place of the inlined ones, only slower, so
+# `compile` never changes a result beyond float rounding (a few ulps; tests/test_kernels.py).
 _KERNELS = {False: (_kl_forward, _kl_backward, philox_normal)}
+# Inductor builds its C++ without floating-point contraction, so each a * b + c above is a multiply
+# and an add, two roundings and two dependent instructions; contracted into one FMA (every x86 CPU
+# with AVX2 has it) the fused forward ran 18 % and the noise 10 % faster on a Xeon (AVX-512).
+_CPU_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+
+
+def compile_kernel(f, dynamic: bool | None = None):
+    """torch.compile for the per-weight kernels (BBB's here, Sparse VD's): fused, with FMA contraction."""
+    return torch.compile(f, dynamic=dynamic, options=_CPU_OPTIONS)
 
 
 def kl_kernels(compiled: bool):
     """(KL forward, KL backward, weight noise): eager, or compiled once per process on first use."""
     if compiled not in _KERNELS:
-        _KERNELS[True] = tuple(torch.compile(f, dynamic=None) for f in _KERNELS[False])
+        _KERNELS[True] = tuple(compile_kernel(f) for f in _KERNELS[False])
     return _KERNELS[compiled]
 
 

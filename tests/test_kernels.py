@@ -1,10 +1,11 @@
-"""BBB's per-weight kernels against float64: softplus and its sigmoid, the inlined log, the fused
-sample + KL over the whole rho range, and Philox4x32-10's known answers on int32 words."""
+"""BBB's per-weight kernels against float64: softplus and its sigmoid, the inlined exp, log and
+cos / sin (compiled, where they run) and torch's (eager), the fused sample + KL over the whole rho
+range, and Philox4x32-10's known answers on int32 words."""
 import math
 
 import torch
 
-from suite.kernels import Prior, log32, philox4x32, sample_and_kl, softplus, softplus_sigmoid
+from suite.kernels import Prior, cos_sin_2pi, exp32, log32, philox4x32, sample_and_kl, softplus, softplus_sigmoid
 
 RHO = torch.cat([torch.linspace(-30, 20, 200_001), torch.tensor([-17.0, -16.6, -9.0, 0.0, 9.0])])
 
@@ -36,19 +37,51 @@ def test_softplus_special_values():
 
 
 def test_softplus_compiled_equals_eager():
+    """Inlined (compiled) and torch's exp / log1p (eager) agree to a few ulps: each is within 1e-6 of float64."""
     compiled = torch.compile(softplus_sigmoid)(RHO)
     for got, want in zip(compiled, softplus_sigmoid(RHO)):
-        torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
-def test_log32_matches_float64_from_tiny_to_huge_and_near_one():
+def _inlined(*args):
+    """softplus_sigmoid, exp32, log32 and cos_sin_2pi as torch.compile runs them (inlined float32)."""
+    rho, x, y, u = args
+    return (*softplus_sigmoid(rho), log32(x), exp32(y), *cos_sin_2pi(u))
+
+
+def test_inlined_transcendentals_match_float64_when_compiled():
+    """The float32 arithmetic that replaces Sleef's calls under torch.compile, over its whole range:
+    softplus / sigmoid for rho in [-30, 20], log from tiny to huge and near 1, exp from subnormal
+    results to overflow, cos / sin of 2 pi u for u in [0, 1]."""
     torch.manual_seed(0)
     x = torch.cat([torch.exp(torch.rand(200_000) * 170 - 85), 1 + (torch.rand(10_000) - 0.5) * 1e-3,
-                   torch.tensor([0.5, 1.0, 2.0, math.sqrt(2), 1.1754944e-38, 3.4e38])])
-    want = torch.log(x.double())
-    err = (log32(x).double() - want).abs()
-    # relative where log is not ~0; near x = 1 compare with the float32 spacing of x - 1 instead
-    assert float((err / want.abs().clamp_min(1e-30)).max()) <= 1e-6
+                   torch.tensor([0.5, 1.0, 2.0, math.sqrt(2), 1.1754944e-38, 3.4e38, 0.0])])
+    y = torch.cat([torch.rand(200_000) * 176 - 88, torch.tensor([0.0, -87.3, -100.0, -103.0, 88.7, 88.8, 1e30,
+                                                                 float("-inf"), float("inf")])])
+    u = torch.cat([torch.rand(200_000), torch.linspace(0, 1, 4001)])
+    rho = torch.cat([RHO, torch.tensor([float("-inf")])])
+    sigma, sig, log_x, exp_y, cos, sin = torch.compile(_inlined)(rho, x, y, u)
+    assert rel_err(sigma[:-1], torch.nn.functional.softplus(RHO.double(), threshold=50)) <= 1e-6
+    assert rel_err(sig[:-1], torch.sigmoid(RHO.double())) <= 1e-6
+    assert (sigma[:-1] > 0).all() and sigma[-1] == 0 and sig[-1] == 0
+    want = torch.log(x[:-1].double())  # relative where log is not ~0; near x = 1 that is x - 1's own spacing
+    assert float(((log_x[:-1].double() - want).abs() / want.abs().clamp_min(1e-30)).max()) <= 1e-6
+    assert log_x[-1] == float("-inf")
+    want = torch.exp(y.double()).float().double()  # float32's exp, correctly rounded (subnormals, 0, inf)
+    finite = torch.isfinite(want) & (want > 1.2e-38)
+    assert rel_err(exp_y[finite], torch.exp(y[finite].double())) <= 1e-6
+    tiny = (want > 0) & (want <= 1.2e-38)  # subnormal results: within one subnormal step (2^-149)
+    assert float((exp_y[tiny].double() - want[tiny]).abs().max()) <= 2.0 ** -149
+    assert torch.equal(exp_y[want == 0], torch.zeros(int((want == 0).sum())))
+    assert torch.isinf(exp_y[torch.isinf(want)]).all() and exp_y[-2] == 0
+    angle = 2 * math.pi * u.double()
+    assert float((cos.double() - torch.cos(angle)).abs().max()) <= 3e-7
+    assert float((sin.double() - torch.sin(angle)).abs().max()) <= 3e-7
+
+
+def test_log32_eager_and_log_zero():
+    x = torch.exp(torch.rand(1000) * 170 - 85)
+    torch.testing.assert_close(log32(x).double(), torch.log(x.double()), rtol=1e-6, atol=0)
     assert log32(torch.tensor([0.0]))[0] == float("-inf")
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import log32
+from ..kernels import compile_kernel, exp32, log32
 from .base import KLParams, Method
 from .registry import register
 
@@ -57,18 +57,19 @@ def _vd_forward(theta: Tensor, log_sigma2: Tensor, in_kl: Tensor):
     """The per-weight work of one step over the flat [P] vectors: weight variances alpha theta^2 (from
     the clipped log alpha; 0 where in_kl is False: biases and held-pruned weights), the KL summed over
     in_kl, and what the backward needs. Transcendentals: one exp, t = e^-|la|, gives alpha, softplus(-la)
-    and sigmoid(-la); two float32 logs (kernels.log32, inlined and vectorised on every x86 CPU); one
-    sigmoid. `live` is returned as a float 0/1 mask, not a bool: inductor's CPU code stores a bool
-    output slowly (measured: the whole kernel 11.0 -> 5.5 ms on 648k weights, same numbers)."""
+    and sigmoid(-la); a second exp gives the KL's sigmoid; two logs. exp32 and log32 are inlined and
+    vectorised under torch.compile (torch's own in eager mode). `live` is returned as a float 0/1
+    mask, not a bool: inductor's CPU code stores a bool output slowly (measured: the whole kernel
+    11.0 -> 5.5 ms on 648k weights, same numbers)."""
     t2 = theta * theta
     raw = log_sigma2 - log32(t2 + 1e-8)
     la = raw.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
     live = (in_kl & (raw >= -LOG_ALPHA_CLIP) & (raw <= LOG_ALPHA_CLIP)).to(theta.dtype)  # la moves with its inputs
-    t = torch.exp(-la.abs())
+    t = exp32(-la.abs())
     alpha = torch.where(la < 0, t, 1 / t)
     sp = (-la).clamp_min(0) + log32(1 + t)               # softplus(-la); 1 + t in (1, 2]
     sg = torch.where(la < 0, 1.0, t) / (1 + t)           # sigmoid(-la)
-    s1 = torch.sigmoid(K2 + K3 * la)
+    s1 = 1 / (1 + exp32(-(K2 + K3 * la)))                # sigmoid; the argument is in [-10, 14]
     var = torch.where(in_kl, alpha * t2, 0.0)
     kl = torch.where(in_kl, K1 - K1 * s1 + 0.5 * sp, 0.0).sum()
     dkl_dla = -(K1 * K3) * s1 * (1 - s1) - 0.5 * sg      # d(per-weight KL)/d la
@@ -91,13 +92,14 @@ def _vd_backward(g_var: Tensor, g_kl: Tensor, theta: Tensor, var: Tensor, alpha:
 
 
 # ~30 elementwise passes over every weight each way: torch.compile fuses each function into one loop.
-# The eager path computes the same formulas (only slower), so `compile` never changes a result.
+# The eager path computes the same formulas (only slower; torch's exp and log in place of the
+# inlined ones), so `compile` never changes a result beyond float rounding.
 _TERMS = {False: (_vd_forward, _vd_backward)}
 
 
 def vd_kernels(compiled: bool):
     if compiled not in _TERMS:
-        _TERMS[True] = tuple(torch.compile(f, dynamic=False) for f in _TERMS[False])
+        _TERMS[True] = tuple(compile_kernel(f, dynamic=False) for f in _TERMS[False])
     return _TERMS[compiled]
 
 
