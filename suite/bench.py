@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import kernels, latency, prune
 from .config import TrialConfig
 from .data import default_data_dir, ensure, load_arrays
+from .fpmode import flush_denormals
 from .methods import build as build_model
 from .train import make_optimizer
 
@@ -436,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isolation", action="store_true",
                     help="also measure whether concurrent trials' latency phases disturb each other (with/without the node lock)")
     args = ap.parse_args(argv)
+    flushed = flush_denormals()  # as trials train (suite/fpmode.py): every contender gets it
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             contenders[name] = make(tensor_batches(x, y), s)
         except ImportError as e:
             missing.append(f"{name}: {e} (pip install -e '.[bench]')")
-    cpu, load = cpu_info(), [os.getloadavg()[0]]
+    cpu, load = {**cpu_info(), "denormals_flushed": flushed}, [os.getloadavg()[0]]
     print(f"torch {torch.__version__} on {cpu['cpu_model']} ({cpu['vector_isa']}, {cpu['cores']} cores), "
           f"{cpu['threads']} threads; load average {load[0]:.1f}; {len(contenders)} contenders x "
           f"{args.rounds} rounds x {args.steps} steps")

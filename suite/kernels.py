@@ -41,7 +41,7 @@ class Prior:
 # each Sleef call spills every vector register around it and the fused forward ran at 1.4 or 2.8 ms
 # from one process to the next. The functions below are plain float32 arithmetic that inductor
 # inlines and vectorises on every ISA, and they evaluate polynomials by Estrin's scheme (a few
-# independent multiply-adds per level instead of one long Horner chain: these loops are latency-bound).
+# independent multiply-adds per level instead of one long Horner chain of dependent ones).
 # Coefficients: least-squares fits on Chebyshev nodes in float64 (our own, error stated at each).
 # They run only under torch.compile: in eager mode each of their ~20 operations is a pass over memory,
 # so there torch's own function (one pass) is faster, and float64 (tests) always takes torch's.

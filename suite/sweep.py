@@ -37,6 +37,7 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from . import tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
+from .fpmode import flush_denormals  # noqa: E402
 from .prune import level_tag  # noqa: E402
 from .trial import run_trial, write_artifacts  # noqa: E402
 
@@ -67,6 +68,7 @@ def _latest_state(rdir: Path) -> dict | None:
 
 def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     """A Tune function trainable: one grid point, reporting every epoch and the final metrics."""
+    flushed = flush_denormals()  # before anything starts torch's thread pool (suite/fpmode.py)
     cfg = from_dict(config["trial"])
     torch.set_num_threads(int(config["threads"]))
     rdir = Path(config["resume_root"]) / cfg.grid_key()
@@ -91,6 +93,7 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
 
     result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"])
     result.info["node_id"] = node
+    result.info["denormals_flushed"] = str(flushed).lower()
     with tempfile.TemporaryDirectory() as d:
         write_artifacts(result, Path(d))
         tune.report({"epoch": cfg.epochs, "history": result.history, "final_metrics": result.metrics,

@@ -21,6 +21,7 @@ import torch
 from . import latency, methods, metrics, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, load_arrays, make_splits
+from .fpmode import flush_denormals
 from .methods import Method
 from .train import Phase, epoch_seed, fit_epochs, make_optimizer, train
 
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--threads={threads} is invalid: use an integer >= 1.")
     if json_path and not Path(json_path).resolve().parent.is_dir():
         ap.error(f"--json {json_path}: the folder {Path(json_path).resolve().parent} does not exist.")
+    flushed = flush_denormals()
     if threads:
         torch.set_num_threads(threads)
 
@@ -309,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    result.info["denormals_flushed"] = str(flushed).lower()
     print(summary(result))
     if json_path:
         with open(json_path, "w") as f:
