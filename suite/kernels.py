@@ -50,6 +50,11 @@ _LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = hi + lo, h
 # e^r on |r| <= ln2 / 2, degree 6: relative error 1.9e-9
 _EXP_C = (1.0000000005920209, 1.0000000361258996, 0.4999999149303672, 0.1666642083211891,
           0.04166835803302364, 0.008374771520128483, 0.0013829420595802581)
+# atanh(s) / s as a polynomial in s^2, the constant term exactly 1 (so tiny s gives s itself):
+# on |s| <= 1/3 (log1p of t in [0, 1]) relative error 4.5e-9; on |s| <= 0.1716 (log) 8.3e-10
+_ATANH_LOG1P_C = (1.0, 0.33333206824204503, 0.20010809076547395, 0.14000423904620446, 0.14007562378313762)
+_ATANH_LOG_C = (1.0, 0.33333389064978036, 0.1998868949101971, 0.14937651066450686)
+_SQRT_HALF_BITS = 0x3F3504F3  # the float32 bits of sqrt(2) / 2
 # sin(a) / a and cos(a) as polynomials in a^2 on |a| <= pi / 4: absolute error 2.4e-9 and 4.7e-11
 _SIN_C = (0.9999999969220256, -0.1666665068660358, 0.008332036330443174, -0.0001950396312591788)
 _COS_C = (0.9999999999525452, -0.49999999615145646, 0.0416666167158721, -0.001388661860492518, 2.4379880306558404e-05)
@@ -70,22 +75,29 @@ def _poly(x: Tensor, coeffs) -> Tensor:
     return terms[0]
 
 
-def _two_atanh(s: Tensor, terms: int) -> Tensor:
-    """2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), the first terms+1 terms."""
-    return 2 * s * _poly(s * s, [1.0 / (2 * k + 1) for k in range(terms + 1)])
+def _two_atanh(s: Tensor, coeffs) -> Tensor:
+    """2 atanh(s) = 2 s p(s^2), p one of the fits above (or the series 1 + s^2/3 + s^4/5 + ...)."""
+    return 2 * s * _poly(s * s, coeffs)
 
 
-def exp32(x: Tensor) -> Tensor:
-    """e^x for float32 x: x = k ln2 + r, |r| <= ln2/2, e^x = 2^k e^r with 2^k applied as two exact
-    powers 2^(k//2) 2^(k - k//2) built from the exponent bits, so results in float32's subnormal range
-    round once, as they should. x <= -110 gives 0 (below -103.97, e^x is under half the smallest
-    subnormal, 2^-150), x >= 89 gives inf."""
+def exp32(x: Tensor, normal: bool = False) -> Tensor:
+    """e^x for float32 x: x = k ln2 + r, |r| <= ln2/2, e^x = 2^k e^r with 2^k built from the exponent
+    bits. By default every x is handled: 2^k is applied as two exact powers 2^(k//2) 2^(k - k//2), so
+    results in float32's subnormal range round once, as they should; x <= -110 gives 0 (below -103.97,
+    e^x is under half the smallest subnormal, 2^-150), x >= 89 gives inf. normal=True is for callers
+    whose x is known to lie in [-87, 88] (a normal result): no clamp, one power of 2 (BBB's forward
+    1.00-1.03 -> 0.90-0.95 ms on a Xeon, three processes each). The clamp stays torch.clamp: written
+    as compare-and-select (torch.where), which saves instructions on paper, the whole forward ran
+    1.5-2.0 ms instead of 0.9-1.0."""
     if not _inline(x):
         return torch.exp(x)
-    x = x.clamp(-110.0, 89.0)
+    if not normal:
+        x = x.clamp(-110.0, 89.0)
     k = torch.round(x * (1 / math.log(2)))
     r = (x - k * _LN2_HI) - k * _LN2_LO
     ki = k.to(torch.int32)  # in [-159, 128]: both halves are normal exponents
+    if normal:
+        return _poly(r, _EXP_C) * ((ki + 127) << 23).view(torch.float32)
     half = ki >> 1
     scale1 = ((half + 127) << 23).view(torch.float32)
     scale2 = ((ki - half + 127) << 23).view(torch.float32)
@@ -93,17 +105,17 @@ def exp32(x: Tensor) -> Tensor:
 
 
 def _log32_parts(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(k, f) with x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), read from the float's bits."""
-    bits = x.view(torch.int32)
-    m = ((bits & 0x7FFFFF) | 0x3F800000).view(torch.float32)  # mantissa in [1, 2)
-    big = m > math.sqrt(2)
-    m = torch.where(big, m * 0.5, m)
-    return ((bits >> 23) - 127 + big.to(torch.int32)).to(torch.float32), m - 1
+    """(k, f) with x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), read from the float's bits: with the
+    bits of sqrt(2)/2 subtracted first, the exponent field is k and the mantissa field, with those bits
+    added back, is 1 + f (the cut at sqrt(2)/2 then needs no compare and select)."""
+    ix = x.view(torch.int32) - _SQRT_HALF_BITS
+    m = ((ix & 0x7FFFFF) + _SQRT_HALF_BITS).view(torch.float32)
+    return (ix >> 23).to(torch.float32), m - 1
 
 
 def _log32_join(x: Tensor, k: Tensor, s: Tensor) -> Tensor:
-    """log x = k ln 2 + 2 atanh(s), s = f / (2 + f): |s| <= 0.172, so 6 terms leave < 3e-9; log 0 = -inf."""
-    out = k * _LN2_HI + (_two_atanh(s, 5) + k * _LN2_LO)
+    """log x = k ln 2 + 2 atanh(s), s = f / (2 + f) in [-0.1716, 0.1716]; log 0 = -inf."""
+    out = k * _LN2_HI + (_two_atanh(s, _ATANH_LOG_C) + k * _LN2_LO)
     return torch.where(x > 0, out, float("-inf"))
 
 
@@ -121,14 +133,14 @@ def softplus_sigmoid(rho: Tensor) -> tuple[Tensor, Tensor]:
 
     softplus(rho) = max(rho, 0) + log1p(t), t = e^-|rho| in [0, 1], so nothing overflows (rho > 88
     gives rho, not inf), sigma > 0 wherever t > 0 (log1p(t) ~ t where 1 + t rounds to 1, rho < -17),
-    and softplus(-inf) = 0 exactly, which pruning relies on. log1p(t) = 2 atanh(t / (2 + t)) (s <= 1/3:
-    8 series terms leave < 2e-8; t is used as is, so tiny t gives t itself), sigmoid(rho) = (t or 1) /
+    and softplus(-inf) = 0 exactly, which pruning relies on. log1p(t) = 2 atanh(t / (2 + t)) (s <= 1/3;
+    the fit's constant term is 1, so tiny t gives t itself), sigmoid(rho) = (t or 1) /
     (1 + t); both quotients come from one reciprocal q = 1 / ((2 + t)(1 + t)). In eager mode: torch.log1p.
     """
     t = exp32(-rho.abs())
     a, b = 2 + t, 1 + t
     q = 1 / (a * b)
-    log1p_t = _two_atanh(t * b * q, 7) if _inline(t) else torch.log1p(t)
+    log1p_t = _two_atanh(t * b * q, _ATANH_LOG1P_C) if _inline(t) else torch.log1p(t)
     return rho.clamp_min(0) + log1p_t, torch.where(rho < 0, t, 1.0) * a * q
 
 
@@ -147,8 +159,9 @@ def _kl_forward(mu: Tensor, rho: Tensor, eps: Tensor, k1: float, k2: float, c1: 
     loses the zero-mean noise -sum(eps^2 - 1)/2, and we skip a pass over all weights.
     Prior: log P(w) = logaddexp(a1, a2), a_k = c_k - k_k w^2 - log(2pi)/2 with c_k = log(pi_k / s_k),
     k_k = 1 / (2 s_k^2) (Blundell eq. 7), computed as a1 + log(1 + e), e = exp(a2 - a1) [P].
-    a2 - a1 <= c2 - c1, so e never overflows; the clamp keeps exp out of the denormal range
-    (measured 10x slower on x86) and changes log P by < P * 2e-35, far below float32 resolution.
+    a2 - a1 <= c2 - c1 (<= 80, BBBParams.check), so e never overflows; the lower clamp keeps exp out
+    of the denormal range (measured 10x slower on x86) and changes log P by < P * 2e-35, far below
+    float32 resolution; e's argument is then in [-80, 80], where exp32's result is a normal float.
     The two logs, -log sigma and -log(1 + e), are taken as one, log(sigma (1 + e)), and it needs no
     log1p: where 1 + e rounds to 1 (e < 6e-8) the lost e is below float32 resolution of log sigma.
     Divisions (the slowest vector instruction, and a shared unit) are three: softplus_sigmoid's one,
@@ -164,7 +177,7 @@ def _kl_forward(mu: Tensor, rho: Tensor, eps: Tensor, k1: float, k2: float, c1: 
     sigma, sig = softplus_sigmoid(rho)
     w = torch.addcmul(mu, sigma, eps)
     w2 = w * w
-    e = exp32(torch.clamp_min(w2 * (k1 - k2) + (c2 - c1), -80.0))
+    e = exp32(torch.clamp_min(w2 * (k1 - k2) + (c2 - c1), -80.0), normal=True)
     u = 1 + e
     log_x, r = _log_and_ratio(sigma * u, e, u)
     kl = (k1 * w2 - log_x).sum() - (c1 + 0.5) * n
@@ -192,13 +205,18 @@ def _kl_backward(g_w: Tensor, g_kl: Tensor, d: Tensor, eps_sig: Tensor, sig_over
     return g_mu, g_mu * eps_sig - g_kl * sig_over_sigma
 
 
-# Philox4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"): multipliers M0, M1
-# and Weyl key increments W0, W1. A counter-based generator is a pure function of (counter, key), so
-# torch.compile can fuse it into one parallel, vectorised loop; torch's CPU normal_ is one sequential
-# mt19937 stream. The 32-bit words live in int32 tensors (bit patterns of the unsigned values): AVX2
-# has no 64-bit vector multiply, so int64 words made inductor multiply lane by lane in scalar code
-# (Philox 2.5 ms of a 4.3 ms noise kernel on an AVX2 EPYC; int32: 8 lanes per instruction, 16 on AVX-512).
-_M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
+# Threefry4x32-20 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", sec. 3.2; the
+# Random123 reference, and the family of JAX's default generator): a counter-based generator, a pure
+# function of (counter, key), so torch.compile fuses it into one parallel, vectorised loop (torch's CPU
+# normal_ is one sequential mt19937 stream). It is add, rotate and xor only on 32-bit words: int32 lanes
+# on every x86 vector ISA (8 per AVX2 instruction, 16 per AVX-512). It replaced Philox4x32-10, whose 32 x
+# 32 -> 64-bit multiplies have no int32 vector instruction and took 5 vpmulld each (2 micro-ops, 10
+# cycles latency on Intel): on a Xeon (AVX-512) the noise kernel went 0.89 -> 0.54 ms for 648k normals
+# (`python -m suite.bench` medians).
+# 20 rounds is Random123's default: a safety margin over the fewest rounds that pass TestU01's
+# BigCrush (Salmon et al., Table 2).
+_ROT = ((10, 26), (11, 21), (13, 27), (23, 5), (6, 20), (17, 11), (25, 10), (18, 20))  # R_{d,j} for 4 x 32
+_PARITY = 0x1BD11BDA  # Skein's key-schedule parity constant (Threefish, 32-bit words)
 
 
 def _srl(x: Tensor, s: int) -> Tensor:
@@ -206,29 +224,35 @@ def _srl(x: Tensor, s: int) -> Tensor:
     return (x >> s) & ((1 << (32 - s)) - 1)
 
 
-def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """High and low 32-bit words of the 64-bit product a * m (a: int32 lanes as uint32, m: uint32).
-    lo is the wrapping int32 product; hi is assembled from 16-bit halves, each partial product < 2^32."""
-    ml, mh = m & 0xFFFF, m >> 16
-    al, ah = a & 0xFFFF, _srl(a, 16)
-    mid = ah * ml + _srl(al * ml, 16)
-    mid2 = al * mh + (mid & 0xFFFF)
-    hi = ah * mh + _srl(mid, 16) + _srl(mid2, 16)
-    return hi, a * (m - (1 << 32))  # m as the int32 with the same bits (m >= 2^31 for both multipliers)
+def _rotl(x: Tensor, r: int) -> Tensor:
+    """Rotate the 32 bits of each int32 lane left by r."""
+    return (x << r) | _srl(x, 32 - r)
 
 
-def philox4x32(c: tuple[Tensor, Tensor, Tensor, Tensor], key: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Philox4x32-10 on counter words c (int32 tensors; the bits of the unsigned 32-bit values) under
-    key (int64 [2], values in [0, 2^32)); returns the 4 output words as int32 bit patterns."""
-    c0, c1, c2, c3 = c
-    # round keys [2, 10], reduced mod 2^32 and then into int32's range so the cast is exact
-    ks = (key[:, None] + torch.arange(10, device=key.device) * torch.tensor([[_W0], [_W1]], device=key.device)) & 0xFFFFFFFF
-    ks = (ks - ((ks >> 31) << 32)).to(torch.int32)
-    for r in range(10):
-        hi0, lo0 = _mulhilo(c0, _M0)
-        hi1, lo1 = _mulhilo(c2, _M1)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ ks[0, r], lo1, hi0 ^ c3 ^ ks[1, r], lo0
-    return c0, c1, c2, c3
+def _as_int32(words: Tensor) -> Tensor:
+    """int64 values in [0, 2^32) -> int32 tensors with the same 32 bits."""
+    return (words - ((words >> 31) << 32)).to(torch.int32)
+
+
+def threefry4x32(c: tuple[Tensor, Tensor, Tensor, Tensor], key: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Threefry4x32-20 on counter words c (int32 tensors; the bits of the unsigned 32-bit values) under
+    key (int64 [4], values in [0, 2^32)); returns the 4 output words as int32 bit patterns. Rounds mix
+    word pairs (x0, x1), (x2, x3) on even rounds and (x0, x3), (x2, x1) on odd ones; every 4 rounds the
+    key schedule ks[s..s+3] (+ s on the last word) is injected, ks[4] = parity of the key words."""
+    ks = _as_int32(torch.cat([key, (key[0] ^ key[1] ^ key[2] ^ key[3] ^ _PARITY)[None]]))
+    x = [c[i] + ks[i] for i in range(4)]
+    for r in range(20):
+        a, b = _ROT[r % 8]
+        p, q = (1, 3) if r % 2 == 0 else (3, 1)  # the words added into x0 and x2 this round
+        x[0] = x[0] + x[p]
+        x[p] = _rotl(x[p], a) ^ x[0]
+        x[2] = x[2] + x[q]
+        x[q] = _rotl(x[q], b) ^ x[2]
+        if r % 4 == 3:
+            s = r // 4 + 1
+            x = [x[i] + ks[(s + i) % 5] for i in range(4)]
+            x[3] = x[3] + s
+    return x[0], x[1], x[2], x[3]
 
 
 def cos_sin_2pi(u: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,24 +271,24 @@ def cos_sin_2pi(u: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(neg, -cos, cos), torch.where(neg, -sin, sin)
 
 
-def philox_normal(n: int, key: Tensor) -> Tensor:
-    """n independent N(0, 1) floats [n]: Philox4x32-10 on counters 0..n/4-1 under the 64-bit key
-    (int64 [2]), then Box-Muller on 24-bit uniforms in (0, 1): u >= 2^-25, so log(u) is finite and
+def normal_noise(n: int, key: Tensor) -> Tensor:
+    """n independent N(0, 1) floats [n]: Threefry4x32-20 on counters 0..n/4-1 under the 128-bit key
+    (int64 [4]), then Box-Muller on 24-bit uniforms in (0, 1): u >= 2^-25, so log(u) is finite and
     sqrt sees arguments in [0, 35]; cos and sin of 2 pi u come from cos_sin_2pi."""
     c0 = torch.arange((n + 3) // 4, dtype=torch.int32, device=key.device)
     zero = torch.zeros_like(c0)
-    u = [(_srl(c, 8).to(torch.float32) + 0.5) * 2.0 ** -24 for c in philox4x32((c0, zero, zero, zero), key)]
+    u = [(_srl(c, 8).to(torch.float32) + 0.5) * 2.0 ** -24 for c in threefry4x32((c0, zero, zero, zero), key)]
     r0, r1 = torch.sqrt(-2 * log32(u[0])), torch.sqrt(-2 * log32(u[2]))
     (c0, s0), (c1, s1) = cos_sin_2pi(u[1]), cos_sin_2pi(u[3])
     return torch.cat([r0 * c0, r0 * s0, r1 * c1, r1 * s1])[:n]
 
 
-# The ~90 elementwise operations of the sample + KL and the ~400 integer ones of Philox are op-bound in
+# The ~90 elementwise operations of the sample + KL and the ~300 integer ones of Threefry are op-bound in
 # eager mode; torch.compile fuses each function into one vectorised loop (`python -m suite.bench` times
 # each kernel against a plain exp pass over the same floats). The eager path computes the same
 # formulas with torch's exp / log / log1p / cos / sin in place of the inlined ones, only slower, so
 # `compile` never changes a result beyond float rounding (a few ulps; tests/test_kernels.py).
-_KERNELS = {False: (_kl_forward, _kl_backward, philox_normal)}
+_KERNELS = {False: (_kl_forward, _kl_backward, normal_noise)}
 # Inductor builds its C++ without floating-point contraction, so each a * b + c above is a multiply
 # and an add, two roundings and two dependent instructions; contracted into one FMA (every x86 CPU
 # with AVX2 has it) the fused forward ran 18 % and the noise 10 % faster on a Xeon (AVX-512).
@@ -305,6 +329,6 @@ def sample_and_kl(mu: Tensor, rho: Tensor, eps: Tensor, prior: Prior, compiled: 
 
 
 def weight_noise_key(device: torch.device) -> Tensor:
-    """A fresh 64-bit Philox key [2] drawn from torch's global RNG: the noise stream stays a pure
+    """A fresh 128-bit Threefry key [4] drawn from torch's global RNG: the noise stream stays a pure
     function of torch.manual_seed (training reseeds every epoch, so resumes are exact)."""
-    return torch.randint(0, 2 ** 32, (2,), dtype=torch.int64).to(device)
+    return torch.randint(0, 2 ** 32, (4,), dtype=torch.int64).to(device)

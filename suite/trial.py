@@ -148,6 +148,8 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
            **fit_epochs(history, cfg.resolved_fit_target)}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if model.weight_noise:
+        info["weight_noise"] = model.weight_noise
     if not evaluate:
         out["total_wall_s"] = time.perf_counter() - t_start
         return TrialResult(cfg, out, history, info)

@@ -31,6 +31,7 @@ from suite.config import ConfigError, TrialConfig, from_dict, load_grid
     ({"val_size": 60000}, "val_size=60000 is invalid"),
     ({"method": "bbb", "prior_sigma1": 0.0025, "prior_sigma2": 1.0},
      "prior_sigma2=1.0 is invalid: allowed a std below prior_sigma1"),
+    ({"method": "bbb", "prior_sigma2": 1e-40}, "prior_sigma2=1e-40 is invalid: allowed a std with log"),
     ({"seed": 2 ** 40}, "seed=1099511627776 is invalid"),
 ])
 def test_invalid_values_name_the_field(bad, needle):

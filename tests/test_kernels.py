@@ -1,11 +1,11 @@
 """BBB's per-weight kernels against float64: softplus and its sigmoid, the inlined exp, log and
 cos / sin (compiled, where they run) and torch's (eager), the fused sample + KL over the whole rho
-range, and Philox4x32-10's known answers on int32 words."""
+range, and Threefry4x32-20's known answers on int32 words."""
 import math
 
 import torch
 
-from suite.kernels import Prior, cos_sin_2pi, exp32, log32, philox4x32, sample_and_kl, softplus, softplus_sigmoid
+from suite.kernels import Prior, cos_sin_2pi, exp32, log32, sample_and_kl, softplus, softplus_sigmoid, threefry4x32
 
 RHO = torch.cat([torch.linspace(-30, 20, 200_001), torch.tensor([-17.0, -16.6, -9.0, 0.0, 9.0])])
 
@@ -45,22 +45,23 @@ def test_softplus_compiled_equals_eager():
 
 def _inlined(*args):
     """softplus_sigmoid, exp32, log32 and cos_sin_2pi as torch.compile runs them (inlined float32)."""
-    rho, x, y, u = args
-    return (*softplus_sigmoid(rho), log32(x), exp32(y), *cos_sin_2pi(u))
+    rho, x, y, u, z = args
+    return (*softplus_sigmoid(rho), log32(x), exp32(y), *cos_sin_2pi(u), exp32(z, normal=True))
 
 
 def test_inlined_transcendentals_match_float64_when_compiled():
     """The float32 arithmetic that replaces Sleef's calls under torch.compile, over its whole range:
     softplus / sigmoid for rho in [-30, 20], log from tiny to huge and near 1, exp from subnormal
-    results to overflow, cos / sin of 2 pi u for u in [0, 1]."""
+    results to overflow (and over [-87, 88] with normal=True), cos / sin of 2 pi u for u in [0, 1]."""
     torch.manual_seed(0)
     x = torch.cat([torch.exp(torch.rand(200_000) * 170 - 85), 1 + (torch.rand(10_000) - 0.5) * 1e-3,
                    torch.tensor([0.5, 1.0, 2.0, math.sqrt(2), 1.1754944e-38, 3.4e38, 0.0])])
     y = torch.cat([torch.rand(200_000) * 176 - 88, torch.tensor([0.0, -87.3, -100.0, -103.0, 88.7, 88.8, 1e30,
                                                                  float("-inf"), float("inf")])])
     u = torch.cat([torch.rand(200_000), torch.linspace(0, 1, 4001)])
+    z = torch.cat([torch.rand(200_000) * 175 - 87, torch.tensor([-87.0, 0.0, 88.0])])  # exp32's normal=True range
     rho = torch.cat([RHO, torch.tensor([float("-inf")])])
-    sigma, sig, log_x, exp_y, cos, sin = torch.compile(_inlined)(rho, x, y, u)
+    sigma, sig, log_x, exp_y, cos, sin, exp_z = torch.compile(_inlined)(rho, x, y, u, z)
     assert rel_err(sigma[:-1], torch.nn.functional.softplus(RHO.double(), threshold=50)) <= 1e-6
     assert rel_err(sig[:-1], torch.sigmoid(RHO.double())) <= 1e-6
     assert (sigma[:-1] > 0).all() and sigma[-1] == 0 and sig[-1] == 0
@@ -74,6 +75,7 @@ def test_inlined_transcendentals_match_float64_when_compiled():
     assert float((exp_y[tiny].double() - want[tiny]).abs().max()) <= 2.0 ** -149
     assert torch.equal(exp_y[want == 0], torch.zeros(int((want == 0).sum())))
     assert torch.isinf(exp_y[torch.isinf(want)]).all() and exp_y[-2] == 0
+    assert rel_err(exp_z, torch.exp(z.double())) <= 1e-6
     angle = 2 * math.pi * u.double()
     assert float((cos.double() - torch.cos(angle)).abs().max()) <= 3e-7
     assert float((sin.double() - torch.sin(angle)).abs().max()) <= 3e-7
@@ -108,17 +110,17 @@ def test_fused_kl_gradients_over_the_whole_rho_range_match_float64_autograd():
     torch.testing.assert_close(rho32.grad.double(), rho64.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_philox_matches_the_random123_known_answers():
-    """Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors), on int32
+def test_threefry_matches_the_random123_known_answers():
+    """Known-answer vectors of Threefry4x32-20 from the Random123 distribution (kat_vectors), on int32
     words holding the unsigned bits."""
     def i32(v: int) -> torch.Tensor:
         return torch.tensor([v - (1 << 32) if v >= 1 << 31 else v], dtype=torch.int32)
-    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    pi_ctr, pi_key = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0, 0x082EFA98, 0xEC4E6C89)
+    cases = [((0, 0, 0, 0), (0, 0, 0, 0), (0x9C6CA96A, 0xE17EAE66, 0xFC10ECD4, 0x5256A7D8)),
+             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 4, (0x2A881696, 0x57012287, 0xF6C7446E, 0xA16A6732)),
+             (pi_ctr, pi_key, (0x59CD1DBB, 0xB8879579, 0x86B5D00C, 0xAC8B6D84))]
     for ctr, key, want in cases:
-        got = philox4x32(tuple(i32(v) for v in ctr), torch.tensor(key))
+        got = threefry4x32(tuple(i32(v) for v in ctr), torch.tensor(key))
         assert all(g.dtype == torch.int32 for g in got)
         assert tuple(int(g) & 0xFFFFFFFF for g in got) == want
 

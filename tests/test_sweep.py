@@ -61,6 +61,7 @@ def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
             assert m[f"sparsity_p{tag}"] == pytest.approx(int(tag) / 100, abs=1e-3)
         assert all(s in m for s in SCALARS) and all(t in tags for t in TAGS)
         assert ("test_acc_mc_p90" in m) == (tags["method"] == "bbb")
+        assert tags.get("weight_noise") == ("threefry4x32-20" if tags["method"] == "bbb" else None)
         assert tags["denormals_flushed"] == "true"  # the Ray worker set it before torch's pool started
         assert m["test_acc_p00"] > 0.5
         assert [h.step for h in c.get_metric_history(run.info.run_id, "val_acc")] == [1]

@@ -101,6 +101,7 @@ class Method(nn.Module):
     has_mc: ClassVar[bool] = False            # predict_mc exists: test_*_mc_pNN are logged
     has_natural: ClassVar[bool] = False       # natural_keep exists: protocol natural can report level `nat`
     compiled_kernels: ClassVar[bool] = False  # uses torch.compile when cfg.compile (needs a C++ compiler on CPU)
+    weight_noise: ClassVar[str] = ""          # generator of per-weight training noise, if any (run tag weight_noise)
     color: ClassVar[str] = "#7f7f7f"          # plot colour (run tag `color`)
     order: ClassVar[float] = 100.0            # position in tables and legends (run tag `label_order`)
 

@@ -63,13 +63,13 @@ def _vd_forward(theta: Tensor, log_sigma2: Tensor, in_kl: Tensor):
     11.0 -> 5.5 ms on 648k weights, same numbers)."""
     t2 = theta * theta
     raw = log_sigma2 - log32(t2 + 1e-8)
-    la = raw.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    la = raw.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)  # so both exp32 arguments below give normal floats
     live = (in_kl & (raw >= -LOG_ALPHA_CLIP) & (raw <= LOG_ALPHA_CLIP)).to(theta.dtype)  # la moves with its inputs
-    t = exp32(-la.abs())
+    t = exp32(-la.abs(), normal=True)
     alpha = torch.where(la < 0, t, 1 / t)
     sp = (-la).clamp_min(0) + log32(1 + t)               # softplus(-la); 1 + t in (1, 2]
     sg = torch.where(la < 0, 1.0, t) / (1 + t)           # sigmoid(-la)
-    s1 = 1 / (1 + exp32(-(K2 + K3 * la)))                # sigmoid; the argument is in [-10, 14]
+    s1 = 1 / (1 + exp32(-(K2 + K3 * la), normal=True))   # sigmoid; the argument is in [-13.8, 10.0]
     var = torch.where(in_kl, alpha * t2, 0.0)
     kl = torch.where(in_kl, K1 - K1 * s1 + 0.5 * sp, 0.0).sum()
     dkl_dla = -(K1 * K3) * s1 * (1 - s1) - 0.5 * sg      # d(per-weight KL)/d la
