@@ -76,7 +76,7 @@ def _poly(x: Tensor, coeffs) -> Tensor:
 
 
 def _two_atanh(s: Tensor, coeffs) -> Tensor:
-    """2 atanh(s) = 2 s p(s^2), p one of the fits above (or the series 1 + s^2/3 + s^4/5 + ...)."""
+    """2 atanh(s) = 2 s p(s^2), p one of the fits above (_ATANH_LOG1P_C, _ATANH_LOG_C)."""
     return 2 * s * _poly(s * s, coeffs)
 
 
