@@ -31,7 +31,7 @@ RUNTIME_FIELDS = ("compile", "device", "data_dir")
 # Chosen so every reasonable method reaches them within 50 epochs (MNIST MLPs plateau near 98 %,
 # Fashion-MNIST near 89-90 %); they mark "fitted", not "best".
 FIT_TARGETS = {"mnist": 0.97, "fmnist": 0.87}
-GRID_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
+GRID_DIR = Path(__file__).resolve().parent / "grids"  # package data: works from a wheel too
 
 # The grid-key rule (ARCHITECTURE.md, "Grid keys"). Every key released before methods became plug-ins
 # hashed exactly these fields with these defaults; they stay in every key, with the method's value
@@ -194,8 +194,8 @@ class TrialConfig:
         return f"{self.label().replace(' ', '')}-{self.dataset}-s{self.seed}-{self.grid_key()[:6]}"
 
     def run_tags(self) -> dict[str, str]:
-        """Identity tags of the trial's MLflow run; analysis/ reads labels, order, colours and the
-        comparison baseline from them (it imports nothing from suite/)."""
+        """Identity tags of the trial's MLflow run; suite.analysis reads labels, order, colours and the
+        comparison baseline from them (it imports nothing from the training code)."""
         cls, ft = self.method_cls, self.protocol == "finetune"
         tags = {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
                 "dropout": str(getattr(self.params, "dropout", 0.0)), "seed": str(self.seed), "label": self.label(),
@@ -377,7 +377,7 @@ class Grid:
 
 
 def grid_path(name_or_path: str) -> Path:
-    """Resolve a grid NAME in tune_configs/ or a path to a YAML file."""
+    """Resolve a grid NAME in suite/grids/ or a path to a YAML file."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():

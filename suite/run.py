@@ -56,7 +56,7 @@ def runtime_overrides(args: argparse.Namespace) -> dict:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m suite.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", required=True, help="grid NAME in tune_configs/ (smoke, paper, full, scaling, lenet, ...) "
+    ap.add_argument("--grid", required=True, help="grid NAME in suite/grids/ (smoke, paper, full, scaling, lenet, ...) "
                     "or a .yaml path")
     add_runtime_options(ap, default_experiment="the grid's name")
     ap.add_argument("--rerun", action="store_true", help="train grid points that already have a FINISHED run")

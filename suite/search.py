@@ -1,10 +1,10 @@
 """`python -m suite.search --space NAME|PATH.yaml`: a Ray Tune recipe search, chosen on validation data.
 
-Draws the space's recipes (seeded random search, tune_configs/search/*.yaml), trains each for up to
+Draws the space's recipes (seeded random search, suite/grids/search/*.yaml), trains each for up to
 budget.max_epochs with the pruned validation accuracy reported every epoch, lets ASHA stop the
 recipes that trail, and ranks the survivors by the final epoch's selection metric. The test split
 never reaches a search trial. MLflow: one parent run per search, one nested run per recipe.
---export-grid writes the winner into a grid (e.g. tune_configs/tuned.yaml) that runs it over 5
+--export-grid writes the winner into a grid (e.g. suite/grids/tuned.yaml) that runs it over 5
 seeds and both datasets. Re-running the same command resumes an interrupted search.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ EXPORT_DATASETS = ["mnist", "fmnist"]
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from .run import add_runtime_options, check_runtime_options
     ap = argparse.ArgumentParser(prog="python -m suite.search", description=__doc__.splitlines()[0])
-    ap.add_argument("--space", required=True, help="search space NAME in tune_configs/search/ or a .yaml path")
+    ap.add_argument("--space", required=True, help="search space NAME in suite/grids/search/ or a .yaml path")
     ap.add_argument("--samples", type=int, default=None, help="recipes to draw (default: the space's budget.samples)")
     ap.add_argument("--max-epochs", type=int, default=None, help="epochs per recipe (default: budget.max_epochs)")
     ap.add_argument("--export-grid", default=None, metavar="PATH",
-                    help="write the best recipe into this grid YAML (e.g. tune_configs/tuned.yaml), replacing this "
+                    help="write the best recipe into this grid YAML (e.g. suite/grids/tuned.yaml), replacing this "
                          "space's earlier entry; it runs the recipe over 5 seeds on MNIST and Fashion-MNIST")
     add_runtime_options(ap, default_experiment="search-<space>")
     args = ap.parse_args(argv)
@@ -78,7 +78,7 @@ def export_grid(path: Path, space: Space, best: dict) -> str:
     for variant in ({}, *space.variants):
         axes = {k: [v] for k, v in (recipe | variant).items()} | {"dataset": EXPORT_DATASETS, "seed": EXPORT_SEEDS}
         lines.append("  - " + yaml.safe_dump(axes, default_flow_style=True, width=10_000, sort_keys=False).strip())
-    head = ("description: >\n  The best recipe of each method's search (tune_configs/search/), chosen on validation data only,\n"
+    head = ("description: >\n  The best recipe of each method's search (suite/grids/search/), chosen on validation data only,\n"
             "  run over 5 seeds on MNIST and Fashion-MNIST. Provenance above each entry.\ngrid:\n")
     entries: dict[str, list[str]] = {}
     name = None

@@ -1,4 +1,4 @@
-"""Recipe-search spaces (tune_configs/search/*.yaml): distributions over TrialConfig fields, a budget,
+"""Recipe-search spaces (suite/grids/search/*.yaml): distributions over TrialConfig fields, a budget,
 and a selection metric on validation data. Validated completely before Ray starts.
 
     description: ...
@@ -26,7 +26,7 @@ import yaml
 
 from .config import ConfigError, TrialConfig, check_keys, from_dict, grid_path
 
-SEARCH_DIR = Path(__file__).resolve().parent.parent / "tune_configs" / "search"
+SEARCH_DIR = Path(__file__).resolve().parent / "grids" / "search"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform")
 
 

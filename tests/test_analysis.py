@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots, references, report, tables
-from analysis.load import AnalysisError, baseline_label, load, ordered_labels
 from suite import tracking
+from suite.analysis import plots, references, report, tables
+from suite.analysis.load import AnalysisError, baseline_label, load, ordered_labels
 from suite.config import TrialConfig
 from suite.trial import run_trial
 

@@ -10,8 +10,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis import compression, plots, references, report, tables
-from analysis.load import by_level, load, ordered_labels
+from suite.analysis import compression, plots, references, report, tables
+from suite.analysis.load import by_level, load, ordered_labels
 
 LEVELS = (0.0, 0.5, 0.9, 0.95, 0.98, 0.99)
 SIZES = (784 * 300, 300 * 100, 100 * 10)

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from suite.config import ConfigError
-from suite.space import load_space
+from suite.space import SEARCH_DIR, load_space
 
 GOOD = """
 fixed: {method: bbb, hidden: [16], train_subset: 600, val_size: 300, compile: false, sparsities: [0, 0.9]}
@@ -60,8 +60,7 @@ def test_export_to_a_missing_folder_fails_before_ray(tmp_path):
 
 
 def test_shipped_spaces_share_one_budget_and_metric():
-    from pathlib import Path
-    names = sorted(p.stem for p in (Path(__file__).parent.parent / "tune_configs" / "search").glob("*.yaml"))
+    names = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml"))
     spaces = [load_space(n) for n in names]
     assert len({(s.budget, s.metric, s.levels) for s in spaces}) == 1
     assert {s.method for s in spaces} == {"sgd", "bbb", "sparse_vd", "l0"}

@@ -115,7 +115,7 @@ class Method(nn.Module):
         self.held: Tensor | None = None  # bool [P] mask held during fine-tuning (hold_)
         self.init_parameters()
 
-    # -- identity (run tags; analysis/ reads them, it imports nothing from suite/)
+    # -- identity (run tags; suite.analysis reads them, it imports nothing from the training code)
     @classmethod
     def label(cls, cfg) -> str:
         """Human name of the configuration in tables and legends."""

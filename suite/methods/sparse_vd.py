@@ -7,7 +7,7 @@ Recipe kept from the paper's code for LeNet-300-100: Adam 1e-3, batch 100, 200 e
 learning rate decayed linearly to 0 over the last 100 (lr_decay_start 100), KL weight warmed up from
 0 to 1 between epochs 5 and 20 (kl_warmup [5, 20]), uniform KL weighting (the ELBO's KL counted once
 per epoch), log sigma^2 initialised at -10, log alpha clipped to [-8, 8]. They are the grid's values
-(tune_configs/lenet.yaml), not this file's defaults, except where a default is stated below.
+(suite/grids/lenet.yaml), not this file's defaults, except where a default is stated below.
 Biases are deterministic (no variance, no KL), as in the paper's fully connected layers.
 """
 from __future__ import annotations

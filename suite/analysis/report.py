@@ -1,7 +1,7 @@
-"""`python -m analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
+"""`python -m suite.analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
 
-    python -m analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
-    python -m analysis.report --experiment tuned --against full     # + each method at both recipes
+    python -m suite.analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
+    python -m suite.analysis.report --experiment tuned --against full     # + each method at both recipes
 
 The report is built once as sections of blocks (text, bullet list, Table, image); report.md and the
 self-contained index.html are two renderings of that one structure, so they always agree.
@@ -64,7 +64,7 @@ def text(s: str, note: bool = False) -> Block:
 
 
 def default_uri() -> str:
-    """The same default as suite.run's (analysis reads MLflow only and imports nothing from suite/)."""
+    """The same default as suite.run's (analysis reads MLflow only and imports nothing from the training code)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
@@ -134,7 +134,7 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
         sections.append(Section("Recipe searches", [
             text("The `suite.search` runs in this store for this experiment's methods: the budget each got, what it "
                  "trained (ASHA stopped the others early) and its wall time. Winners are chosen by the final epoch's "
-                 "validation metric; `tune_configs/tuned.yaml` names each winner's MLflow run."),
+                 "validation metric; `suite/grids/tuned.yaml` names each winner's MLflow run."),
             Block("table", table=tables.search_table(found).write(tdir, "searches"))]))
     for ds in ordered_datasets(df):
         sec = Section(DATASET_NAMES.get(ds, ds))
@@ -224,11 +224,11 @@ def compression_section(exp: Experiment, out: Path) -> Section:
             cells = pub.assign(test_error=(100 * pub.test_error).map("{:.2f} %".format),
                                compression=pub.compression.map("{:g}x".format), removed=pub.removed.map("{:.1%}".format))
             blocks += [text("Published on the same architecture (sources and how each ratio is counted: "
-                            "`analysis/reference/lenet300100.csv`):"),
+                            "`suite/analysis/reference/lenet300100.csv`):"),
                        Block("table", table=Table(cells[["label", "test_error", "compression", "removed", "paper"]]
                                                   .set_index("label").fillna("")))]
         else:
-            blocks.append(text("No published results for this dataset and architecture (analysis/reference/lenet300100.csv "
+            blocks.append(text("No published results for this dataset and architecture (suite/analysis/reference/lenet300100.csv "
                                "covers 784-300-100-10 on MNIST), so no markers are drawn.", note=True))
         blocks += images([figs[ds]], out, lambda p: f"{name}: test error vs compression ratio (log scale), "
                                                     "band ±1 std over seeds; stars: natural sparsity")
@@ -341,7 +341,7 @@ def build(exp: Experiment, out: Path, against: Experiment | None = None) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m suite.analysis.report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep's --experiment)")
     ap.add_argument("--tracking-uri", default=None,
                     help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")

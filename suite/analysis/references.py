@@ -1,4 +1,4 @@
-"""Published numbers (analysis/reference/<name>.csv) and like-for-like comparison with our runs.
+"""Published numbers (suite/analysis/reference/<name>.csv) and like-for-like comparison with our runs.
 
 A reference file's first line is `# source: ...`. Its protocol columns (PROTOCOL) state the setup the
 published numbers were obtained under; a published cell is compared only with runs whose params (and
