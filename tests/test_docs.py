@@ -106,7 +106,7 @@ def test_documented_command_runs(page, argv, tmp_path):
             argv = _with_value(argv, "--export-grid", str(tmp_path / "exported.yaml"))
         r = _run(argv if "--dry-run" in argv else [*argv, "--dry-run"], tmp_path, uri)
         assert r.returncode == 0, f"{page}: {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-        assert re.search(r"\d+ (trials|recipes)", r.stdout + r.stderr)
+        assert " pending" in r.stdout, "the dry run lists the expanded points, none finished in an empty store"
     elif module == "suite.trial":
         argv = _with_value(argv, "--json", str(tmp_path / "out.json"))
         r = _run([*argv, *TINY_TRIAL], tmp_path, uri)
