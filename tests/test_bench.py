@@ -9,15 +9,75 @@ import torch
 
 from suite import latency
 from suite.bench import __main__ as cli
-from suite.bench import inference, kernels, peers, race, targets
+from suite.bench import inference, kernels, machine, peers, processes, race, targets
+
+# /proc/cpuinfo of a 2-core KVM guest (the machine of docs/performance.md), trimmed: two processors
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 amx_tile amx_bf16 avx_vnni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Some Other Processor
+stepping\t: 8
+flags\t\t: fpu sse2
+"""
+# an Arm core: no vendor_id / family / model name, features instead of flags
+ARM = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes sve
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
 
 
 def test_cli_defaults_and_a_removed_flag_is_an_error():
     args = cli.parser().parse_args([])
-    assert (args.rounds, args.steps, args.samples, args.threads, args.isolation) == (15, 15, 1, None, False)
+    assert (args.rounds, args.steps, args.samples, args.threads, args.isolation, args.processes) == (
+        15, 15, 1, None, False, None)
     assert args.json == "bench_results/bench.json"
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--batched-seeds"])
+
+
+def test_processes_below_two_is_one_clear_error(capsys):
+    assert cli.parser().parse_args(["--processes", "3"]).processes == 3
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--processes", "1"])
+    assert "--processes: 1: a range over processes needs at least 2" in capsys.readouterr().err
+
+
+def test_cpuinfo_gives_the_first_processors_identity_and_its_vector_flags():
+    cpu = machine.parse_cpuinfo(XEON)
+    assert cpu == {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_vendor": "GenuineIntel", "cpu_family": 6,
+                   "cpu_model_number": 207, "cpu_stepping": 2, "avx512f": True,
+                   "cpu_flags": ["amx_bf16", "amx_tile", "avx512_bf16", "avx512bw", "avx512dq", "avx512f", "avx512vl"]}
+
+
+def test_cpuinfo_of_other_platforms_degrades_to_unknown_fields():
+    blank = {"cpu_model": "unknown", "cpu_vendor": None, "cpu_family": None, "cpu_model_number": None,
+             "cpu_stepping": None, "avx512f": False, "cpu_flags": []}
+    assert machine.parse_cpuinfo(ARM) == blank
+    assert machine.parse_cpuinfo("") == blank
+
+
+def test_machine_description_names_the_isas_compiler_and_torch():
+    m = machine.describe(XEON)
+    assert (m["cpu_family"], m["cpu_model_number"], m["cpu_stepping"]) == (6, 207, 2)
+    assert m["vector_isa"] == torch.backends.cpu.get_cpu_capability() and m["torch"] == torch.__version__
+    bits = {"AVX512": 512, "AVX2": 256}.get(m["vector_isa"])  # inductor follows torch's dispatch by default
+    if bits is not None:
+        assert m["inductor_vec_bits"] == bits and m["inductor_arch_flags"]
+    assert m["cxx"] is None or m["cxx_version"]
+    text = machine.header(m)
+    assert "(GenuineIntel family 6 model 207 stepping 2)" in text and "amx_tile" in text
+    assert "no AVX-512 / AMX" in machine.header({**m, "cpu_flags": []})
 
 
 def test_race_interleaves_rounds_and_reports_each_contenders_median(monkeypatch):
@@ -91,6 +151,40 @@ def test_the_inference_model_is_pruned_to_exactly_90_percent_of_its_weights():
     assert int((weights == 0).sum()) == round(0.9 * weights.numel())
 
 
+def _table(step_ms: float, fwd_ms: float) -> dict:
+    return {"BBB": {"sample+KL fwd": {"ms": fwd_ms, "share": None, "x_exp": 1.0},
+                    "other": {"ms": 0.0, "share": None, "x_exp": 0.0},
+                    "step": {"ms": step_ms, "share": 1.0, "x_exp": 1.0}}}
+
+
+def test_spread_over_processes_gives_median_and_range_and_marks_what_varies():
+    sp = processes.spread([_table(5.5, 0.9), _table(5.4, 1.8), _table(5.6, 1.0)])
+    fwd, step = sp["BBB"]["sample+KL fwd"], sp["BBB"]["step"]
+    assert (fwd["median_ms"], fwd["min_ms"], fwd["max_ms"], fwd["max_over_min"]) == (1.0, 0.9, 1.8, 2.0)
+    assert step["median_ms"] == 5.5 and step["max_over_min"] == pytest.approx(5.6 / 5.4)
+    assert sp["BBB"]["other"]["max_over_min"] is None  # 0 ms: no ratio
+    assert processes.varying(sp) == ["BBB/sample+KL fwd"]
+
+
+def test_processes_mode_writes_the_spread_and_the_machine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "in_processes", lambda n, *a: [_table(5.5, 0.9), _table(5.4, 1.8)][:n])
+    out = tmp_path / "p.json"
+    assert cli.main(["--processes", "2", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["processes"] == 2 and d["varying_kernels"] == ["BBB/sample+KL fwd"]
+    assert d["kernel_processes"]["BBB"]["sample+KL fwd"]["ms"] == [0.9, 1.8]
+    assert {"cpu_family", "cpu_model_number", "cpu_stepping", "cpu_flags", "inductor_vec_isa", "cxx_version",
+            "vector_isa", "torch", "load_average"} <= set(d)
+    assert "<-- varies" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_kernel_table_runs_in_fresh_processes():
+    tables = processes.in_processes(2, None, rounds=1, steps=1, threads=1)
+    assert len(tables) == 2 and all(set(t) == {"SGD", "BBB", "Sparse VD", "ref"} for t in tables)
+    assert processes.spread(tables)["BBB"]["noise"]["ms"] == [t["BBB"]["noise"]["ms"] for t in tables]
+
+
 @pytest.mark.timeout(120)
 def test_measure_without_the_lock_does_not_wait_for_it():
     """While this process holds the node's latency lock, measure(lock=False) still completes (with
@@ -108,7 +202,8 @@ def test_a_tiny_run_writes_every_section_of_the_json(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert {"train_ms_per_step", "kernel_breakdown", "flagged_kernels", "targets", "inference_p90",
             "latency_isolation", "cpu_model", "vector_isa", "avx512f", "cores", "threads", "denormals_flushed",
-            "load_average", "samples", "torch", "not_measured"} <= set(d)
+            "load_average", "samples", "torch", "not_measured", "cpu_family", "cpu_model_number", "cpu_stepping",
+            "cpu_flags", "inductor_vec_isa", "cxx", "cxx_version"} <= set(d)
     assert {"ours SGD", "ours BBB (1 sample)", "ours BBB eager (1 sample)", "ours Sparse VD",
             "plain SGD (tensor loop)", "plain SGD (DataLoader)",
             "tutorial BBB (DataLoader, 1 sample)"} <= set(d["train_ms_per_step"])

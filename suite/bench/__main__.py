@@ -1,6 +1,7 @@
 """`python -m suite.bench`: training steps side by side (ours, plain PyTorch, the textbook BBB, the
 peers), the per-kernel breakdown, dense vs sparse inference, the speed targets; prints the tables and
-writes them as JSON. Method and figures: docs/performance.md."""
+writes them as JSON, with the machine they ran on. `--processes N` instead times the per-kernel table
+in N fresh processes. Method and figures: docs/performance.md."""
 from __future__ import annotations
 
 import argparse
@@ -11,14 +12,15 @@ from pathlib import Path
 import torch
 
 from .. import latency
-from ..data import default_data_dir, ensure, load_arrays
+from ..data import default_data_dir
 from ..fpmode import flush_denormals
 from .inference import inference, isolation
 from .kernels import breakdown, print_breakdown
-from .machine import cpu_info
+from .machine import describe, header
 from .peers import INSTALL, missing_peers, peer_steps
+from .processes import in_processes, print_spread, spread
 from .race import race
-from .steps import loader_batches, ours, plain_sgd, tensor_batches, tutorial_bbb
+from .steps import loader_batches, mnist, ours, plain_sgd, tensor_batches, tutorial_bbb
 from .targets import speed_targets
 
 
@@ -33,14 +35,17 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", default="bench_results/bench.json", help="where to write the results")
     ap.add_argument("--isolation", action="store_true",
                     help="also measure whether concurrent trials' latency phases disturb each other (with/without the node lock)")
+    ap.add_argument("--processes", type=processes, default=None, metavar="N",
+                    help="instead, time the per-kernel table in N >= 2 fresh processes, one after another, "
+                         "and report each kernel's median and range over them")
     return ap
 
 
-def mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST's 60k training images as float [60000, 784] in [0, 1] and int64 labels."""
-    ensure("mnist", root)
-    a = load_arrays("mnist", root)
-    return torch.tensor(a.x_train, dtype=torch.float32).reshape(60000, -1) / 255, torch.tensor(a.y_train, dtype=torch.int64)
+def processes(value: str) -> int:
+    n = int(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{n}: a range over processes needs at least 2 (e.g. --processes 5)")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    if args.processes:
+        return main_processes(args, root)
     x, y = mnist(root)
     s = args.samples
     for peer, why in missing_peers().items():
@@ -64,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     peers, missing = peer_steps(tensor_batches(x, y), s)
     contenders.update(peers)
-    cpu, load = {**cpu_info(), "denormals_flushed": flushed}, [os.getloadavg()[0]]
-    print(f"torch {torch.__version__} on {cpu['cpu_model']} ({cpu['vector_isa']}, {cpu['cores']} cores), "
-          f"{cpu['threads']} threads; load average {load[0]:.1f}; {len(contenders)} contenders x "
-          f"{args.rounds} rounds x {args.steps} steps")
+    cpu, load = {**describe(), "denormals_flushed": flushed}, [os.getloadavg()[0]]
+    print(header(cpu))
+    print(f"load average {load[0]:.1f}; {len(contenders)} contenders x {args.rounds} rounds x {args.steps} steps")
     steps = race(contenders, args.rounds, args.steps, warmup=10)
     base = steps["ours SGD"]
     print(f"\n{'training step (batch 100, 784-500-500-10)':44} {'ms/step':>9} {'x ours SGD':>11}")
@@ -94,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"train_ms_per_step": steps, "kernel_breakdown": kernel_ms, "flagged_kernels": flagged,
                                "targets": targets, "inference_p90": inf, "latency_isolation": iso,
-                               **cpu, "load_average": load, "samples": s, "torch": torch.__version__,
-                               "not_measured": missing}, indent=1))
+                               **cpu, "load_average": load, "samples": s, "not_measured": missing}, indent=1))
     print(f"\nwrote {out}")
     ratios = [f"{t['name']} = {t['value']:.2f} (target {t['op']} {t['target']}: {'met' if t['met'] else 'NOT met'})"
               for t in targets]
@@ -105,6 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         ratios.append(f"peer targets not checked: {len(missing)} peer(s) not measured ({INSTALL})")
     print("RATIOS: " + "; ".join(ratios))
+    return 0
+
+
+def main_processes(args: argparse.Namespace, root: Path) -> int:
+    """--processes N: the per-kernel table in N fresh processes; median and range of each kernel."""
+    machine, load = describe(), [os.getloadavg()[0]]
+    print(header(machine))
+    print(f"load average {load[0]:.1f}; per-kernel table in {args.processes} fresh processes x {args.rounds} rounds "
+          f"x {args.steps} steps")
+    sp = spread(in_processes(args.processes, root, args.rounds, args.steps, args.threads))
+    varies = print_spread(sp, args.processes)
+    load.append(os.getloadavg()[0])
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"kernel_processes": sp, "varying_kernels": varies, "processes": args.processes,
+                               "rounds": args.rounds, "steps": args.steps, **machine, "load_average": load}, indent=1))
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrialConfig
+from ..data import ensure, load_arrays
 from ..methods import build as build_model
 from ..train import make_optimizer
 
@@ -18,6 +19,13 @@ B, LR = 100, 1e-4
 PRIOR = (0.5, 1.0, math.exp(-6))  # BBB's scale-mixture prior (pi, sigma1, sigma2), the suite's default
 Step = Callable[[], None]
 Batches = Callable[[], tuple]
+
+
+def mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's 60k training images as float [60000, 784] in [0, 1] and their int64 labels."""
+    ensure("mnist", root)
+    a = load_arrays("mnist", root)
+    return torch.tensor(a.x_train, dtype=torch.float32).reshape(60000, -1) / 255, torch.tensor(a.y_train, dtype=torch.int64)
 
 
 def ours_model(method: str, samples: int = 1, compile: bool = True):
