@@ -166,8 +166,14 @@ def test_spread_over_processes_gives_median_and_range_and_marks_what_varies():
     assert processes.varying(sp) == ["BBB/sample+KL fwd"]
 
 
+def test_a_busy_machine_is_named_in_a_warning():
+    assert cli.load_warning(1.9, 2) == "" and cli.load_warning(0.5, None) == ""
+    assert cli.load_warning(2.0, 2).startswith("WARNING: load average 2.0 on 2 cores")
+
+
 def test_processes_mode_writes_the_spread_and_the_machine(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "in_processes", lambda n, *a: [_table(5.5, 0.9), _table(5.4, 1.8)][:n])
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
     out = tmp_path / "p.json"
     assert cli.main(["--processes", "2", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
@@ -175,7 +181,8 @@ def test_processes_mode_writes_the_spread_and_the_machine(tmp_path, monkeypatch,
     assert d["kernel_processes"]["BBB"]["sample+KL fwd"]["ms"] == [0.9, 1.8]
     assert {"cpu_family", "cpu_model_number", "cpu_stepping", "cpu_flags", "inductor_vec_isa", "cxx_version",
             "vector_isa", "torch", "load_average"} <= set(d)
-    assert "<-- varies" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "<-- varies" in printed and "WARNING: load average 99.0" in printed
 
 
 @pytest.mark.slow

@@ -48,6 +48,15 @@ def processes(value: str) -> int:
     return n
 
 
+def load_warning(load: float, cores: int | None) -> str:
+    """A line to print when the machine is busy (load average >= cores): then every timing varies with
+    the neighbours' load, and neither the ratios nor a spread over processes mean much."""
+    if cores and load >= cores:
+        return (f"WARNING: load average {load:.1f} on {cores} cores: other work competes for the cores, "
+                "so these timings measure it too; rerun on a quiet machine")
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flushed = flush_denormals()  # as trials train (suite/fpmode.py): every contender gets it
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu, load = {**describe(), "denormals_flushed": flushed}, [os.getloadavg()[0]]
     print(header(cpu))
     print(f"load average {load[0]:.1f}; {len(contenders)} contenders x {args.rounds} rounds x {args.steps} steps")
+    if warning := load_warning(load[0], cpu["cores"]):
+        print(warning)
     steps = race(contenders, args.rounds, args.steps, warmup=10)
     base = steps["ours SGD"]
     print(f"\n{'training step (batch 100, 784-500-500-10)':44} {'ms/step':>9} {'x ours SGD':>11}")
@@ -119,6 +130,8 @@ def main_processes(args: argparse.Namespace, root: Path) -> int:
     print(header(machine))
     print(f"load average {load[0]:.1f}; per-kernel table in {args.processes} fresh processes x {args.rounds} rounds "
           f"x {args.steps} steps")
+    if warning := load_warning(load[0], machine["cores"]):
+        print(warning)
     sp = spread(in_processes(args.processes, root, args.rounds, args.steps, args.threads))
     varies = print_spread(sp, args.processes)
     load.append(os.getloadavg()[0])
