@@ -1,12 +1,9 @@
 """The CPU's floating-point mode for training: subnormal ("denormal") floats flushed to zero.
 
-Why: an x86 core handles an operation with a subnormal input or result (|x| < 1.2e-38 in float32)
-in a microcode assist, 100x or more slower than the normal path on Intel cores (AMD's Zen cores
-pay far less). A fitted MLP makes them: gradients of confident predictions underflow, and the
-matmuls then carry them. Measured on an Intel Xeon (AVX-512), tuned SGD on MNIST, 1 thread: the
-training step went 2.9 -> 5.9 -> 17.4 -> 22.7 ms over epochs 1-6 (the first two epochs fast, then
-7.8x slower); with subnormals flushed it stayed at 2.9 ms. On an AMD EPYC (Zen 3) the same grid
-ran at its normal speed. Flushing changes only values below 1.2e-38, which no result here depends on.
+Why: an Intel core handles an operation on a subnormal (|x| < 1.2e-38 in float32) in a microcode
+assist, 100x or more slower than the normal path, and a fitted MLP makes them (gradients of confident
+predictions underflow, and the matmuls carry them on), so training slows down as it converges
+(docs/performance.md). Flushing changes only values below 1.2e-38, which no result here depends on.
 
 FTZ/DAZ live in each thread's MXCSR register. torch.set_flush_denormal sets the calling thread's;
 threads created afterwards inherit it, threads that already exist (torch's intra-op OpenMP pool,

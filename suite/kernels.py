@@ -35,17 +35,12 @@ class Prior:
         return math.log(weight) - math.log(s) - 0.5 * LOG_2PI - w * w / (2 * s * s)
 
 
-# Transcendentals. Sleef's vector exp, log and log1p (which torch.exp / torch.log / torch.log1p and
-# inductor call) vary most across CPUs: log1p measured 12x slower than log on an AVX-512 EPYC (issue
-# 12); in the fused forward on an AVX2 EPYC the two logs took 43 % of the time; and on a Xeon (AVX-512)
-# each Sleef call spills every vector register around it and the fused forward ran at 1.4 or 2.8 ms
-# from one process to the next. The functions below are plain float32 arithmetic that inductor
-# inlines and vectorises on every ISA, and they evaluate polynomials by Estrin's scheme (a few
-# independent multiply-adds per level instead of one long Horner chain of dependent ones).
-# Coefficients: least-squares fits on Chebyshev nodes in float64 (our own, error stated at each).
-# They run only under torch.compile: in eager mode each of their ~20 operations is a pass over memory,
-# so there torch's own function (one pass) is faster, and float64 (tests) always takes torch's.
-# Accuracy of both paths against float64: tests/test_kernels.py.
+# Transcendentals as plain float32 arithmetic that inductor inlines and vectorises on every ISA,
+# instead of calls into Sleef's vector exp / log / log1p, whose speed varies most across CPUs
+# (docs/performance.md). Polynomials by Estrin's scheme (short independent multiply-add chains);
+# coefficients are our own least-squares fits on Chebyshev nodes in float64, error stated at each.
+# Compiled float32 only: in eager mode each of their ~20 operations is a pass over memory, so torch's
+# own function (one pass) is used there, and for float64. Accuracy of both paths: tests/test_kernels.py.
 _LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = hi + lo, hi exact in 16 bits
 # e^r on |r| <= ln2 / 2, degree 6: relative error 1.9e-9
 _EXP_C = (1.0000000005920209, 1.0000000361258996, 0.4999999149303672, 0.1666642083211891,
@@ -85,10 +80,8 @@ def exp32(x: Tensor, normal: bool = False) -> Tensor:
     bits. By default every x is handled: 2^k is applied as two exact powers 2^(k//2) 2^(k - k//2), so
     results in float32's subnormal range round once, as they should; x <= -110 gives 0 (below -103.97,
     e^x is under half the smallest subnormal, 2^-150), x >= 89 gives inf. normal=True is for callers
-    whose x is known to lie in [-87, 88] (a normal result): no clamp, one power of 2 (BBB's forward
-    1.00-1.03 -> 0.90-0.95 ms on a Xeon, three processes each). The clamp stays torch.clamp: written
-    as compare-and-select (torch.where), which saves instructions on paper, the whole forward ran
-    1.5-2.0 ms instead of 0.9-1.0."""
+    whose x is known to lie in [-87, 88] (a normal result): no clamp, one power of 2, fewer operations.
+    Keep the clamp a torch.clamp: the same values as torch.where compiled to a much slower kernel."""
     if not _inline(x):
         return torch.exp(x)
     if not normal:
@@ -152,26 +145,18 @@ def softplus(rho: Tensor) -> Tensor:
 def _kl_forward(mu: Tensor, rho: Tensor, eps: Tensor, k1: float, k2: float, c1: float, c2: float):
     """w = mu + softplus(rho) * eps [P] and the KL estimate at w (scalar); also what backward needs.
 
-    KL estimate (Blundell eq. 2, one sample): log q(w) - log P(w). For E_q[log q] we use the
-    closed-form Gaussian entropy, -sum(log sigma) - P/2 (1 + log 2pi), instead of log q(w) at the
-    sample. Why: with w = mu + sigma*eps, log q(w) = -sum(log sigma) - sum(eps^2)/2 - P/2 log 2pi,
-    whose eps^2 part has zero gradient, so the gradient Adam sees is identical; the value only
-    loses the zero-mean noise -sum(eps^2 - 1)/2, and we skip a pass over all weights.
-    Prior: log P(w) = logaddexp(a1, a2), a_k = c_k - k_k w^2 - log(2pi)/2 with c_k = log(pi_k / s_k),
-    k_k = 1 / (2 s_k^2) (Blundell eq. 7), computed as a1 + log(1 + e), e = exp(a2 - a1) [P].
-    a2 - a1 <= c2 - c1 (<= 80, BBBParams.check), so e never overflows; the lower clamp keeps exp out
-    of the denormal range (measured 10x slower on x86) and changes log P by < P * 2e-35, far below
-    float32 resolution; e's argument is then in [-80, 80], where exp32's result is a normal float.
-    The two logs, -log sigma and -log(1 + e), are taken as one, log(sigma (1 + e)), and it needs no
-    log1p: where 1 + e rounds to 1 (e < 6e-8) the lost e is below float32 resolution of log sigma.
-    Divisions (the slowest vector instruction, and a shared unit) are three: softplus_sigmoid's one,
-    sigmoid / sigma, and one reciprocal 1 / ((2 + f)(1 + e)) that gives both the log's f / (2 + f) and
-    e / (1 + e) (_log_and_ratio).
-
-    The gradient is computed here, not in backward, because it shares e, 1 + e and the sigmoid:
-    d = dKL/dw = 2 w (k1 (1 - r) + k2 r), r = e / (1 + e) the narrow component's responsibility [P],
-    and dsigma/drho = sigmoid(rho) [P], saved times eps and divided by sigma (the entropy's -1/sigma) [P].
-    Pruned weights (rho = -inf) give KL = inf: a point mass has no density; they are not trained.
+    KL (Blundell et al. 2015, eq. 2, one sample): log q(w) - log P(w), with E_q[log q] taken as the
+    closed-form Gaussian entropy -sum(log sigma) - P/2 (1 + log 2pi): the same gradient as log q(w)
+    (its eps^2 term has none), minus a zero-mean term in the value, one pass fewer.
+    Prior (eq. 7): log P(w) = a1 + log(1 + e), a_k = c_k - k_k w^2 - log(2pi)/2, e = exp(a2 - a1).
+    a2 - a1 <= c2 - c1 <= 80 (BBBParams.check) and is clamped at -80, so e is a normal float (no
+    overflow, no slow subnormals); the clamp changes log P by < P * 2e-35. -log sigma - log(1 + e) is
+    one log, log(sigma (1 + e)), without log1p: where 1 + e rounds to 1 the lost e is below float32
+    resolution of log sigma. Three divisions: softplus_sigmoid's, sigmoid / sigma, and one reciprocal
+    shared by the log and e / (1 + e) (_log_and_ratio).
+    The gradient is formed here, where it shares e, 1 + e and the sigmoid: dKL/dw = 2 w (k1 (1 - r) +
+    k2 r), r = e / (1 + e) [P]; eps * sigmoid(rho) and sigmoid(rho) / sigma are saved for backward.
+    A pruned weight (rho = -inf) gives KL = inf: a point mass has no density; it is not trained.
     """
     n = mu.numel()
     sigma, sig = softplus_sigmoid(rho)
@@ -199,22 +184,16 @@ def _log_and_ratio(x: Tensor, e: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 def _kl_backward(g_w: Tensor, g_kl: Tensor, d: Tensor, eps_sig: Tensor, sig_over_sigma: Tensor):
     """Gradients of (w, KL) w.r.t. (mu, rho): two multiply-adds per weight, no transcendental.
     d/dmu = g_w + g_kl d; d/drho = (d/dmu * eps - g_kl / sigma) * sigmoid(rho), from eps * sigmoid
-    and sigmoid / sigma saved by the forward: 4 streams read, 2 written (in a real step they come
-    from memory, not cache, so each stream costs)."""
+    and sigmoid / sigma saved by the forward: 4 streams read, 2 written (memory-bound)."""
     g_mu = g_w + g_kl * d
     return g_mu, g_mu * eps_sig - g_kl * sig_over_sigma
 
 
-# Threefry4x32-20 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", sec. 3.2; the
-# Random123 reference, and the family of JAX's default generator): a counter-based generator, a pure
-# function of (counter, key), so torch.compile fuses it into one parallel, vectorised loop (torch's CPU
-# normal_ is one sequential mt19937 stream). It is add, rotate and xor only on 32-bit words: int32 lanes
-# on every x86 vector ISA (8 per AVX2 instruction, 16 per AVX-512). It replaced Philox4x32-10, whose 32 x
-# 32 -> 64-bit multiplies have no int32 vector instruction and took 5 vpmulld each (2 micro-ops, 10
-# cycles latency on Intel): on a Xeon (AVX-512) the noise kernel went 0.89 -> 0.54 ms for 648k normals
-# (`python -m suite.bench` medians).
-# 20 rounds is Random123's default: a safety margin over the fewest rounds that pass TestU01's
-# BigCrush (Salmon et al., Table 2).
+# Threefry4x32-20 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", sec. 3.2): a
+# counter-based generator, a pure function of (counter, key), so torch.compile fuses it into one
+# parallel loop (torch's CPU normal_ is one sequential mt19937 stream). Add / rotate / xor on int32
+# lanes vectorise on every x86 ISA, where Philox's 32 x 32 -> 64-bit multiply does not. 20 rounds is
+# Random123's default, a safety margin over the fewest that pass BigCrush (Salmon et al., Table 2).
 _ROT = ((10, 26), (11, 21), (13, 27), (23, 5), (6, 20), (17, 11), (25, 10), (18, 20))  # R_{d,j} for 4 x 32
 _PARITY = 0x1BD11BDA  # Skein's key-schedule parity constant (Threefish, 32-bit words)
 
@@ -284,14 +263,12 @@ def normal_noise(n: int, key: Tensor) -> Tensor:
 
 
 # The ~90 elementwise operations of the sample + KL and the ~300 integer ones of Threefry are op-bound in
-# eager mode; torch.compile fuses each function into one vectorised loop (`python -m suite.bench` times
-# each kernel against a plain exp pass over the same floats). The eager path computes the same
-# formulas with torch's exp / log / log1p / cos / sin in place of the inlined ones, only slower, so
-# `compile` never changes a result beyond float rounding (a few ulps; tests/test_kernels.py).
+# eager mode; torch.compile fuses each function into one vectorised loop. The eager path computes the
+# same formulas with torch's exp / log / log1p / cos / sin in place of the inlined ones, so `compile`
+# never changes a result beyond float rounding (a few ulps; tests/test_kernels.py).
 _KERNELS = {False: (_kl_forward, _kl_backward, normal_noise)}
-# Inductor builds its C++ without floating-point contraction, so each a * b + c above is a multiply
-# and an add, two roundings and two dependent instructions; contracted into one FMA (every x86 CPU
-# with AVX2 has it) the fused forward ran 18 % and the noise 10 % faster on a Xeon (AVX-512).
+# Inductor builds its C++ without floating-point contraction: each a * b + c above would be two
+# roundings and two dependent instructions instead of one FMA (every x86 CPU with AVX2 has it).
 _CPU_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 

@@ -56,7 +56,7 @@ class BBB(Method):
     Params = BBBParams
     scores = ("snr", "magnitude")
     has_kl = has_mc = compiled_kernels = True
-    weight_noise = "threefry4x32-20"  # Philox4x32-10 before 2026-12 (runs without this tag)
+    weight_noise = "threefry4x32-20"
     color = "#d62728"
     order = 10.0
 
@@ -92,8 +92,8 @@ class BBB(Method):
                 w = torch.zeros_like(self.mu).index_copy(0, idx, w)  # [P], exact zeros where pruned
             nlls.append(F.cross_entropy(self(x, w), y))
             kls.append(kl_s)
-        # one sample (the default) takes no averaging ops: each scalar op is a node in forward and in
-        # backward; the four it saves were ~40 us of a 784-4-10 step (0.9 ms), a fixed cost SGD does not pay
+        # one sample (the default) skips stack + mean: each scalar op is a node in forward and in
+        # backward, a fixed cost per step that SGD does not pay
         nll, kl = (nlls[0], kls[0]) if len(nlls) == 1 else (torch.stack(nlls).mean(), torch.stack(kls).mean())
         kl = kl * (kl_weight / len(x))
         return nll + kl, nll, kl

@@ -47,9 +47,9 @@ class SparseVDParams(KLParams):
 
 def neg_kl_approx(log_alpha: Tensor) -> Tensor:
     """Elementwise -KL(q(w) || p(w)) of the log-uniform prior (Molchanov et al. 2017, eq. 14), for
-    log alpha clipped to [-8, 8]. log1p(e^-x) is written log(1 + e^-x): log1p has no vector path on
-    some x86 CPUs (10x slower), and within the clip range (e^-x >= 3e-4) the rounding of 1 + e^-x
-    costs at most 6e-8 in absolute terms, far below the approximation's own 0.009."""
+    log alpha clipped to [-8, 8]. log1p(e^-x) is written log(1 + e^-x): log1p is slow on some x86
+    CPUs, and within the clip range (e^-x >= 3e-4) the rounding of 1 + e^-x costs at most 6e-8 in
+    absolute terms, far below the approximation's own 0.009."""
     return K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * torch.log(1 + torch.exp(-log_alpha)) - K1
 
 
@@ -59,8 +59,7 @@ def _vd_forward(theta: Tensor, log_sigma2: Tensor, in_kl: Tensor):
     in_kl, and what the backward needs. Transcendentals: one exp, t = e^-|la|, gives alpha, softplus(-la)
     and sigmoid(-la); a second exp gives the KL's sigmoid; two logs. exp32 and log32 are inlined and
     vectorised under torch.compile (torch's own in eager mode). `live` is returned as a float 0/1
-    mask, not a bool: inductor's CPU code stores a bool output slowly (measured: the whole kernel
-    11.0 -> 5.5 ms on 648k weights, same numbers)."""
+    mask, not a bool: inductor's CPU code stores a bool output slowly (docs/performance.md)."""
     t2 = theta * theta
     raw = log_sigma2 - log32(t2 + 1e-8)
     la = raw.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)  # so both exp32 arguments below give normal floats
@@ -92,8 +91,8 @@ def _vd_backward(g_var: Tensor, g_kl: Tensor, theta: Tensor, var: Tensor, alpha:
 
 
 # ~30 elementwise passes over every weight each way: torch.compile fuses each function into one loop.
-# The eager path computes the same formulas (only slower; torch's exp and log in place of the
-# inlined ones), so `compile` never changes a result beyond float rounding.
+# The eager path computes the same formulas (torch's exp and log in place of the inlined ones), so
+# `compile` never changes a result beyond float rounding.
 _TERMS = {False: (_vd_forward, _vd_backward)}
 
 

@@ -1,0 +1,221 @@
+"""python -m suite.bench: its CLI, the side-by-side timing, the per-kernel table, the targets, the
+peers' absence, the inference model, and (slow) one tiny run end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from suite import latency
+from suite.bench import __main__ as cli
+from suite.bench import inference, kernels, machine, peers, processes, race, targets
+
+# /proc/cpuinfo of a 2-core KVM guest (the machine of docs/performance.md), trimmed: two processors
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 amx_tile amx_bf16 avx_vnni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Some Other Processor
+stepping\t: 8
+flags\t\t: fpu sse2
+"""
+# an Arm core: no vendor_id / family / model name, features instead of flags
+ARM = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes sve
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
+
+def test_cli_defaults_and_a_removed_flag_is_an_error():
+    args = cli.parser().parse_args([])
+    assert (args.rounds, args.steps, args.samples, args.threads, args.isolation, args.processes) == (
+        15, 15, 1, None, False, None)
+    assert args.json == "bench_results/bench.json"
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--batched-seeds"])
+
+
+def test_processes_below_two_is_one_clear_error(capsys):
+    assert cli.parser().parse_args(["--processes", "3"]).processes == 3
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--processes", "1"])
+    assert "--processes: 1: a range over processes needs at least 2" in capsys.readouterr().err
+
+
+def test_cpuinfo_gives_the_first_processors_identity_and_its_vector_flags():
+    cpu = machine.parse_cpuinfo(XEON)
+    assert cpu == {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_vendor": "GenuineIntel", "cpu_family": 6,
+                   "cpu_model_number": 207, "cpu_stepping": 2, "avx512f": True,
+                   "cpu_flags": ["amx_bf16", "amx_tile", "avx512_bf16", "avx512bw", "avx512dq", "avx512f", "avx512vl"]}
+
+
+def test_cpuinfo_of_other_platforms_degrades_to_unknown_fields():
+    blank = {"cpu_model": "unknown", "cpu_vendor": None, "cpu_family": None, "cpu_model_number": None,
+             "cpu_stepping": None, "avx512f": False, "cpu_flags": []}
+    assert machine.parse_cpuinfo(ARM) == blank
+    assert machine.parse_cpuinfo("") == blank
+
+
+def test_machine_description_names_the_isas_compiler_and_torch():
+    m = machine.describe(XEON)
+    assert (m["cpu_family"], m["cpu_model_number"], m["cpu_stepping"]) == (6, 207, 2)
+    assert m["vector_isa"] == torch.backends.cpu.get_cpu_capability() and m["torch"] == torch.__version__
+    bits = {"AVX512": 512, "AVX2": 256}.get(m["vector_isa"])  # inductor follows torch's dispatch by default
+    if bits is not None:
+        assert m["inductor_vec_bits"] == bits and m["inductor_arch_flags"]
+    assert m["cxx"] is None or m["cxx_version"]
+    text = machine.header(m)
+    assert "(GenuineIntel family 6 model 207 stepping 2)" in text and "amx_tile" in text
+    assert "no AVX-512 / AMX" in machine.header({**m, "cpu_flags": []})
+
+
+def test_race_interleaves_rounds_and_reports_each_contenders_median(monkeypatch):
+    """A fake clock that each contender advances by its own durations: the medians are known by hand,
+    and the call order shows the rounds interleave after the warm-up."""
+    clock, calls = [0.0], []
+    durations = {"a": iter([9, 0.001, 0.003, 0.002, 0.010]), "b": iter([9, 0.005, 0.004, 0.006, 0.020])}  # warm-up first
+
+    def contender(name):
+        def fn():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return fn
+    monkeypatch.setattr(race.time, "perf_counter", lambda: clock[0])
+    ms = race.race({"a": contender("a"), "b": contender("b")}, rounds=2, steps=2, warmup=1)
+    assert calls == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
+    assert ms["a"] == pytest.approx(1000 * (0.002 + 0.003) / 2)  # median of 1, 3, 2, 10 ms
+    assert ms["b"] == pytest.approx(1000 * (0.005 + 0.006) / 2)  # median of 4, 5, 6, 20 ms
+
+
+def test_breakdown_covers_each_method_and_its_parts_add_up_to_the_step():
+    """One round of the per-kernel table on random data: every method's kernels plus "other" add up
+    to its step, shares are of the step, and the exp pass is the unit."""
+    torch.manual_seed(0)
+    x, y = torch.rand(300, 784), torch.randint(0, 10, (300,))
+    bd = kernels.breakdown(x, y, rounds=1, steps=2)
+    assert set(bd["BBB"]) == {"noise", "sample+KL fwd", "sample+KL bwd", "matmuls fwd", "matmuls bwd",
+                              "optimizer", "other", "step"}
+    assert set(bd["Sparse VD"]) == {"terms fwd", "terms bwd", "matmuls fwd", "matmuls bwd", "optimizer", "other", "step"}
+    assert set(bd["SGD"]) == {"matmuls fwd", "matmuls bwd", "optimizer", "other", "step"}
+    exp_ms = bd["ref"]["exp pass"]["ms"]
+    for method in ("SGD", "BBB", "Sparse VD"):
+        parts = bd[method]
+        assert abs(sum(v["ms"] for k, v in parts.items() if k != "step") - parts["step"]["ms"]) < 1e-9
+        for v in parts.values():
+            assert v["share"] == pytest.approx(v["ms"] / parts["step"]["ms"])
+            assert v["x_exp"] == pytest.approx(v["ms"] / exp_ms)
+    assert bd["ref"]["exp pass"]["x_exp"] == 1.0 and bd["ref"]["log pass"]["share"] is None
+
+
+def test_only_elementwise_kernels_above_the_threshold_are_flagged():
+    row = lambda x: {"ms": x, "share": None, "x_exp": x}  # noqa: E731
+    bd = {"BBB": {"noise": row(8.5), "sample+KL fwd": row(7.9), "matmuls fwd": row(30.0), "other": row(12.0),
+                  "step": row(60.0)}}
+    assert kernels.flagged(bd) == ["BBB/noise"]
+
+
+def test_speed_targets_are_checked_by_hand_values_and_skip_unmeasured_peers():
+    t = targets.speed_targets({"ours SGD": 1.0, "ours BBB (1 sample)": 1.9, "ours Sparse VD": 2.6,
+                               "BLiTZ BBB (1 sample)": 7.0}, 1)
+    assert [(d["name"], d["met"]) for d in t] == [("ours BBB / ours SGD", True), ("ours Sparse VD / ours SGD", False),
+                                                  ("BLiTZ BBB / ours BBB", False)]
+    assert t[2]["value"] == pytest.approx(7.0 / 1.9)
+    t2 = targets.speed_targets({"ours SGD": 2.0, "ours BBB (2 sample)": 4.0, "ours Sparse VD": 5.0,
+                                "bayesian-torch BBB (2 sample)": 10.0}, 2)
+    assert [(d["name"], d["value"], d["met"]) for d in t2][-1] == ("bayesian-torch BBB / ours BBB", 2.5, True)
+
+
+def test_missing_peers_are_named_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    assert set(peers.missing_peers()) == {"BLiTZ", "bayesian-torch"}
+    steps, missing = peers.peer_steps(lambda: None, 1)
+    assert steps == {}
+    assert len(missing) == 2 and all(".[bench]" in line for line in missing)
+    assert missing[0].startswith("BLiTZ BBB (1 sample): blitz-bayesian-pytorch is not installed")
+
+
+def test_the_inference_model_is_pruned_to_exactly_90_percent_of_its_weights():
+    model = inference.pruned_mlp()
+    weights = model.theta.detach()[model.weight_entries()]
+    assert int((weights == 0).sum()) == round(0.9 * weights.numel())
+
+
+def _table(step_ms: float, fwd_ms: float) -> dict:
+    return {"BBB": {"sample+KL fwd": {"ms": fwd_ms, "share": None, "x_exp": 1.0},
+                    "other": {"ms": 0.0, "share": None, "x_exp": 0.0},
+                    "step": {"ms": step_ms, "share": 1.0, "x_exp": 1.0}}}
+
+
+def test_spread_over_processes_gives_median_and_range_and_marks_what_varies():
+    sp = processes.spread([_table(5.5, 0.9), _table(5.4, 1.8), _table(5.6, 1.0)])
+    fwd, step = sp["BBB"]["sample+KL fwd"], sp["BBB"]["step"]
+    assert (fwd["median_ms"], fwd["min_ms"], fwd["max_ms"], fwd["max_over_min"]) == (1.0, 0.9, 1.8, 2.0)
+    assert step["median_ms"] == 5.5 and step["max_over_min"] == pytest.approx(5.6 / 5.4)
+    assert sp["BBB"]["other"]["max_over_min"] is None  # 0 ms: no ratio
+    assert processes.varying(sp) == ["BBB/sample+KL fwd"]
+
+
+def test_a_busy_machine_is_named_in_a_warning():
+    assert cli.load_warning(1.9, 2) == "" and cli.load_warning(0.5, None) == ""
+    assert cli.load_warning(2.0, 2).startswith("WARNING: load average 2.0 on 2 cores")
+
+
+def test_processes_mode_writes_the_spread_and_the_machine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "in_processes", lambda n, *a: [_table(5.5, 0.9), _table(5.4, 1.8)][:n])
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    out = tmp_path / "p.json"
+    assert cli.main(["--processes", "2", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["processes"] == 2 and d["varying_kernels"] == ["BBB/sample+KL fwd"]
+    assert d["kernel_processes"]["BBB"]["sample+KL fwd"]["ms"] == [0.9, 1.8]
+    assert {"cpu_family", "cpu_model_number", "cpu_stepping", "cpu_flags", "inductor_vec_isa", "cxx_version",
+            "vector_isa", "torch", "load_average"} <= set(d)
+    printed = capsys.readouterr().out
+    assert "<-- varies" in printed and "WARNING: load average 99.0" in printed
+
+
+@pytest.mark.slow
+def test_the_kernel_table_runs_in_fresh_processes():
+    tables = processes.in_processes(2, None, rounds=1, steps=1, threads=1)
+    assert len(tables) == 2 and all(set(t) == {"SGD", "BBB", "Sparse VD", "ref"} for t in tables)
+    assert processes.spread(tables)["BBB"]["noise"]["ms"] == [t["BBB"]["noise"]["ms"] for t in tables]
+
+
+@pytest.mark.timeout(120)
+def test_measure_without_the_lock_does_not_wait_for_it():
+    """While this process holds the node's latency lock, measure(lock=False) still completes (with
+    the lock it would wait for itself: flock locks belong to each open file)."""
+    with latency.exclusive():
+        m, info = latency.measure(inference.pruned_mlp(), torch.rand(1000, 784), "p90", lock=False)
+    assert set(info) == {f"sparse_format_b{b}_p90" for b in latency.BATCHES}
+    assert all(m[f"latency_sparse_b{b}_ms_p90"] > 0 for b in latency.BATCHES)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_every_section_of_the_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["--rounds", "1", "--steps", "1", "--threads", "1", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert {"train_ms_per_step", "kernel_breakdown", "flagged_kernels", "targets", "inference_p90",
+            "latency_isolation", "cpu_model", "vector_isa", "avx512f", "cores", "threads", "denormals_flushed",
+            "load_average", "samples", "torch", "not_measured", "cpu_family", "cpu_model_number", "cpu_stepping",
+            "cpu_flags", "inductor_vec_isa", "cxx", "cxx_version"} <= set(d)
+    assert {"ours SGD", "ours BBB (1 sample)", "ours BBB eager (1 sample)", "ours Sparse VD",
+            "plain SGD (tensor loop)", "plain SGD (DataLoader)",
+            "tutorial BBB (DataLoader, 1 sample)"} <= set(d["train_ms_per_step"])
+    measured_peers = [k for k in d["train_ms_per_step"] if k.startswith(("BLiTZ", "bayesian-torch"))]
+    assert len(measured_peers) + len(d["not_measured"]) == 2  # each peer is measured or says why not
+    assert d["threads"] == 1 and d["samples"] == 1
+    printed = capsys.readouterr().out
+    assert "RATIOS: ours BBB / ours SGD = " in printed
