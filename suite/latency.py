@@ -115,7 +115,7 @@ def measure(model: Method, x: Tensor, tag: str, mc_samples: int = 0,
     """Latency and size metrics for one pruned model; x: [>=1000, 784] inputs on the model's device.
     mc_samples > 0 (BBB) also times the Monte Carlo ensemble prediction (latency_mc_bB_ms_tag).
     lock: hold the node's latency lock (`exclusive`) while timing; False only to measure what it prevents.
-    Returns (metrics named as in the README's metric table with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
+    Returns (metrics named as in docs/mlflow.md's metric table with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
     with exclusive() if lock else contextlib.nullcontext():
         return _measure(model, x, tag, mc_samples)
 

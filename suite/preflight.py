@@ -77,10 +77,10 @@ def check_ray_address(address: str, timeout: float = TIMEOUT_S) -> None:
     """The cluster's GCS port must accept a connection (ray.init would retry it forever)."""
     if address.startswith("ray://"):
         raise PreflightError(f"--address {address}: Ray Client mode is not supported; run the sweep on the cluster "
-                             "with `ray job submit ... -- python -m suite.run --address auto ...` (README, Cluster).")
+                             "with `ray job submit ... -- python -m suite.run --address auto ...` (docs/clusters.md).")
     if address.startswith(("http://", "https://")):
         raise PreflightError(f"--address {address} is a dashboard / job-submission URL: give the cluster's GCS "
-                             "address (host:6379), or auto on a cluster node, or use it with `ray job submit` (README, Cluster).")
+                             "address (host:6379), or auto on a cluster node, or use `ray job submit` (docs/clusters.md).")
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address
         try:  # $RAY_ADDRESS, else the cluster `ray start` recorded on this machine

@@ -49,7 +49,7 @@ def make_layout(sizes: list[int]) -> list[Segment]:
 @dataclass(frozen=True)
 class Params:
     """A method's own settings (none here). Subclasses: one field per setting, each with a one-line
-    docstring below it (it becomes --help and the README's field table), and a check() for ranges."""
+    docstring below it (it becomes --help and docs/fields.md's field table), and a check() for ranges."""
 
     def check(self, fail) -> None:
         """Range checks; fail(field, value, allowed) raises the ConfigError."""

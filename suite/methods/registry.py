@@ -11,7 +11,7 @@ def register(cls: type[Method]) -> type[Method]:
     if cls.name in METHODS and METHODS[cls.name] is not cls:
         raise ValueError(f"method {cls.name!r} is registered twice ({METHODS[cls.name].__qualname__}, {cls.__qualname__})")
     METHODS[cls.name] = cls
-    # listed (errors, --help, README) in the methods' own `order`, whatever order their files are imported in
+    # listed (errors, --help, docs/fields.md) in the methods' own `order`, whatever order their files are imported in
     ordered = sorted(METHODS.values(), key=lambda c: (c.order, c.name))
     METHODS.clear()
     METHODS.update({c.name: c for c in ordered})
