@@ -1,4 +1,4 @@
-"""`python -m suite.analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
+"""`python -m suite.analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow or a runs file.
 
     python -m suite.analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
     python -m suite.analysis.report --experiment tuned --against full     # + each method at both recipes

@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 META_KEY = b"bayes_prune_bench.runs"
 SCHEMA = pa.schema([("run_id", pa.string()), ("kind", pa.string()), ("key", pa.string()), ("text", pa.string()),
                     ("step", pa.int64()), ("timestamp", pa.int64()), ("value", pa.float64()), ("blob", pa.binary())])
+RUN_FIELDS = ("run_name", "status", "start_time", "end_time")   # the keys of `run` rows
 HOW = "write one with `python -m suite.analysis.results export --experiment NAME --out PATH`"
 
 
@@ -133,7 +134,7 @@ def read(path: Path) -> RunsExport:
     runs: dict[str, RunRecord] = {}
     for run_id, kind, key, text, step, ts, value, blob in zip(*pq.read_table(path).to_pydict().values()):
         r = runs.setdefault(run_id, RunRecord(run_id, "", "", None, None))
-        if kind == "run":
+        if kind == "run" and key in RUN_FIELDS:
             setattr(r, key, text if key in ("run_name", "status") else ts)
         elif kind == "tag":
             r.tags[key] = text
@@ -144,6 +145,6 @@ def read(path: Path) -> RunsExport:
         elif kind == "artifact":
             r.artifacts[key] = blob
         else:
-            raise FormatError(f"{path}: unknown row kind {kind!r} (run {run_id}); {HOW}.")
+            raise FormatError(f"{path}: unknown row {kind}/{key} (run {run_id}); {HOW}.")
     return RunsExport(meta["experiment"], list(runs.values()), meta.get("experiment_tags", {}),
                       meta.get("status_counts", {}), meta.get("searches", []))
