@@ -48,10 +48,16 @@ def export(uri: str, experiment: str, out) -> None:
     assert results.main(["export", "--experiment", experiment, "--tracking-uri", uri, "--out", str(out)]) == 0
 
 
-def test_the_file_holds_what_the_trials_produced(store):
-    root, uri, outcomes = store
+@pytest.fixture(scope="module")
+def tiny_file(store):
+    root, uri, _ = store
     export(uri, "tiny", root / "tiny.parquet")
-    data = runsfile.read(root / "tiny.parquet")
+    return root / "tiny.parquet"
+
+
+def test_the_file_holds_what_the_trials_produced(store, tiny_file):
+    _, _, outcomes = store
+    data = runsfile.read(tiny_file)
     n = len(outcomes) + 1
     assert data.experiment == "tiny" and data.status_counts == {"FINISHED": n, "FAILED": 1} and len(data.runs) == n
     for out in outcomes:
@@ -65,15 +71,14 @@ def test_the_file_holds_what_the_trials_produced(store):
         assert all(final[k] == pytest.approx(v) for k, v in out.metrics.items() if k not in per_epoch)
         assert run.history("val_acc") == [(e["epoch"], pytest.approx(e["val_acc"])) for e in out.history]
         assert set(run.artifacts) == set(out.artifacts)   # the histograms, never model.pt
-    assert (root / "tiny.parquet").stat().st_size < 100_000
+    assert tiny_file.stat().st_size < 100_000
 
 
-def test_report_from_the_file_equals_the_report_from_the_store(store):
+def test_report_from_the_file_equals_the_report_from_the_store(store, tiny_file):
     root, uri, _ = store
-    export(uri, "tiny", root / "tiny.parquet")
     a, b = root / "from-store", root / "from-file"
     assert report.main(["--experiment", "tiny", "--tracking-uri", uri, "--out", str(a)]) == 0
-    assert report.main(["--runs", str(root / "tiny.parquet"), "--out", str(b)]) == 0
+    assert report.main(["--runs", str(tiny_file), "--out", str(b)]) == 0
     assert "1 older duplicate" in (a / "report.md").read_text() and "FAILED 1" in (a / "report.md").read_text()
     assert (a / "report.md").read_bytes() == (b / "report.md").read_bytes()
     csvs = sorted(p.name for p in (a / "tables").glob("*.csv"))
@@ -110,7 +115,7 @@ def snapshot(uri: str, experiment: str) -> dict:
             for r in runs}
 
 
-def test_import_keeps_every_run_and_twice_adds_nothing(store, imported, capsys):
+def test_import_keeps_every_run_and_twice_adds_nothing(store, imported, tiny_file, capsys):
     root, uri, outcomes = store
     want = snapshot(uri, "half-a") | snapshot(uri, "half-b")
     assert snapshot(imported, "tiny") == want and len(want) == len(outcomes)
@@ -121,7 +126,7 @@ def test_import_keeps_every_run_and_twice_adds_nothing(store, imported, capsys):
     assert snapshot(imported, "tiny") == want
     # the file's older duplicate is not imported; a store is a source too
     other = f"sqlite:///{root / 'other.db'}"
-    assert results.main(["import", str(root / "tiny.parquet"), "--experiment", "t", "--tracking-uri", other]) == 0
+    assert results.main(["import", str(tiny_file), "--experiment", "t", "--tracking-uri", other]) == 0
     assert f"imported {len(outcomes)} runs" in capsys.readouterr().out
     assert results.main(["import", "--from-uri", uri, "--from-experiment", "half-a", "--experiment", "t",
                          "--tracking-uri", other]) == 0
@@ -139,10 +144,9 @@ def test_suite_run_counts_imported_points_finished(store, imported):
     assert f"{len(outcomes)} trials ({len(outcomes)} already finished)" in p.stdout
 
 
-def test_bad_input_is_one_clear_error_before_anything_is_written(store, tmp_path, capsys):
-    root, uri, _ = store
-    export(uri, "tiny", root / "tiny.parquet")
-    good = pq.read_table(root / "tiny.parquet")
+def test_bad_input_is_one_clear_error_before_anything_is_written(store, tiny_file, tmp_path, capsys):
+    _, uri, _ = store
+    good = pq.read_table(tiny_file)
     meta = json.loads(good.schema.metadata[runsfile.META_KEY])
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "plain.parquet")
     pq.write_table(good.replace_schema_metadata({runsfile.META_KEY: json.dumps(meta | {"schema_version": 99})}),
