@@ -1,3 +1,4 @@
-"""Read-only analysis over MLflow: tables, plots and the report.
+"""Analysis over MLflow: tables, plots and the report (read-only), and runs files, the experiments' results
+as data that outlive their store (results.py exports them and imports them back into a store).
 
 Imports nothing from the training code (suite.* outside suite.analysis), so a report needs no torch."""

@@ -1,5 +1,8 @@
-"""MLflow runs -> tidy pandas DataFrames. Read-only; imports nothing from the training code.
+"""MLflow runs, or a runs file exported from them -> tidy pandas DataFrames. Read-only; imports
+nothing from the training code.
 
+Two sources behind one interface (`Experiment.source`): an MLflow store (`load`), read on demand,
+and a runs file (`load_file`, see runsfile.py), read at once; the report cannot tell them apart.
 What a run *is* (its label, the order and colour of that label, whether it is the study's baseline,
 its pruning protocol) comes from its tags (the run-tag contract in ARCHITECTURE.md), never from
 method names known here. Every TrialConfig field is a param; they are kept as `param.<name>` columns
@@ -8,6 +11,7 @@ so like-for-like checks can compare any of them.
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+from . import runsfile
 
 # a per-level metric: <name>_pNN (fixed fraction pruned) or <name>_nat (the sparsity a method chose itself)
 LEVEL = re.compile(r"^(?P<metric>.+)_(?P<level>p\d{2,3}|nat)$")
@@ -37,6 +43,47 @@ class AnalysisError(ValueError):
     """The experiment cannot be analysed (missing, empty); the message says what exists instead."""
 
 
+def default_uri() -> str:
+    """The same default as suite.run's (analysis reads MLflow only and imports nothing from the training code)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+class StoreSource:
+    """Per-epoch histories, artifacts and recipe searches, read from an MLflow store when asked for."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        return [(h.step, h.value) for h in self.client.get_metric_history(run_id, metric)]
+
+    def artifact(self, run_id: str, name: str) -> bytes | None:
+        if name not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as d:
+            return Path(self.client.download_artifacts(run_id, name, d)).read_bytes()
+
+    def searches(self, methods: set[str]) -> pd.DataFrame:
+        return searches(self.client, methods)
+
+
+class FileSource:
+    """The same from a runs file: histories and artifacts are in it; the searches as summarised at export."""
+
+    def __init__(self, export: runsfile.RunsExport):
+        self.runs = {r.run_id: r for r in export.runs}
+        self.found = pd.DataFrame(export.searches)
+
+    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        return self.runs[run_id].history(metric)
+
+    def artifact(self, run_id: str, name: str) -> bytes | None:
+        return self.runs[run_id].artifacts.get(name)
+
+    def searches(self, methods: set[str]) -> pd.DataFrame:
+        return self.found
+
+
 @dataclass
 class Experiment:
     """The FINISHED runs of one experiment (one per grid_key) and what else the store holds."""
@@ -45,24 +92,35 @@ class Experiment:
     runs: pd.DataFrame          # one row per grid point: tags, `param.*`, final metrics, run_id
     status_counts: dict[str, int]
     duplicates_dropped: int
-    client: MlflowClient
+    source: StoreSource | FileSource
 
 
-def _row(r) -> dict:
-    t, p = dict(r.data.tags), r.data.params
+def _row(run_id: str, end_time: int | None, tags: dict[str, str], p: dict[str, str], metrics: dict[str, float]) -> dict:
+    t = dict(tags)
     if "protocol" not in t:  # a run from before the tag contract (see LEGACY_LABELS)
         t["protocol"] = "oneshot"
         for k, v in zip(("label_order", "color", "baseline"), LEGACY_LABELS.get(t.get("label"), ())):
             t.setdefault(k, v)
-    row = {"run_id": r.info.run_id, "end_time": r.info.end_time, **{k: t.get(k) for k in IDENTITY_TAGS}}
+    row = {"run_id": run_id, "end_time": end_time, **{k: t.get(k) for k in IDENTITY_TAGS}}
     row.update(sweep=t.get("sweep", ""), protocol=t.get("protocol") or "oneshot",
                dropout=float(t.get("dropout", 0)), seed=int(t.get("seed", 0)),
                label_order=pd.to_numeric(t.get("label_order"), errors="coerce"),
                baseline=str(t.get("baseline", "")).lower() == "true",
                hidden=p.get("hidden"), epochs=int(p.get("epochs", 0)))
     row.update({f"param.{k}": v for k, v in p.items()})
-    row.update(r.data.metrics)
+    row.update(metrics)
     return row
+
+
+def _experiment(name: str, rows: list[dict], counts: dict[str, int], source: StoreSource | FileSource) -> Experiment:
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise AnalysisError(f"experiment {name!r} has no FINISHED runs yet (runs by status: {counts or 'none'}).")
+    # an accident upstream (--rerun, two drivers) must not double-count: the latest FINISHED run of a
+    # grid point wins. Runs of a concurrency sweep (tag `sweep`) are separate measurements by design.
+    n = len(df)
+    df = df.sort_values("end_time").drop_duplicates(["grid_key", "sweep"], keep="last").reset_index(drop=True)
+    return Experiment(name, df, counts, n - len(df), source)
 
 
 def load(experiment: str, tracking_uri: str) -> Experiment:
@@ -75,14 +133,19 @@ def load(experiment: str, tracking_uri: str) -> Experiment:
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.info.status] = counts.get(r.info.status, 0) + 1
-    df = pd.DataFrame([_row(r) for r in runs if r.info.status == "FINISHED"])
-    if df.empty:
-        raise AnalysisError(f"experiment {experiment!r} has no FINISHED runs yet (runs by status: {counts or 'none'}).")
-    # an accident upstream (--rerun, two drivers) must not double-count: the latest FINISHED run of a
-    # grid point wins. Runs of a concurrency sweep (tag `sweep`) are separate measurements by design.
-    n = len(df)
-    df = df.sort_values("end_time").drop_duplicates(["grid_key", "sweep"], keep="last").reset_index(drop=True)
-    return Experiment(experiment, df, counts, n - len(df), client)
+    rows = [_row(r.info.run_id, r.info.end_time, r.data.tags, r.data.params, r.data.metrics)
+            for r in runs if r.info.status == "FINISHED"]
+    return _experiment(experiment, rows, counts, StoreSource(client))
+
+
+def load_file(path: Path) -> Experiment:
+    """An experiment from a runs file (`python -m suite.analysis.results export`)."""
+    try:
+        export = runsfile.read(Path(path))
+    except runsfile.FormatError as e:
+        raise AnalysisError(str(e)) from None
+    rows = [_row(r.run_id, r.end_time, r.tags, r.params, r.latest()) for r in export.runs if r.status == "FINISHED"]
+    return _experiment(export.experiment, rows, export.status_counts, FileSource(export))
 
 
 def ordered_labels(df: pd.DataFrame) -> list[str]:
@@ -128,20 +191,19 @@ def history(exp: Experiment) -> pd.DataFrame:
     rows = []
     for r in exp.runs.itertuples():
         for m in EPOCH_METRICS:
-            for h in exp.client.get_metric_history(r.run_id, m):
+            for step, value in exp.source.history(r.run_id, m):
                 rows.append({"run_id": r.run_id, "label": r.label, "dataset": r.dataset, "seed": r.seed,
-                             "epoch": h.step, "metric": m, "value": h.value})
+                             "epoch": step, "metric": m, "value": value})
     return pd.DataFrame(rows, columns=["run_id", "label", "dataset", "seed", "epoch", "metric", "value"])
 
 
 def npz_artifact(exp: Experiment, run_id: str, name: str) -> dict[str, np.ndarray] | None:
     """A run's .npz artifact as arrays, or None if the run has none of that name."""
-    if name not in {a.path for a in exp.client.list_artifacts(run_id)}:
+    data = exp.source.artifact(run_id, name)
+    if data is None:
         return None
-    with tempfile.TemporaryDirectory() as d:
-        path = exp.client.download_artifacts(run_id, name, d)
-        with np.load(io.BytesIO(Path(path).read_bytes())) as z:
-            return {k: z[k] for k in z.files}
+    with np.load(io.BytesIO(data)) as z:
+        return {k: z[k] for k in z.files}
 
 
 def searches(client: MlflowClient, methods: set[str]) -> pd.DataFrame:

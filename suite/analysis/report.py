@@ -1,7 +1,10 @@
-"""`python -m suite.analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow.
+"""`python -m suite.analysis.report --experiment NAME`: tables + plots + report.md + index.html from MLflow or a runs file.
 
     python -m suite.analysis.report --experiment paper [--tracking-uri URI] [--out reports/paper]
     python -m suite.analysis.report --experiment tuned --against full     # + each method at both recipes
+    python -m suite.analysis.report --runs results/paper/runs.parquet --out results/paper   # from an export
+
+A runs file (suite.analysis.results export) gives the same report as the store it was exported from.
 
 The report is built once as sections of blocks (text, bullet list, Table, image); report.md and the
 self-contained index.html are two renderings of that one structure, so they always agree.
@@ -11,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -28,11 +30,12 @@ from .load import (
     AnalysisError,
     Experiment,
     baseline_label,
+    default_uri,
     history,
     load,
+    load_file,
     ordered_datasets,
     ordered_labels,
-    searches,
 )
 from .tables import Table
 
@@ -61,11 +64,6 @@ class Section:
 
 def text(s: str, note: bool = False) -> Block:
     return Block("text", text=s, note=note)
-
-
-def default_uri() -> str:
-    """The same default as suite.run's (analysis reads MLflow only and imports nothing from the training code)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def images(paths: list[Path], root: Path, caption) -> list[Block]:
@@ -129,7 +127,7 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
     sections = [headline_section(exp, out)]
     if against is not None:
         sections.append(recipe_section(exp, against, tdir))
-    found = searches(exp.client, set(df.method.dropna()))
+    found = exp.source.searches(set(df.method.dropna()))
     if not found.empty:
         sections.append(Section("Recipe searches", [
             text("The `suite.search` runs in this store for this experiment's methods: the budget each got, what it "
@@ -342,17 +340,21 @@ def build(exp: Experiment, out: Path, against: Experiment | None = None) -> Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m suite.analysis.report", description=__doc__.splitlines()[0])
-    ap.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep's --experiment)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", help="MLflow experiment name (the sweep's --experiment)")
+    src.add_argument("--runs", metavar="FILE", help="a runs file (python -m suite.analysis.results export) instead of a store")
     ap.add_argument("--tracking-uri", default=None,
                     help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", default=None, help="report folder (default: reports/<experiment>/)")
-    ap.add_argument("--against", default=None, metavar="EXPERIMENT",
-                    help="another experiment in the same store (e.g. full, the study's recipe): adds a table of "
-                         "each method at both experiments' recipes")
+    ap.add_argument("--against", default=None, metavar="EXPERIMENT|FILE",
+                    help="another experiment in the same store (e.g. full, the study's recipe), or with --runs another "
+                         "runs file: adds a table of each method at both experiments' recipes")
     args = ap.parse_args(argv)
     try:
-        exp = load(args.experiment, args.tracking_uri or default_uri())
-        against = load(args.against, args.tracking_uri or default_uri()) if args.against else None
+        def get(name: str) -> Experiment:
+            return load_file(Path(name)) if args.runs else load(name, args.tracking_uri or default_uri())
+        exp = get(args.runs or args.experiment)
+        against = get(args.against) if args.against else None
         for e in (exp, against):
             if e is not None and not any(c.startswith("test_acc_") for c in e.runs.columns):
                 raise AnalysisError(f"experiment {e.name!r} has no test metrics: a recipe search (suite.search) logs "
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = build(exp, Path(args.out or Path("reports") / args.experiment), against)
+    path = build(exp, Path(args.out or Path("reports") / exp.name), against)
     print(f"wrote {path} (and index.html, tables/, plots/)")
     return 0
 
