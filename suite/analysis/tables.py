@@ -33,7 +33,7 @@ INFERENCE_COST = [("latency_dense_b1_ms_p00", "dense b1 ms @0 %", 3), ("latency_
                   ("latency_dense_b1000_ms_p00", "dense b1000 ms @0 %", 2),
                   ("latency_sparse_b1000_ms_p90", "sparse b1000 ms @90 %", 2),
                   ("size_dense_bytes_p00", "dense MB", 2), ("size_csr_bytes_p90", "CSR MB @90 %", 2)]
-# Compression targets (issue 9): MNIST LeNet papers quote error <= 2.0 %; Fashion-MNIST has no
+# Compression targets: MNIST LeNet papers quote error <= 2.0 % (Han et al. 2015, Molchanov et al. 2017); Fashion-MNIST has no
 # published bar, so "within 1 percentage point of the dense baseline".
 ERROR_TARGETS = {"mnist": ("absolute", 0.02)}
 DEFAULT_TARGET = ("above dense", 0.01)
