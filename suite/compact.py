@@ -89,7 +89,7 @@ def compact(model: Method) -> CompactMLP:
                 changed = True
     keep = [*alive, torch.ones(ws[-1].shape[0], dtype=torch.bool, device=ws[-1].device)]
     layers = [(ws[i][keep[i + 1]][:, keep[i]], bs[i][keep[i + 1]]) for i in range(n_layers)]
-    return CompactMLP(keep[0].nonzero().squeeze(1), layers, model.sizes)
+    return CompactMLP(keep[0].nonzero().squeeze(1), layers, model.sizes).eval()
 
 
 def flops(widths: list[int]) -> int:
