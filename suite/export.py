@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         require(formats)
         level = parse_level(args.level)
         out = Path(args.out or Path("export") / args.run_id)
-        for line in export(args.run_id, level, preflight.tracking_uri(args.tracking_uri), out, formats):
+        uri = preflight.tracking_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise ExportError(f"no MLflow store at {uri}: pass --tracking-uri, the store suite.run logged to.")
+        for line in export(args.run_id, level, uri, out, formats):
             print(line)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
