@@ -78,11 +78,11 @@ def test_an_all_pruned_layer_leaves_constant_logits():
     assert (m(x) - m(x[:1])).abs().max() == 0  # the same logits for every input
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method,kw", [(m, {}) for m in METHODS] + [("sgd", {"dropout": 0.5})])
 @pytest.mark.parametrize("level", [0.9, 0.98])
-def test_every_method_compacts_to_its_own_prediction(method, level):
+def test_every_method_compacts_to_its_own_prediction(method, kw, level):
     torch.manual_seed(1)
-    cfg = TrialConfig(method=method, hidden=(40, 30), compile=False)
+    cfg = TrialConfig(method=method, hidden=(40, 30), compile=False, **kw)
     model = build(cfg).eval()
     keep, _ = prune.keep_mask(prune.scores(model, cfg.resolved_pruner, 0), prune.prunable(model, False),
                               level, "global", model)
