@@ -1,0 +1,131 @@
+"""Compaction: the small dense MLP a pruned network really is, and what it buys in size and speed.
+
+Unstructured pruning leaves a 784-h1-...-10 network full of zeros. Some of those zeros remove whole
+units: an input pixel no kept weight reads, a hidden unit whose outgoing weights are all pruned (it
+feeds nothing), a hidden unit whose incoming weights are all pruned (its output is the constant
+relu(b_j), so W_next[:, j] relu(b_j) moves into the next layer's bias). Removing one such unit can
+strand another (its inputs lose their last reader, its readers their last input), so the removal
+runs to a fixed point. What is left is a dense MLP with an input gather that computes the same
+logits as the pruned model's deterministic prediction (Method.predict: the forward pass on
+point_weights() in eval mode, where dropout is the identity), with fewer rows and columns.
+Units are removed from the weights alone, never from data (a unit that is live but never fires
+on the test set stays).
+
+FLOPs per example count 2 per multiply-add of a weight matrix (a multiply and an add; bias adds
+and ReLUs, O(width), are left out). Blalock et al. 2020 ("What is the state of neural network
+pruning?") ask for this theoretical speed-up beside the compression ratio; ShrinkBench counts 1 per
+multiply-add, which gives the same ratios. Latency uses suite.latency's timer and machine lock.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import latency
+from .methods import Method
+
+
+class CompactMLP(nn.Module):
+    """x [B, 784] -> logits [B, 10]: gather the live input features, then y = h W_i^T + b_i per layer,
+    ReLU after all but the last. Weights are buffers (`weight_i`, `bias_i`, `index`): an inference
+    model, exported as its state dict. `dense_widths` are the pruned model's widths, for the ratios."""
+
+    def __init__(self, index: Tensor, layers: list[tuple[Tensor, Tensor]], dense_widths: list[int]):
+        super().__init__()
+        self.register_buffer("index", index)
+        for i, (w, b) in enumerate(layers):
+            self.register_buffer(f"weight_{i}", w.contiguous())
+            self.register_buffer(f"bias_{i}", b.contiguous())
+        self.n_layers, self.dense_widths = len(layers), list(dense_widths)
+
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        return [(getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}")) for i in range(self.n_layers)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.index_select(1, self.index)
+        for i, (w, b) in enumerate(self.layers()):
+            h = F.linear(h, w, b)
+            if i < self.n_layers - 1:
+                h = F.relu(h)
+        return h
+
+    @property
+    def widths(self) -> list[int]:
+        """Compacted widths, input first: [live inputs, h1, ..., 10]."""
+        return [len(self.index), *(w.shape[0] for w, _ in self.layers())]
+
+
+def point_layers(model: Method) -> list[tuple[Tensor, Tensor]]:
+    """[(W [out, in], b [out])] views of the weights of the deterministic prediction."""
+    flat = model.point_weights().detach()
+    segs = model.layout
+    return [(flat[w.start:w.end].view(w.shape), flat[b.start:b.end]) for w, b in zip(segs[::2], segs[1::2])]
+
+
+@torch.no_grad()
+def compact(model: Method) -> CompactMLP:
+    """The pruned model's deterministic prediction as a dense MLP without dead units (module docstring).
+    Layer i maps activation i to i + 1; activations 1..L-1 are hidden, the 10 outputs always stay."""
+    ws, bs = zip(*[(w.clone(), b.clone()) for w, b in point_layers(model)])
+    n_layers = len(ws)
+    alive = [torch.ones(w.shape[1], dtype=torch.bool, device=w.device) for w in ws]  # activations 0..L-1
+    changed = True
+    while changed:
+        changed = False
+        for a in range(1, n_layers):  # hidden units with no live input: constant relu(b), folded forward
+            dead = alive[a] & ~(ws[a - 1] != 0).any(1)
+            if dead.any():
+                bs[a].add_(ws[a][:, dead] @ F.relu(bs[a - 1][dead]))
+                ws[a][:, dead] = 0
+                alive[a] &= ~dead
+                changed = True
+        for a in range(n_layers):  # inputs and hidden units nothing reads
+            unread = alive[a] & ~(ws[a] != 0).any(0)
+            if unread.any():
+                if a > 0:
+                    ws[a - 1][unread] = 0
+                alive[a] &= ~unread
+                changed = True
+    keep = [*alive, torch.ones(ws[-1].shape[0], dtype=torch.bool, device=ws[-1].device)]
+    layers = [(ws[i][keep[i + 1]][:, keep[i]], bs[i][keep[i + 1]]) for i in range(n_layers)]
+    return CompactMLP(keep[0].nonzero().squeeze(1), layers, model.sizes).eval()
+
+
+def flops(widths: list[int]) -> int:
+    """FLOPs per example of a dense MLP of these widths: 2 per weight (multiply-add)."""
+    return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+@torch.no_grad()
+def stats(model: Method, c: CompactMLP) -> dict[str, float]:
+    """Widths, parameter counts and FLOPs per example of a pruned model and its compaction
+    (unsuffixed names; measure() adds the level tag)."""
+    layers = point_layers(model)
+    nnz_w = sum(int((w != 0).sum()) for w, _ in layers)
+    out = {f"compact_width_l{i}": float(n) for i, n in enumerate(c.widths[:-1])}  # l0: live inputs
+    out.update(params_dense=float(model.n_params),
+               params_nonzero=float(nnz_w + sum(int((b != 0).sum()) for _, b in layers)),
+               params_compact=float(sum(w.numel() + b.numel() for w, b in c.layers())),
+               flops_dense=float(flops(model.sizes)), flops_nonzero=float(2 * nnz_w), flops_compact=float(flops(c.widths)))
+    return out
+
+
+def latency_ms(c: CompactMLP, x: Tensor) -> dict[int, float]:
+    """Median ms of the compacted forward at each of suite.latency's batch sizes (x: [>=1000, 784]),
+    timed like the dense and CSR forwards: same timer, one latency phase per machine at a time."""
+    with torch.no_grad(), latency.exclusive():
+        return {b: latency.median_ms(lambda: c(x[:b]), x.device) for b in latency.BATCHES}
+
+
+@torch.no_grad()
+def measure(model: Method, x: Tensor, tag: str) -> dict[str, float]:
+    """Compaction metrics of one pruned model at level `tag`: compact_width_l{i}, params_*, flops_*,
+    latency_compact_b{B}_ms (each suffixed _tag). The compacted logits are checked against the
+    model's own forward before anything is timed."""
+    model.eval()
+    c = compact(model)
+    torch.testing.assert_close(c(x), model(x), rtol=1e-4, atol=1e-4)
+    out = stats(model, c)
+    out.update({f"latency_compact_b{b}_ms": ms for b, ms in latency_ms(c, x).items()})
+    return {f"{k}_{tag}": v for k, v in out.items()}

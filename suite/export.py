@@ -1,0 +1,218 @@
+"""Export a finished run's pruned model as the small dense network it is (suite.compact).
+
+    python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors]
+
+Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
+model, prunes it at the level exactly as the trial's evaluation did (the run's pruner, scope and
+seed), compacts it, and writes into DIR (default export/<run id>):
+  model_pNN.safetensors  the compacted float32 weights weight_i [out, in] and bias_i [out]
+  model_pNN.json         input_index (the pixels read, 0..783), widths, provenance and counts
+  model_pNN.onnx         the same network with the input gather: x [N, 784] -> logits [N, 10],
+                         checked against torch with onnxruntime (max abs difference <= 1e-5)
+Inputs are as in training: the 28x28 image, row-major, as pixel / 255 in [0, 1]. Outputs are
+logits; softmax gives the probabilities of the deterministic prediction (Method.predict).
+
+Loader without this project (numpy only):
+
+    import json
+    import numpy as np
+
+    def load(stem):  # stem: the path without its suffix, e.g. "export/RUN/model_p98"
+        raw = open(stem + ".safetensors", "rb").read()
+        n = int.from_bytes(raw[:8], "little")  # safetensors: header length, JSON header, then the data
+        head = json.loads(raw[8:8 + n])
+        t = {k: np.frombuffer(raw, np.float32, int(np.prod(v["shape"])), 8 + n + v["data_offsets"][0])
+             .reshape(v["shape"]) for k, v in head.items() if k != "__metadata__"}
+        meta = json.load(open(stem + ".json"))
+        last = len(meta["widths"]) - 2
+
+        def predict(x):  # x: float32 [N, 784] -> logits [N, 10]
+            h = x[:, meta["input_index"]]
+            for i in range(last + 1):
+                h = h @ t[f"weight_{i}"].T + t[f"bias_{i}"]
+                h = np.maximum(h, 0) if i < last else h
+            return h
+        return predict
+
+Bayesian models export their point weights, the weights of the deterministic prediction (BBB: the
+posterior mean; Sparse VD: theta; L0: theta times the test-time gate). The Monte Carlo ensemble
+would need, per kept weight, its noise as well (BBB: sigma; Sparse VD: alpha theta^2; L0: the gate's
+log alpha), a compaction mask over weights whose mean or noise is nonzero and no folding of
+input-less units (BBB's biases are random too), and a predictor that draws n weight samples and
+averages n softmax outputs: about n times the compacted forward plus n draws of every kept weight
+(suite.latency's latency_mc_bB_ms measures that on the dense model). It is not exported here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import compact, methods, preflight, prune, tracking
+from .config import ConfigError, TrialConfig, from_dict
+from .methods import Method
+
+FORMATS = ("safetensors", "onnx")
+NEEDS = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}  # onnxruntime: the check, if present
+TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported as asked; the message names the fix."""
+
+
+def require(formats: list[str]) -> None:
+    """Fail before any work if a package the formats need is missing."""
+    missing = [m for f in formats for m in NEEDS[f] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"exporting {' and '.join(formats)} needs {', '.join(missing)}, not installed: "
+                          'pip install "bayes-prune-bench[export]"')
+
+
+def parse_level(text: str) -> float | str:
+    """--level in percent as in the metric names (98 -> 0.98), or nat (the method's own mask)."""
+    if text == "nat":
+        return text
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0 <= p <= 100 or 0 < p < 1:
+        raise ExportError(f"--level {text}: give the sparsity in percent, 0..100 (98 for test_acc_p98), or nat.")
+    return p / 100
+
+
+def load_run(run_id: str, uri: str, dst: Path) -> tuple[TrialConfig, Method, int]:
+    """The run's config and trained (unpruned) model, and the size of its model.pt in bytes."""
+    client = tracking.connect(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # MLflow raises its own exception types per store
+        raise ExportError(f"run {run_id} not found in {uri}: check --run-id and --tracking-uri ({e})") from e
+    if run.info.status != "FINISHED":
+        raise ExportError(f"run {run_id} is {run.info.status}, not FINISHED: its artifacts may be missing; "
+                          "finish it (python -m suite.run resumes it) or pick a finished run.")
+    folder = Path(client.download_artifacts(run_id, "", str(dst)))
+    if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
+        raise ExportError(f"run {run_id} has no model.pt / config.json artifact: it was not logged by a trial.")
+    try:
+        cfg = from_dict(json.loads((folder / "config.json").read_text()), where=f"run {run_id} config.json")
+    except ConfigError as e:
+        raise ExportError(f"{e} (a plug-in method: set $BPB_PLUGINS as when the run was made)") from e
+    if cfg.protocol == "finetune":
+        raise ExportError(f"run {run_id} used protocol=finetune: model.pt holds the model before fine-tuning "
+                          "and the fine-tuned weights of each level are not logged, so its pruned model "
+                          "cannot be rebuilt; export a oneshot or natural run.")
+    model = methods.build(cfg.replace(compile=False))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return cfg, model.eval(), (folder / "model.pt").stat().st_size
+
+
+def pruned_at(model: Method, cfg: TrialConfig, level: float | str) -> Method:
+    """A pruned copy at `level` with the mask the trial's evaluation used (trial.evaluate_pruned)."""
+    allowed = prune.prunable(model, cfg.prune_biases)
+    if level == "nat":
+        if not model.has_natural:
+            raise ExportError(f"--level nat: method {cfg.method} has no natural mask; give a percentage.")
+        keep = model.natural_keep().cpu() & allowed | ~allowed
+    else:
+        score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
+        keep = prune.keep_mask(score, allowed, level, cfg.prune_scope, model)[0]
+    return prune.pruned_copy(model, keep).eval()
+
+
+def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Path]:
+    from safetensors.torch import save_file
+    tensors = {k: v for k, v in c.state_dict().items() if k != "index"}
+    save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
+    Path(f"{stem}.json").write_text(json.dumps({**meta, "input_index": c.index.tolist(), "widths": c.widths}, indent=1))
+    return [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]
+
+
+def write_onnx(c: compact.CompactMLP, x: torch.Tensor, stem: Path) -> tuple[Path, str]:
+    """The ONNX file (dynamic batch size) and how it was checked."""
+    path = Path(f"{stem}.onnx")
+    torch.onnx.export(c, (x[:2],), str(path), input_names=["x"], output_names=["logits"], external_data=False,
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return path, "not checked (onnxruntime is not installed)"
+    import onnxruntime
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    diff = float((torch.from_numpy(got) - c(x)).abs().max())
+    if not diff <= TOLERANCE:
+        raise ExportError(f"onnxruntime's logits differ from torch's by {diff:.2e} (> {TOLERANCE}): "
+                          f"{path} is not a faithful export; please report it with the run.")
+    return path, f"onnxruntime matches torch: max abs difference {diff:.1e} on {len(x)} inputs"
+
+
+@torch.no_grad()
+def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[str]) -> list[str]:
+    """Write the formats for one run and level; returns the report lines (sizes, checks)."""
+    require(formats)
+    with tempfile.TemporaryDirectory() as d:
+        cfg, model, pt_bytes = load_run(run_id, uri, Path(d))
+    m = pruned_at(model, cfg, level)
+    c = compact.compact(m)
+    x = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0))
+    diff = float((c(x) - m(x)).abs().max())
+    if not diff <= TOLERANCE:
+        raise ExportError(f"the compacted network differs from the pruned model by {diff:.2e}: please report it.")
+    tag = prune.level_tag(level)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"model_{tag}"
+    meta = {"run_id": run_id, "method": cfg.method, "label": cfg.label(), "dataset": cfg.dataset, "level": tag,
+            "pruner": cfg.resolved_pruner, "prune_scope": cfg.prune_scope, "prune_biases": cfg.prune_biases,
+            "sparsity": prune.measured_sparsity(m, x[:10], cfg.prune_biases)[0], "dense_widths": c.dense_widths,
+            "weights": "point estimate (Method.point_weights)", "activation": "relu between layers, none after the last",
+            "input": "x [N, 784] float32: 28x28 pixels row-major / 255", "output": "logits [N, 10]",
+            **compact.stats(m, c)}
+    dense = 4 * model.n_params
+    lines = [f"run {run_id} ({cfg.label()} on {cfg.dataset}) at {tag}: widths {c.dense_widths} -> {c.widths}, "
+             f"compacted forward matches the pruned model (max abs difference {diff:.1e})",
+             f"  model.pt (training state, every parameter kind): {pt_bytes:>11,} bytes",
+             f"  dense float32 point weights:                     {dense:>11,} bytes"]
+    files = []
+    if "safetensors" in formats:
+        files += write_safetensors(c, meta, stem)
+    if "onnx" in formats:
+        path, check = write_onnx(c, x, stem)
+        files.append(path)
+        lines.append(f"  {check}")
+    lines += [f"  {p}: {p.stat().st_size:>11,} bytes ({dense / p.stat().st_size:.1f}x smaller than dense)"
+              for p in files if p.suffix != ".json"]
+    lines += [f"  {p}: {p.stat().st_size:>11,} bytes" for p in files if p.suffix == ".json"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m suite.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-id", required=True, help="MLflow run id of a finished trial")
+    ap.add_argument("--level", required=True, help="sparsity in percent as in the metric names (98), or nat")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    ap.add_argument("--out", help="output folder (default: export/<run id>)")
+    ap.add_argument("--format", action="append", choices=FORMATS,
+                    help="safetensors (+ JSON) or onnx; repeat for both (default: both)")
+    args = ap.parse_args(argv)
+    try:
+        formats = args.format or list(FORMATS)
+        require(formats)
+        level = parse_level(args.level)
+        out = Path(args.out or Path("export") / args.run_id)
+        uri = preflight.tracking_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise ExportError(f"no MLflow store at {uri}: pass --tracking-uri, the store suite.run logged to.")
+        for line in export(args.run_id, level, uri, out, formats):
+            print(line)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
