@@ -18,14 +18,15 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
+from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
+from .preflight import PreflightError
 from .space import Space, load_space
 
 EXPORT_SEEDS = [0, 1, 2, 3, 4]
 EXPORT_DATASETS = ["mnist", "fmnist"]
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    from .run import add_runtime_options, check_runtime_options
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Runtime]:
     ap = argparse.ArgumentParser(prog="python -m suite.search", description=__doc__.splitlines()[0])
     ap.add_argument("--space", required=True, help="search space NAME in suite/grids/search/ or a .yaml path")
     ap.add_argument("--samples", type=int, default=None, help="recipes to draw (default: the space's budget.samples)")
@@ -35,10 +36,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "space's earlier entry; it runs the recipe over 5 seeds on MNIST and Fashion-MNIST")
     add_runtime_options(ap, default_experiment="search-<space>")
     args = ap.parse_args(argv)
-    check_runtime_options(ap, args)
+    rt = runtime_from(ap, args)
     if args.export_grid and not Path(args.export_grid).resolve().parent.is_dir():  # not after hours of search
         ap.error(f"--export-grid {args.export_grid}: the folder {Path(args.export_grid).resolve().parent} does not exist.")
-    return args
+    return args, rt
 
 
 def ranking(client, exp_id: str, space: Space) -> list[dict]:
@@ -104,21 +105,19 @@ def recipe_table(space: Space, trials: list, finished: set[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    from .preflight import PreflightError
-    from .run import drive, runtime_overrides
+    args, rt = parse(argv)
     try:
         space = load_space(args.space, args.samples, args.max_epochs)
-        trials = space.trials(runtime_overrides(args))
+        trials = space.trials(rt.overrides())
         b = space.budget
         print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} "
               f"epochs each, ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
         tags = {"search": space.name}
         parent = {**tags, "method": space.method, "select": space.metric, "budget_samples": str(b.samples),
                   "budget_max_epochs": str(b.max_epochs), "budget_grace_period": str(b.grace_period)}
-        done = drive(args, trials, args.experiment or f"search-{space.name}", f"search {space.name}",
-                     lambda finished: recipe_table(space, trials, finished), extra_tags=tags, select=space.metric,
-                     grace_period=b.grace_period, parent=parent)
+        job = Job(trials, args.experiment or f"search-{space.name}", f"search {space.name}", tags=tags,
+                  select=space.metric, grace_period=b.grace_period, parent=parent)
+        done = drive(rt, job, lambda finished: recipe_table(space, trials, finished))
     except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
