@@ -20,7 +20,7 @@ import yaml
 from .config import ConfigError
 from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
 from .preflight import PreflightError
-from .space import Space, load_space
+from .space import EPOCH_FIELDS, Space, load_space
 
 EXPORT_SEEDS = [0, 1, 2, 3, 4]
 EXPORT_DATASETS = ["mnist", "fmnist"]
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         b = space.budget
         print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} "
               f"epochs each, ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
+        if b.max_epochs != space.written_for:
+            print(f"epoch-valued fields ({', '.join(EPOCH_FIELDS)}) scaled from the space's {space.written_for} epochs "
+                  f"to {b.max_epochs}")
         tags = {"search": space.name}
         parent = {**tags, "method": space.method, "select": space.metric, "budget_samples": str(b.samples),
                   "budget_max_epochs": str(b.max_epochs), "budget_grace_period": str(b.grace_period)}

@@ -1,14 +1,36 @@
 """The driver's pieces on their own (no Ray): the runtime spec built from CLI options, a job's pending
-grid points, a dry run that creates nothing, the lock."""
+grid points, a dry run that creates nothing, the lock; and search spaces under a changed budget."""
 import argparse
 import dataclasses
 
 import pytest
 
-from suite import run
+from suite import run, search
 from suite.config import ConfigError, from_dict
 from suite.driver import Job, Runtime, add_runtime_options, drive, driver_lock, lock, runtime_from
 from suite.preflight import PreflightError
+from suite.space import SEARCH_DIR, load_space
+
+# The grid keys of the 40 recipes of the shipped bbb and sgd spaces at their own budget (30 epochs),
+# from `python -m suite.search --space bbb|sgd --dry-run` as released: finished searches in users'
+# stores are keyed by them, so they must never change.
+RELEASED_KEYS = {
+    "bbb": """b65e8066b6256cb0 f8b8a7ea23442118 989d2510eae913f6 dc9cf62831acb906 fedc5f97c5b1a673 beb2d7ff759ffe31
+        9b52449238590722 86f2728c3c0474f6 07f0a8ae46d8e984 635c85909a76c0f9 e541f9d42dc97cb2 1c42872d3f0d970e
+        5acefc957205cc9d 1e94369ed30b0903 0dcd114c9b2596b8 ed50372bee4d3ad9 d8be86532a49871e f8f8bba8d8645705
+        f630a317847d124d 0169b21d811e2e26 c2649353d40d177b 76a5ca9971d308a4 77ed236af8da9cb4 3757537022b2137f
+        19827c28989fa7ad 60d230d10f9136e2 10f60f88b8be8333 92336b65e8274d9f e4793ab94a2535f8 56e7bbe5e8ed7858
+        f144f74f20b77ab1 909e269ffdf2f59e a10e0c3690ed2316 5c2953cc404ccefb d1e2edea1430e3da c3be69b12427835e
+        2ef5374d6dffd0d7 f65f8c4ecf6b9c06 44a83a47a488efca 8d83737702ff81aa""".split(),
+    "sgd": """723268524c0a8733 666d58e91ff7ebf6 cc59c6cca341f720 a33158fc2235506e ff683c4476e0c81d e8bdf48b2b30c770
+        136f333be51e96da 01ec8a57f55f6ffa 69f0a8626ad8fd0c c162760c7dde402c c6fc6d85897c03ed 8ff7f54e46fba16b
+        d9249eb2089b8855 8de567c07f57746e b7abd6a13c2d771e a458c4935bcd6031 180c701277cae706 aeb979ce7d3f2e16
+        7b005032926835c5 3edf07d5043e51a2 cebdf5254a95a8d2 4d0b59b7f8981f34 100aba62b5dd906a abc0174873e5baaf
+        59e9eddf0f553b22 a304ec76b6067e8e 2d62f1dab0d5f6c8 f47cac3254f52690 acbd2aee7f8e8513 070dc1c8f29fb09f
+        12692b58665b5dfa 1056a868d89eae7f b7ab3e542b032b68 198878a3b615cf1f a08e2656675d38bf 8ea0824ad20e96e7
+        ab22d295e9a3556e 69141a561c9d0d05 6e65aaac9ee439a7 843287a1fb08bb10""".split(),
+}
+SHIPPED = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml"))
 
 
 def parse_runtime(argv):
@@ -119,3 +141,62 @@ def test_the_grid_cli_builds_its_job_from_the_options(tmp_path, monkeypatch):
     job, rt = seen["job"], seen["rt"]
     assert (job.experiment, job.title, job.concurrency, job.rerun) == ("smoke-concurrency", "grid smoke", (1, 2), False)
     assert rt.storage == tmp_path and all(t.device == "cpu" for t in job.trials)
+
+
+# --- search spaces under a changed budget -------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["bbb", "sgd"])
+def test_recipes_at_the_spaces_own_budget_keep_their_released_grid_keys(name):
+    assert [t.grid_key() for t in load_space(name).trials()] == RELEASED_KEYS[name]
+
+
+# epoch-valued draws of the shipped spaces (written for 30 epochs) at 10 and 4 epochs, by hand:
+# k * E / 30 rounded half up, an lr decay start stays >= 1, a warm-up [a, b] keeps b > a
+SCALED = {10: {"lr_decay_start": {0: 0, 15: 5}, "kl_warmup": {(): [], (0, 10): [0, 3], (5, 20): [2, 7]}},
+          4: {"lr_decay_start": {0: 0, 15: 2}, "kl_warmup": {(): [], (0, 10): [0, 1], (5, 20): [1, 3]}}}
+
+
+@pytest.mark.parametrize("epochs", [10, 4])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shorter_budget_scales_the_epoch_valued_draws_and_nothing_else(name, epochs):
+    full, short = load_space(name), load_space(name, max_epochs=epochs)
+    assert short.written_for == full.written_for == 30
+    for a, b in zip(full.recipes(), short.recipes()):
+        assert b.keys() == a.keys()
+        for key, value in a.items():
+            want = SCALED[epochs][key][tuple(value) if key == "kl_warmup" else value] if key in SCALED[epochs] else value
+            assert b[key] == want, (key, value)
+    assert all(t.epochs == epochs for t in short.trials())  # every recipe is a valid config
+
+
+@pytest.mark.parametrize("epochs", [4, 10])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_space_dry_runs_at_a_shorter_budget(name, epochs, tmp_path, capsys):
+    rc = search.main(["--space", name, "--samples", "8", "--max-epochs", str(epochs), "--dry-run",
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert f"up to {epochs} epochs each" in out.out and f"scaled from the space's 30 epochs to {epochs}" in out.out
+    assert sum(line.endswith(" pending") for line in out.out.splitlines()) == len(load_space(name, 8, epochs).trials())
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_budget_shorter_than_the_grace_period_names_the_fix():
+    with pytest.raises(ConfigError, match=r"grace_period=3 exceeds max_epochs=2: pass --max-epochs >= 3 or lower "
+                                          r"budget.grace_period in the space"):
+        load_space("bbb", max_epochs=2)
+
+
+def test_fixed_keys_and_variants_are_scaled_too_and_the_files_budget_must_be_valid(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("fixed: {method: bbb, val_size: 300, lr_decay_start: 20, kl_warmup: [5, 20]}\n"
+                 "space: {lr: {loguniform: [1.0e-3, 1.0e-2]}}\nvariants: [{lr_decay_start: 30}]\n"
+                 "budget: {samples: 2, max_epochs: 30, grace_period: 1}\nselect: {metric: val_acc_p90, levels: [0.9]}\n")
+    s = load_space(str(p), max_epochs=3)  # by hand: 20 -> 2, [5, 20] -> [0.5, 2] -> [1, 2], 30 -> 3
+    assert (s.fixed["lr_decay_start"], s.fixed["kl_warmup"], s.variants) == (2, [1, 2], [{"lr_decay_start": 3}])
+    s = load_space(str(p), max_epochs=1)  # 20 -> 0.67 -> 1 (not 0: that means constant); [5, 20] -> [0, 1]
+    assert (s.fixed["lr_decay_start"], s.fixed["kl_warmup"], s.variants) == (1, [0, 1], [{"lr_decay_start": 1}])
+    assert load_space(str(p)).fixed == {"method": "bbb", "val_size": 300, "lr_decay_start": 20, "kl_warmup": [5, 20]}
+    p.write_text(p.read_text().replace("max_epochs: 30", "max_epochs: 0"))
+    with pytest.raises(ConfigError, match="budget.max_epochs=0 is invalid"):
+        load_space(str(p), max_epochs=3)
