@@ -96,8 +96,8 @@ class Job:
     rerun: bool = False                          # train finished grid points again, from scratch
     concurrency: tuple[int, ...] = ()            # sweep-scaling mode: the whole grid once per level
     tags: Mapping[str, str] = field(default_factory=dict)  # on every MLflow run
-    select: str | None = None                    # a search: trials train only, ASHA ranks by this metric
-    grace_period: int = 1                        # epochs before ASHA may stop a trial
+    select: str | None = None                    # a search: trials train only, ranked by this metric (suite/halving.py)
+    grace_period: int = 1                        # a search's first rung: epochs before a trial may be stopped
     parent: Mapping[str, str] | None = None      # tags of a parent run the trials' runs nest under
 
     def __post_init__(self):
@@ -304,7 +304,10 @@ def run_job(job: Job, pending: list[TrialConfig], client, exp_id: str, parent_id
         return [row for k in job.concurrency
                 for row in concurrency_level(k, pending, job.experiment, client, exp_id, storage, res, arrays)]
     tags = {**job.tags, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
-    return run_sweep(pending, job.experiment, client, exp_id, storage, res, arrays, tags, job.select, job.grace_period)
+    if job.select:
+        from .halving import run_search
+        return run_search(job, pending, client, exp_id, storage, res, arrays, tags)
+    return run_sweep(pending, job.experiment, client, exp_id, storage, res, arrays, tags)
 
 
 def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:

@@ -1,8 +1,9 @@
 """`python -m suite.search --space NAME|PATH.yaml`: a Ray Tune recipe search, chosen on validation data.
 
 Draws the space's recipes (seeded random search, suite/grids/search/*.yaml), trains each for up to
-budget.max_epochs with the pruned validation accuracy reported every epoch, lets ASHA stop the
-recipes that trail, and ranks the survivors by the final epoch's selection metric. The test split
+budget.max_epochs with the pruned validation accuracy reported every epoch, stops the recipes that
+trail by synchronous successive halving (suite/halving.py: the same search takes the same
+decisions), and ranks the survivors by the final epoch's selection metric. The test split
 never reaches a search trial. MLflow: one parent run per search, one nested run per recipe.
 --export-grid writes the winner into a grid (e.g. suite/grids/tuned.yaml) that runs it over 5
 seeds and both datasets. Re-running the same command resumes an interrupted search.
@@ -19,6 +20,7 @@ import yaml
 
 from .config import ConfigError
 from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
+from .halving import rungs
 from .preflight import PreflightError
 from .space import EPOCH_FIELDS, Space, load_space
 
@@ -72,7 +74,7 @@ def export_grid(path: Path, space: Space, best: dict) -> str:
     name in its comment and the other methods' entries stay."""
     recipe = {**recipe_of(best, space), "epochs": space.budget.max_epochs}
     b = space.budget
-    comment = (f"# {space.name}: search {space.name} ({b.samples} recipes x {b.max_epochs} epochs, ASHA grace "
+    comment = (f"# {space.name}: search {space.name} ({b.samples} recipes x {b.max_epochs} epochs, successive halving grace "
                f"{b.grace_period}, seed {b.seed}), selected by {space.metric} on validation = {best['value']:.4f} "
                f"(MLflow run {best['run_id']}), exported {time.strftime('%Y-%m-%d')}")
     lines = []
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         trials = space.trials(rt.overrides())
         b = space.budget
         print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} "
-              f"epochs each, ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
+              f"epochs each, halving at epochs {rungs(b.grace_period, b.max_epochs)}; selection {space.metric} on "
+              f"validation at {list(space.levels)}")
         if b.max_epochs != space.written_for:
             print(f"epoch-valued fields ({', '.join(EPOCH_FIELDS)}) scaled from the space's {space.written_for} epochs "
                   f"to {b.max_epochs}")

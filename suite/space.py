@@ -63,7 +63,7 @@ class Budget:
 
     samples: int        # recipes drawn
     max_epochs: int     # epochs of a recipe that is never stopped early
-    grace_period: int   # epochs before ASHA may stop a recipe
+    grace_period: int   # the first rung of successive halving: epochs before a recipe may be stopped
     seed: int           # seed of the recipe draws (not of the trials)
 
 

@@ -200,3 +200,74 @@ def test_fixed_keys_and_variants_are_scaled_too_and_the_files_budget_must_be_val
     p.write_text(p.read_text().replace("max_epochs: 30", "max_epochs: 0"))
     with pytest.raises(ConfigError, match="budget.max_epochs=0 is invalid"):
         load_space(str(p), max_epochs=3)
+
+
+# --- synchronous successive halving -------------------------------------------------------------
+
+def test_rungs_and_promotion_follow_the_rule():
+    from suite.halving import promoted, rungs
+    assert rungs(3, 30) == [3, 9, 27] and rungs(1, 4) == [1, 3] and rungs(3, 3) == [] and rungs(2, 20) == [2, 6, 18]
+    # n // 3 go on (at least one), higher is better, a tie goes to the smaller grid key, missing is worst
+    assert promoted({"b": 0.9, "a": 0.9, "c": 0.95, "d": None}) == ["c"]
+    assert promoted({"b": 0.9, "a": 0.9, "c": 0.5}) == ["a"]
+    assert promoted({"x": None, "y": float("nan"), "z": 0.1}) == ["z"]
+    values = {f"k{i:02d}": i / 40 for i in range(40)}
+    assert promoted(values) == [f"k{i:02d}" for i in range(39, 26, -1)]  # the best 13 of 40
+
+
+TINY_SEARCH = """
+fixed: {method: sgd, hidden: [16], train_subset: 2000, val_size: 1000, sparsities: [0, 0.9]}
+space:
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  lr_decay_start: {choice: [0, 2]}
+budget: {samples: 4, max_epochs: 4, grace_period: 1, seed: 0}
+select: {metric: val_acc_mean, levels: [0.5, 0.9]}
+"""
+
+
+def outcome(folder):
+    """grid_key -> (epochs trained, val_acc_mean per epoch) of the search's finished recipe runs."""
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("search-space")
+    out = {}
+    for r in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'"):
+        if "grid_key" in r.data.tags:
+            history = [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "val_acc_mean")]
+            out[r.data.tags["grid_key"]] = (int(r.data.metrics.get("stopped_at_epoch", 4)), sorted(history))
+    return out
+
+
+@pytest.mark.slow
+def test_a_search_gives_the_same_budgets_and_numbers_twice_also_when_killed_and_resumed(tmp_path):
+    """Four recipes, rungs at epochs 1 and 3: the best at epoch 1 (by hand from the logged values)
+    goes on alone to 4 epochs. The second search is killed after the first rung's decision and
+    resumed: it must reach the same decisions and the same numbers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "suite.search", "--space", "space.yaml", "--cpus-per-trial", "1"]
+    runs = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "space.yaml").write_text(TINY_SEARCH)
+        if name == "second":
+            p = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+            for line in p.stdout:
+                if "stopped at epoch 1" in line:
+                    break
+            os.killpg(p.pid, signal.SIGKILL)  # the driver and its local Ray, nothing else
+            p.wait()
+        r = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs.append(outcome(folder))
+    first, second = runs
+    assert len(first) == 4 and second == first
+    at_1 = {k: dict(h)[1] for k, (_, h) in first.items()}
+    best = sorted(at_1, key=lambda k: (-at_1[k], k))[0]
+    assert {k: e for k, (e, _) in first.items()} == {k: 4 if k == best else 1 for k in first}
+    assert [s for s, _ in first[best][1]] == [1, 2, 3, 4]  # every epoch logged once
