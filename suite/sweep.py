@@ -146,7 +146,7 @@ class SweepCallback(tune.Callback):
         In a search, a trial is expected to train as many epochs as the ended ones did on average
         (successive halving stops most recipes at its first rungs), not all of them; ended trials count nothing."""
         seen = [t for ts in self.epoch_s.values() for t in ts]
-        ended = {r.key: self.done_epochs.get(r.key, 0) for r in self.rows.values() if r.status != "RUNNING"}
+        ended = {r.key: self.done_epochs.get(r.key, 0) for r in self.rows.values() if r.status not in ("RUNNING", "WAITING")}
         ended_epochs = list(ended.values()) if self.select else []
         left = 0.0
         for key, (method, epochs) in self.todo.items():

@@ -271,3 +271,14 @@ def test_a_search_gives_the_same_budgets_and_numbers_twice_also_when_killed_and_
     best = sorted(at_1, key=lambda k: (-at_1[k], k))[0]
     assert {k: e for k, (e, _) in first.items()} == {k: 4 if k == best else 1 for k in first}
     assert [s for s, _ in first[best][1]] == [1, 2, 3, 4]  # every epoch logged once
+
+
+def test_eta_counts_a_recipe_waiting_at_a_rung_as_not_ended(tmp_path):
+    from suite.sweep import Row, SweepCallback
+    trials = [from_dict({"method": "sgd", "epochs": 30, "lr": lr}) for lr in (1e-3, 2e-3)]
+    keys = [t.grid_key() for t in trials]
+    cb = SweepCallback(None, "0", {}, trials, tmp_path, "x", select="val_acc_mean")
+    cb.epoch_s = {"sgd": [2.0]}
+    cb.rows = {keys[0]: Row(keys[0], "a", "STOPPED", "r0"), keys[1]: Row(keys[1], "b", "WAITING", "r1")}
+    cb.done_epochs = {keys[0]: 9, keys[1]: 3}  # by hand: ended mean 9, so the waiting one has 6 epochs of 2 s left
+    assert cb._eta() == pytest.approx(12.0)
