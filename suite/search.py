@@ -1,8 +1,9 @@
 """`python -m suite.search --space NAME|PATH.yaml`: a Ray Tune recipe search, chosen on validation data.
 
 Draws the space's recipes (seeded random search, suite/grids/search/*.yaml), trains each for up to
-budget.max_epochs with the pruned validation accuracy reported every epoch, lets ASHA stop the
-recipes that trail, and ranks the survivors by the final epoch's selection metric. The test split
+budget.max_epochs with the pruned validation accuracy reported every epoch, stops the recipes that
+trail by synchronous successive halving (suite/halving.py: the same search takes the same
+decisions), and ranks the survivors by the final epoch's selection metric. The test split
 never reaches a search trial. MLflow: one parent run per search, one nested run per recipe.
 --export-grid writes the winner into a grid (e.g. suite/grids/tuned.yaml) that runs it over 5
 seeds and both datasets. Re-running the same command resumes an interrupted search.
@@ -18,14 +19,16 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
-from .space import Space, load_space
+from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
+from .halving import rungs
+from .preflight import PreflightError
+from .space import EPOCH_FIELDS, Space, load_space
 
 EXPORT_SEEDS = [0, 1, 2, 3, 4]
 EXPORT_DATASETS = ["mnist", "fmnist"]
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    from .run import add_runtime_options, check_runtime_options
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Runtime]:
     ap = argparse.ArgumentParser(prog="python -m suite.search", description=__doc__.splitlines()[0])
     ap.add_argument("--space", required=True, help="search space NAME in suite/grids/search/ or a .yaml path")
     ap.add_argument("--samples", type=int, default=None, help="recipes to draw (default: the space's budget.samples)")
@@ -35,10 +38,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "space's earlier entry; it runs the recipe over 5 seeds on MNIST and Fashion-MNIST")
     add_runtime_options(ap, default_experiment="search-<space>")
     args = ap.parse_args(argv)
-    check_runtime_options(ap, args)
+    rt = runtime_from(ap, args)
     if args.export_grid and not Path(args.export_grid).resolve().parent.is_dir():  # not after hours of search
         ap.error(f"--export-grid {args.export_grid}: the folder {Path(args.export_grid).resolve().parent} does not exist.")
-    return args
+    return args, rt
 
 
 def ranking(client, exp_id: str, space: Space) -> list[dict]:
@@ -71,7 +74,7 @@ def export_grid(path: Path, space: Space, best: dict) -> str:
     name in its comment and the other methods' entries stay."""
     recipe = {**recipe_of(best, space), "epochs": space.budget.max_epochs}
     b = space.budget
-    comment = (f"# {space.name}: search {space.name} ({b.samples} recipes x {b.max_epochs} epochs, ASHA grace "
+    comment = (f"# {space.name}: search {space.name} ({b.samples} recipes x {b.max_epochs} epochs, successive halving grace "
                f"{b.grace_period}, seed {b.seed}), selected by {space.metric} on validation = {best['value']:.4f} "
                f"(MLflow run {best['run_id']}), exported {time.strftime('%Y-%m-%d')}")
     lines = []
@@ -104,21 +107,23 @@ def recipe_table(space: Space, trials: list, finished: set[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    from .preflight import PreflightError
-    from .run import drive, runtime_overrides
+    args, rt = parse(argv)
     try:
         space = load_space(args.space, args.samples, args.max_epochs)
-        trials = space.trials(runtime_overrides(args))
+        trials = space.trials(rt.overrides())
         b = space.budget
         print(f"search {space.name}: {len(trials)} distinct recipes of {b.samples} drawn, up to {b.max_epochs} "
-              f"epochs each, ASHA after {b.grace_period}; selection {space.metric} on validation at {list(space.levels)}")
+              f"epochs each, halving at epochs {rungs(b.grace_period, b.max_epochs)}; selection {space.metric} on "
+              f"validation at {list(space.levels)}")
+        if b.max_epochs != space.written_for:
+            print(f"epoch-valued fields ({', '.join(EPOCH_FIELDS)}) scaled from the space's {space.written_for} epochs "
+                  f"to {b.max_epochs}")
         tags = {"search": space.name}
         parent = {**tags, "method": space.method, "select": space.metric, "budget_samples": str(b.samples),
                   "budget_max_epochs": str(b.max_epochs), "budget_grace_period": str(b.grace_period)}
-        done = drive(args, trials, args.experiment or f"search-{space.name}", f"search {space.name}",
-                     lambda finished: recipe_table(space, trials, finished), extra_tags=tags, select=space.metric,
-                     grace_period=b.grace_period, parent=parent)
+        job = Job(trials, args.experiment or f"search-{space.name}", f"search {space.name}", tags=tags,
+                  select=space.metric, grace_period=b.grace_period, parent=parent)
+        done = drive(rt, job, lambda finished: recipe_table(space, trials, finished))
     except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,11 @@ and a selection metric on validation data. Validated completely before Ray start
 Recipes are drawn up front from a seeded generator (random search): the same file always gives the
 same recipes, so a search is reproducible, resumable like a grid, and every method searched with
 the same budget gets exactly `samples` recipes of `max_epochs` epochs each.
+
+A space is written for its own budget.max_epochs. --max-epochs scales its epoch-valued fields
+(EPOCH_FIELDS) by max_epochs / the file's max_epochs, so a shortened search trains the same
+schedules in proportion (lr decay over the last half, warm-up over the first third) instead of
+failing on a decay start beyond its last epoch.
 """
 from __future__ import annotations
 
@@ -28,6 +33,28 @@ from .config import ConfigError, TrialConfig, check_keys, from_dict, grid_path
 
 SEARCH_DIR = Path(__file__).resolve().parent / "grids" / "search"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform")
+# TrialConfig fields whose values are epochs of the training run. Scaled rather than written as
+# fractions of max_epochs in the space files: the files (and the recipes, hence the grid keys that
+# finished searches are stored under) stay exactly as released, at the file's budget nothing is
+# touched, and schedules stay readable in the papers' epochs.
+EPOCH_FIELDS = ("lr_decay_start", "kl_warmup")
+
+
+def scale_epochs(values: dict, new: int, old: int) -> dict:
+    """`values` with its EPOCH_FIELDS moved from a budget of `old` epochs to one of `new`, rounded
+    half up: lr_decay_start k >= 1 stays >= 1 (0 means constant); a warm-up [a, b] keeps b > a."""
+    if new == old:
+        return values
+
+    def at(epoch):
+        return math.floor(epoch * new / old + 0.5)
+    out = dict(values)
+    if out.get("lr_decay_start"):
+        out["lr_decay_start"] = max(1, at(out["lr_decay_start"]))
+    if isinstance(out.get("kl_warmup"), (list, tuple)) and len(out["kl_warmup"]) == 2:
+        a = at(out["kl_warmup"][0])
+        out["kl_warmup"] = [a, max(a + 1, at(out["kl_warmup"][1]))]
+    return out
 
 
 @dataclass(frozen=True)
@@ -36,7 +63,7 @@ class Budget:
 
     samples: int        # recipes drawn
     max_epochs: int     # epochs of a recipe that is never stopped early
-    grace_period: int   # epochs before ASHA may stop a recipe
+    grace_period: int   # the first rung of successive halving: epochs before a recipe may be stopped
     seed: int           # seed of the recipe draws (not of the trials)
 
 
@@ -52,10 +79,11 @@ class Space:
     metric: str                          # selection metric: val_acc_mean or val_acc_pNN
     levels: tuple[float, ...]            # pruning levels evaluated on validation every epoch
     variants: list[dict]                 # the winner with these fields changed: extra --export-grid entries (not searched)
+    written_for: int                     # the file's budget.max_epochs: what its EPOCH_FIELDS values are epochs of
 
     def recipes(self) -> list[dict]:
-        """The `samples` recipes: sampled keys only, in draw order (duplicates of choice-only
-        spaces are kept: they are the same grid point and run once)."""
+        """The `samples` recipes: sampled keys only, in draw order, epoch-valued ones scaled to the
+        budget (duplicates of choice-only spaces are kept: they are the same grid point and run once)."""
         rng = np.random.default_rng(self.budget.seed)
         out = []
         for _ in range(self.budget.samples):
@@ -67,7 +95,7 @@ class Space:
                     lo, hi = (math.log(arg[0]), math.log(arg[1])) if kind == "loguniform" else arg
                     v = float(rng.uniform(lo, hi))
                     r[key] = float(f"{math.exp(v) if kind == 'loguniform' else v:.4g}")  # 4 digits: readable recipes
-            out.append(r)
+            out.append(scale_epochs(r, self.budget.max_epochs, self.written_for))
         return out
 
     def trial(self, recipe: dict, overrides: dict | None = None) -> TrialConfig:
@@ -149,7 +177,8 @@ def load_space(name_or_path: str, samples: int | None = None, max_epochs: int | 
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise _err(path, f"budget.{name}={v!r} is invalid: an integer >= 1.")
     if budget.grace_period > budget.max_epochs:
-        raise _err(path, f"budget.grace_period={budget.grace_period} exceeds max_epochs={budget.max_epochs}.")
+        raise _err(path, f"budget.grace_period={budget.grace_period} exceeds max_epochs={budget.max_epochs}: pass "
+                         f"--max-epochs >= {budget.grace_period} or lower budget.grace_period in the space.")
     sel = spec["select"] if isinstance(spec["select"], dict) else {}
     levels = sel.get("levels") or []
     metric = sel.get("metric")
@@ -165,12 +194,17 @@ def load_space(name_or_path: str, samples: int | None = None, max_epochs: int | 
         if clash := set(v) & {*dists, "epochs", "dataset", "seed"}:
             raise _err(path, f"a variant may not set {sorted(clash)}: searched keys come from the winner, epochs "
                              "from the budget, dataset and seed from the export.")
-    space = Space(path.stem, str(spec.get("description", "")).strip(), fixed, parsed, budget, metric,
-                  tuple(float(p) for p in levels), variants)
+    written_for = b.get("max_epochs", budget.max_epochs)
+    if not isinstance(written_for, int) or isinstance(written_for, bool) or written_for < 1:
+        raise _err(path, f"budget.max_epochs={written_for!r} is invalid: an integer >= 1 (the epochs the space is written for).")
+    space = Space(path.stem, str(spec.get("description", "")).strip(),
+                  scale_epochs(fixed, budget.max_epochs, written_for), parsed, budget, metric,
+                  tuple(float(p) for p in levels), [scale_epochs(v, budget.max_epochs, written_for) for v in variants],
+                  written_for)
     # every recipe is a valid config (val_size = 0 is refused there: selection never sees the test
     # set), and so is every variant: errors now, not in a worker hours later
     for r in space.recipes():
         space.trial(r)
-        for v in variants:
+        for v in space.variants:
             space.trial(r, v)
     return space

@@ -32,7 +32,6 @@ for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LO
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from . import tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
@@ -77,6 +76,10 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     resume = _latest_state(rdir)
     resumed_from = len(resume["history"]) if resume else 0
     node = ray.get_runtime_context().get_node_id()  # which machine trains it (a retry may move it)
+    until = config["until"]
+    if until is not None and resumed_from >= until:  # already at its rung (the driver stopped before deciding)
+        tune.report({"epoch": resumed_from, "history": resume["history"], "resumed_from": resumed_from, "node_id": node})
+        return
 
     def on_epoch(log: dict, state) -> None:
         s = state()
@@ -87,8 +90,7 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
         # file must outlive the trial's process; a 2.6-5 MB copy per epoch is noise next to an epoch.
         with tempfile.TemporaryDirectory() as d:
             shutil.copy(rdir / STATE, Path(d) / STATE)
-            vals = {k: v for k, v in log.items() if k.startswith("val_acc")}  # what a scheduler (ASHA) reads
-            tune.report({"epoch": log["epoch"], **vals, "history": s["history"], "resumed_from": resumed_from,
+            tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from,
                          "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
     result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"])
@@ -117,7 +119,9 @@ class Row:
 
 
 class SweepCallback(tune.Callback):
-    """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA)."""
+    """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA).
+    One MLflow run per grid point, kept across the rounds of a search (successive halving runs a
+    recipe rung by rung, as one Tune trial per round)."""
 
     def __init__(self, client, exp_id: str, tags: dict[str, str], trials: list[TrialConfig], storage: Path,
                  experiment: str, select: str | None = None):
@@ -128,18 +132,21 @@ class SweepCallback(tune.Callback):
         self.epoch_s: dict[str, list[float]] = {}                        # method -> epoch times seen
         self.n = len(trials)
         self.peak_running = 0
-        self.runs: dict[str, str] = {}      # Tune trial_id -> MLflow run_id
+        self.until: int | None = None       # this round's rung: epochs past it are not logged (see run_sweep)
+        self.keys: dict[str, str] = {}      # Tune trial_id -> grid_key
+        self.runs: dict[str, str] = {}      # grid_key -> MLflow run_id
         self.logged: dict[str, int] = {}    # run_id -> last epoch logged
+        self.values: dict[str, dict[int, float]] = {}  # grid_key -> epoch -> selection metric (a search)
         self.final: dict[str, dict] = {}    # trial_id -> final result
-        self.rows: dict[str, Row] = {}
+        self.rows: dict[str, Row] = {}      # grid_key -> summary row
 
     def _eta(self) -> float:
         """Seconds left: each unfinished trial's remaining epochs at its method's mean epoch time
         (BBB epochs cost several SGD epochs), spread over as many trials as have run side by side.
         In a search, a trial is expected to train as many epochs as the ended ones did on average
-        (ASHA stops most recipes at its first rungs), not all of them; ended trials count nothing."""
+        (successive halving stops most recipes at its first rungs), not all of them; ended trials count nothing."""
         seen = [t for ts in self.epoch_s.values() for t in ts]
-        ended = {r.key: self.done_epochs.get(r.key, 0) for r in self.rows.values() if r.status != "RUNNING"}
+        ended = {r.key: self.done_epochs.get(r.key, 0) for r in self.rows.values() if r.status not in ("RUNNING", "WAITING")}
         ended_epochs = list(ended.values()) if self.select else []
         left = 0.0
         for key, (method, epochs) in self.todo.items():
@@ -160,52 +167,55 @@ class SweepCallback(tune.Callback):
         print(f"[{done + failed}/{self.n} done, {failed} failed, ETA {eta_s}] {msg}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:  # a retry after a failure keeps its MLflow run
-            self._say(f"{self.rows[trial.trial_id].name} restarted from its last checkpoint")
+        if trial.trial_id in self.keys:  # a retry after a failure keeps its MLflow run
+            self._say(f"{self.rows[self.keys[trial.trial_id]].name} restarted from its last checkpoint")
             return
         cfg = from_dict(trial.config["trial"])
+        key = self.keys[trial.trial_id] = cfg.grid_key()
+        if key in self.rows:  # a search's recipe promoted past a rung: the same run goes on
+            row = self.rows[key]
+            row.status = "RUNNING"
+            self._say(f"{row.name} continues{f' to epoch {self.until}' if self.until else ''}")
+            return
         run_id = tracking.start_run(self.client, self.exp_id, cfg, self.tags)
-        self.runs[trial.trial_id] = run_id
-        name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{cfg.grid_key()[:8]}]"
-        self.rows[trial.trial_id] = Row(cfg.grid_key(), name, "RUNNING", run_id)
+        self.runs[key] = run_id
+        name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{key[:8]}]"
+        self.rows[key] = Row(key, name, "RUNNING", run_id)
         ft = f" + {cfg.total_epochs - cfg.epochs} fine-tuning" if cfg.total_epochs > cfg.epochs else ""
         self._say(f"{name} started ({cfg.epochs} epochs{ft})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]
+        key = self.keys[trial.trial_id]
+        run_id, row = self.runs[key], self.rows[key]
         row.nodes.add(result["node_id"])
         if result["resumed_from"] and row.resumed_from != result["resumed_from"]:
             row.resumed_from = result["resumed_from"]
             self._say(f"{row.name} resumed at epoch {row.resumed_from}")
-        new = [h for h in result["history"] if h["epoch"] > self.logged.get(run_id, 0)]
+        new = [h for h in result["history"] if self.logged.get(run_id, 0) < h["epoch"] <= (self.until or h["epoch"])]
         if new:
             tracking.log_epochs(self.client, run_id, new)
-            self.logged[run_id] = self.done_epochs[row.key] = new[-1]["epoch"]
-            self.epoch_s.setdefault(self.todo[row.key][0], []).extend(h["epoch_time_s"] for h in new)
+            self.logged[run_id] = self.done_epochs[key] = new[-1]["epoch"]
+            self.epoch_s.setdefault(self.todo[key][0], []).extend(h["epoch_time_s"] for h in new)
+            if self.select:
+                self.values.setdefault(key, {}).update((h["epoch"], h[self.select]) for h in new if self.select in h)
         if "final_metrics" in result:
             self.final[trial.trial_id] = result
         elif new:
-            sel = f" {self.select} {new[-1][self.select]:.4f}" if self.select in new[-1] else ""  # what ASHA ranks by
+            sel = f" {self.select} {new[-1][self.select]:.4f}" if self.select in new[-1] else ""  # what a search ranks by
             self._say(f"{row.name} epoch {new[-1]['epoch']}/{trial.config['trial']['epochs']} "
                       f"val_acc {new[-1]['val_acc']:.4f}{sel}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id, row = self.runs[trial.trial_id], self.rows[trial.trial_id]
+        key = self.keys[trial.trial_id]
+        run_id, row = self.runs[key], self.rows[key]
         res = self.final.pop(trial.trial_id, None)
-        if res is None:  # stopped by the scheduler (a recipe search): finished, and says where it stopped
-            epoch, epochs = self.logged.get(run_id, 0), self.todo[row.key][1]
-            if epoch < epochs:  # at its last epoch ASHA may still "stop" a recipe that has trained it fully
-                self.client.log_metric(run_id, "stopped_at_epoch", epoch)
-                self.client.set_tag(run_id, "stopped_early", "true")
-            self.client.set_terminated(run_id, "FINISHED")
-            shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
-            row.status = "STOPPED" if epoch < epochs else "FINISHED"
-            self._say(f"{row.name} stopped early at epoch {epoch} by the scheduler" if epoch < epochs
-                      else f"{row.name} finished its {epochs} epochs")
+        if res is None:  # reached this round's rung: it waits for the search's decision (stop or continue)
+            row.status = "WAITING"
+            self._say(f"{row.name} reached epoch {self.logged.get(run_id, 0)}: waiting for the other recipes")
             return
         with trial.checkpoint.as_directory() as d:
             tracking.finish_run(self.client, run_id, res["final_metrics"], res["final_info"], Path(d))
-        shutil.rmtree(resume_dir(self.storage, self.experiment, row.key), ignore_errors=True)
+        shutil.rmtree(resume_dir(self.storage, self.experiment, key), ignore_errors=True)
         m = res["final_metrics"]
         levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
         row.status, row.wall_s = "FINISHED", m["total_wall_s"]
@@ -218,18 +228,29 @@ class SweepCallback(tune.Callback):
         self._say(f"{row.name} finished: acc {row.acc0:.4f} (p{levels[0]:02d}) -> {row.acc_max:.4f} "
                   f"(p{levels[-1]:02d}) in {row.wall_s:.0f}s")
 
+    def stop(self, key: str, epoch: int) -> None:
+        """A search stops this waiting recipe at its rung `epoch`: its run is FINISHED and says where."""
+        run_id, row = self.runs[key], self.rows[key]
+        self.client.log_metric(run_id, "stopped_at_epoch", epoch)
+        self.client.set_tag(run_id, "stopped_early", "true")
+        self.client.set_terminated(run_id, "FINISHED")
+        shutil.rmtree(resume_dir(self.storage, self.experiment, key), ignore_errors=True)
+        row.status = "STOPPED"
+        self._say(f"{row.name} stopped at epoch {epoch} (successive halving)")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self.runs:  # failed before it ever started (e.g. its worker died)
+        if trial.trial_id not in self.keys:  # failed before it ever started (e.g. its worker died)
             self.on_trial_start(iteration, trials, trial)
-        self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
-        self.rows[trial.trial_id].status = "FAILED"
-        self._say(f"{self.rows[trial.trial_id].name} FAILED (see {trial.local_path or trial.path})")
+        row = self.rows[self.keys[trial.trial_id]]
+        self.client.set_terminated(row.run_id, "FAILED")
+        row.status = "FAILED"
+        self._say(f"{row.name} FAILED (see {trial.local_path or trial.path})")
 
     def close(self) -> None:
         """Driver stopping (Ctrl-C, error): no run of ours may be left looking alive or finished."""
-        for tid, row in self.rows.items():
-            if row.status == "RUNNING":
-                self.client.set_terminated(self.runs[tid], "KILLED")
+        for row in self.rows.values():
+            if row.status in ("RUNNING", "WAITING"):
+                self.client.set_terminated(row.run_id, "KILLED")
                 row.status = "KILLED"
 
 
@@ -244,29 +265,33 @@ class Resources:
 
 def run_sweep(trials: list[TrialConfig], experiment: str, client, exp_id: str, storage: Path,
               res: Resources, arrays: dict[str, Arrays], extra_tags: dict[str, str] | None = None,
-              select: str | None = None, grace_period: int = 1) -> list[Row]:
+              select: str | None = None, *, until: int | None = None, cb: SweepCallback | None = None) -> list[Row]:
     """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows.
     `experiment` names the Ray run and the resume-state folder; extra_tags go on every MLflow run.
-    select (a recipe search): trials only train (no test evaluation) and ASHA (Li et al. 2020) stops
-    the ones whose validation metric `select` trails at its rungs, after grace_period epochs."""
-    tags = {**tracking.repro_tags(), **(extra_tags or {})}
-    cb = SweepCallback(client, exp_id, tags, trials, storage, experiment, select)
+    select (a recipe search): trials only train (no test evaluation). until (a round of a search):
+    each trial stops once it has reported that epoch and waits (status WAITING) in `cb`, the search's
+    callback that outlives its rounds; the next round resumes it from its resume state. A trial may
+    train a little past `until` before Tune stops it: those epochs are not logged, and the per-epoch
+    seeds make its next round's numbers the same either way."""
+    own = cb is None
+    if own:
+        cb = SweepCallback(client, exp_id, {**tracking.repro_tags(), **(extra_tags or {})}, trials, storage, experiment,
+                           select)
+    cb.until = until
     param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
-                   "resume_root": str(resume_dir(storage, experiment, "")), "evaluate": select is None}
-    scheduler = None if select is None else ASHAScheduler(
-        time_attr="epoch", metric=select, mode="max", max_t=max(t.epochs for t in trials), grace_period=grace_period,
-        reduction_factor=3)
+                   "resume_root": str(resume_dir(storage, experiment, "")), "evaluate": select is None, "until": until}
     fn = tune.with_resources(tune.with_parameters(trainable, arrays=arrays), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(
         fn, param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, scheduler=scheduler,
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent,
                                     trial_dirname_creator=lambda t: f"{from_dict(t.config['trial']).grid_key()}_{t.trial_id}"),
         run_config=tune.RunConfig(
-            name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
-            callbacks=[cb], failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-to{until}" if until else ""),
+            storage_path=str(storage), verbose=0, callbacks=[cb], stop={"epoch": until} if until else None,
+            failure_config=tune.FailureConfig(max_failures=2), checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     try:
         tuner.fit()
     finally:
-        cb.close()
+        if own:
+            cb.close()
     return list(cb.rows.values())

@@ -64,6 +64,16 @@ def finished_keys(client: MlflowClient, exp_id: str) -> set[str]:
     return {r.data.tags.get("grid_key") for r in runs_by_status(client, exp_id, "FINISHED")}
 
 
+def metric_histories(client: MlflowClient, exp_id: str, keys: set[str], metric: str) -> dict[str, dict[int, float]]:
+    """grid_key -> {epoch: value} of `metric` for the FINISHED runs of these grid points (the step of
+    a per-epoch metric is its epoch)."""
+    out = {}
+    for r in runs_by_status(client, exp_id, "FINISHED"):
+        if (key := r.data.tags.get("grid_key")) in keys:
+            out[key] = {m.step: m.value for m in client.get_metric_history(r.info.run_id, metric)}
+    return out
+
+
 def reap_stale(client: MlflowClient, exp_id: str) -> int:
     """Mark runs left RUNNING by a driver that died (SIGKILL, power loss) as KILLED.
     One driver per experiment at a time: a RUNNING run at startup cannot belong to a live sweep."""

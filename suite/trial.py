@@ -150,15 +150,15 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if model.weight_noise:
         info["weight_noise"] = model.weight_noise
-    if not evaluate:
-        out["total_wall_s"] = time.perf_counter() - t_start
+    resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
+    if not evaluate:  # a search's recipe resumes at every rung it passes
+        out["total_wall_s"] = time.perf_counter() - t_start + resumed
         return TrialResult(cfg, out, history, info)
     t_eval = time.perf_counter()
     m, i, artifacts = evaluate_pruned(model, cfg, data, finetune, on_epoch, state)
     out.update(m)
     info.update(i)
     out["eval_wall_s"] = time.perf_counter() - t_eval
-    resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
     out["total_wall_s"] = time.perf_counter() - t_start + resumed
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 

@@ -92,7 +92,7 @@ def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
 
 
 def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
-    from suite.run import driver_lock
+    from suite.driver import driver_lock
     held = driver_lock(tmp_path / "ray_results" / "smoke")
     assert held is not None
     r = cli(["--grid", "smoke"], tmp_path)

@@ -1,0 +1,328 @@
+"""The driver suite.run and suite.search share: what runs where (`Runtime`, `Job`), then one named
+step after another, cheapest first, so that bad input fails within seconds and before anything is
+created: quick checks -> finished grid points -> lock -> pending -> compilers and data -> Ray ->
+resources -> experiment -> sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import preflight
+from .config import ConfigError, TrialConfig
+from .preflight import PreflightError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def add_runtime_options(ap: argparse.ArgumentParser, default_experiment: str) -> None:
+    """Where and how trials run: the options suite.run and suite.search share."""
+    ap.add_argument("--experiment", help=f"MLflow experiment name (default: {default_experiment})")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    ap.add_argument("--address", help="join an existing Ray cluster: auto (the one `ray start` made here, or $RAY_ADDRESS) "
+                    "or host:port of its GCS (e.g. 127.0.0.1:6379); default: start a local one")
+    ap.add_argument("--cpus-per-trial", type=float, default=None,
+                    help="CPU cores per trial (= torch threads); default 1 (see README for the measurement)")
+    ap.add_argument("--gpus-per-trial", type=float, default=None,
+                    help="GPUs per trial, fractional to share one GPU; default 0.25 when a GPU is visible, else 0")
+    ap.add_argument("--max-concurrent", type=int, default=None,
+                    help="cap on trials running at once (default: as resources allow)")
+    ap.add_argument("--device", choices=list(DEVICES), default=None, help="override every trial's device")
+    ap.add_argument("--data-dir", help="dataset cache dir (default: $BPB_DATA_DIR or ~/.cache/bayes-prune-bench)")
+    ap.add_argument("--storage-path", help="Ray results + resume states (default: <cwd>/ray_results; shared storage on clusters)")
+    ap.add_argument("--dry-run", action="store_true", help="print the expanded trial table and count, train nothing")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how trials run, built once from the runtime options; paths are absolute (Ray moves
+    trials' working directories)."""
+
+    tracking_uri: str
+    storage: Path
+    address: str | None = None
+    cpus_per_trial: float | None = None   # None: 1
+    gpus_per_trial: float | None = None   # None: 0.25 when the cluster has a GPU, else 0
+    max_concurrent: int | None = None     # None: as resources allow
+    device: str | None = None             # overrides every trial's device
+    data_dir: str | None = None           # None: the data module's default cache
+    dry_run: bool = False
+
+    def __post_init__(self):
+        if self.cpus_per_trial is not None and self.cpus_per_trial < 1:
+            raise ConfigError(f"--cpus-per-trial={self.cpus_per_trial} is invalid: use a number >= 1.")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial={self.gpus_per_trial} is invalid: use a number >= 0 (fractions share a GPU).")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent={self.max_concurrent} is invalid: use an integer >= 1.")
+        if self.device is not None and self.device not in DEVICES:
+            raise ConfigError(f"--device={self.device} is invalid: use one of {', '.join(DEVICES)}.")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Runtime:
+        """From the options add_runtime_options defined; ConfigError names the bad option and the fix."""
+        return cls(tracking_uri=preflight.tracking_uri(args.tracking_uri),
+                   storage=Path(args.storage_path or "ray_results").resolve(), address=args.address,
+                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                   max_concurrent=args.max_concurrent, device=args.device,
+                   data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, dry_run=args.dry_run)
+
+    def overrides(self) -> dict:
+        """Config fields the runtime options set on every trial."""
+        return {**({"device": self.device} if self.device else {}), **({"data_dir": self.data_dir} if self.data_dir else {})}
+
+
+def runtime_from(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Runtime:
+    """The Runtime of parsed options; a bad one is a usage error of the CLI (exit 2)."""
+    try:
+        return Runtime.from_args(args)
+    except ConfigError as e:
+        ap.error(str(e))
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to run: the grid points, the experiment they belong to, and how the sweep treats them."""
+
+    trials: tuple[TrialConfig, ...]
+    experiment: str
+    title: str                                   # progress lines; a search's parent run is named after it
+    rerun: bool = False                          # train finished grid points again, from scratch
+    concurrency: tuple[int, ...] = ()            # sweep-scaling mode: the whole grid once per level
+    tags: Mapping[str, str] = field(default_factory=dict)  # on every MLflow run
+    select: str | None = None                    # a search: trials train only, ranked by this metric (suite/halving.py)
+    grace_period: int = 1                        # a search's first rung: epochs before a trial may be stopped
+    parent: Mapping[str, str] | None = None      # tags of a parent run the trials' runs nest under
+
+    def __post_init__(self):
+        object.__setattr__(self, "trials", tuple(self.trials))
+        object.__setattr__(self, "concurrency", tuple(self.concurrency))
+        if not self.experiment:
+            raise ConfigError("the experiment name is empty: pass --experiment NAME.")
+        if any(not isinstance(k, int) or k < 1 for k in self.concurrency):
+            raise ConfigError(f"--concurrency={','.join(map(str, self.concurrency))!r} is invalid: use positive integers "
+                              "separated by commas, e.g. 1,2,4.")
+        if self.concurrency and self.select:
+            raise ConfigError("a recipe search cannot run in sweep-scaling mode (--concurrency): time the grid it exports.")
+        if self.grace_period < 1:
+            raise ConfigError(f"grace_period={self.grace_period} is invalid: an integer >= 1.")
+
+    def pending(self, finished: set[str]) -> list[TrialConfig]:
+        """The grid points to train, seed-major: an interrupted sweep already holds every method's
+        result for the first seeds. A concurrency sweep times the whole grid at every level, so
+        nothing counts as already done there."""
+        todo = self.trials if self.rerun or self.concurrency else [t for t in self.trials if t.grid_key() not in finished]
+        return sorted(todo, key=lambda t: t.seed)
+
+
+@dataclass
+class Driven:
+    """What a drive left behind, for the caller's summary."""
+
+    client: object
+    exp_id: str
+    rows: list
+    expected: int
+    browse: str
+    parent_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return len(self.rows) == self.expected and all(r.status in ("FINISHED", "STOPPED") for r in self.rows)
+
+
+def drive(rt: Runtime, job: Job, dry_table: Callable[[set[str]], str]) -> Driven | None:
+    """Validate everything that can be validated, then create the experiment (and the parent run),
+    then train. Returns None when there was nothing to train (or --dry-run printed dry_table(finished))."""
+    check_quick(rt)
+    from . import tracking  # heavy imports (mlflow, torch) only after the quick checks passed
+    client, exp, finished = read_finished(rt, job.experiment)
+    if rt.dry_run:
+        print(dry_table(finished))
+        return None
+    try:
+        tracking.check_not_deleted(exp, job.experiment)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    with lock(rt, job.experiment):  # held until the sweep ends
+        return train(rt, job, client, finished)
+
+
+def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
+    """The steps after the lock: pending grid points, compilers and data, Ray, resources, the
+    experiment, the sweep."""
+    from . import tracking
+    from .sweep import resume_dir  # sets Ray's environment defaults before ray is imported
+    pending = job.pending(finished)
+    done = sum(t.grid_key() in finished for t in job.trials)
+    print(f"{job.title}: {len(job.trials)} trials, {done} already finished, {len(pending)} to run"
+          f"{' (--rerun)' if job.rerun else ''} -> experiment {job.experiment!r} at {rt.tracking_uri}")
+    if not pending and job.parent is None:
+        print("nothing to do")
+        return None
+    check_compilers(rt, pending)
+    arrays = load_data(rt, pending, job.select)
+    if job.rerun:  # a rerun trains from scratch, not from a leftover resume state
+        for t in pending:
+            shutil.rmtree(resume_dir(rt.storage, job.experiment, t.grid_key()), ignore_errors=True)
+    import ray
+    start_ray(rt)
+    try:
+        res = trial_resources(rt, pending)
+        exp_id, parent_id = open_experiment(client, job)
+        rows = run_job(job, pending, client, exp_id, parent_id, rt.storage, res, arrays)
+    finally:
+        ray.shutdown()
+    return Driven(client, exp_id, rows, len(pending) * len(job.concurrency or [1]),
+                  tracking.browse_hint(rt.tracking_uri, exp_id), parent_id)
+
+
+def check_quick(rt: Runtime) -> None:
+    """Seconds, before any heavy import: the tracking store, and the Ray address if one is given."""
+    preflight.check_tracking(rt.tracking_uri)
+    if rt.address and not rt.dry_run:
+        preflight.enable_ray_token_auth()  # before ray is imported
+        preflight.check_ray_address(rt.address)
+
+
+def read_finished(rt: Runtime, experiment: str) -> tuple[object, object, set[str]]:
+    """(client, experiment or None, grid keys with a FINISHED run). A dry run of a sqlite store that
+    does not exist yet creates none (client None)."""
+    from . import tracking
+    uri = rt.tracking_uri
+    store_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+    client = tracking.connect(uri) if store_exists or not rt.dry_run else None
+    exp = client.get_experiment_by_name(experiment) if client else None
+    return client, exp, tracking.finished_keys(client, exp.experiment_id) if exp else set()
+
+
+def lock(rt: Runtime, experiment: str):
+    """The experiment's driver lock (see driver_lock), or the error naming who holds it."""
+    held = driver_lock(rt.storage / experiment)
+    if held is None:
+        raise PreflightError(f"another suite.run is already driving experiment {experiment!r} from {rt.storage}: wait "
+                             "for it, or stop it (Ctrl-C) and run this command again to resume.")
+    return held
+
+
+def driver_lock(folder: Path):
+    """Hold an exclusive lock on <storage>/<experiment>/.driver.lock while the returned file is open,
+    or return None if another driver holds it. Why: a second driver would mark the first one's RUNNING
+    runs KILLED and train the same grid points twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".driver.lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def check_compilers(rt: Runtime, pending: list[TrialConfig]) -> None:
+    """compile=true on CPU needs a C++ compiler here; on a cluster the workers' compilers matter."""
+    if rt.address:
+        return
+    from .trial import check_compiler
+    for t in pending:
+        check_compiler(t)
+
+
+def load_data(rt: Runtime, pending: list[TrialConfig], select: str | None) -> dict:
+    """Every dataset the pending trials use, loaded once (shared via Ray's object store) and before
+    Ray starts. A search selects on validation data only: its trials never receive the test split."""
+    from .data import DataError, load_arrays
+    try:
+        arrays = {d: load_arrays(d, rt.data_dir) for d in sorted({t.dataset for t in pending})}
+    except DataError as e:
+        raise PreflightError(str(e)) from None
+    if select is not None:
+        arrays = {d: dataclasses.replace(a, x_test=a.x_test[:0], y_test=a.y_test[:0]) for d, a in arrays.items()}
+    return arrays
+
+
+def start_ray(rt: Runtime) -> None:
+    """A fresh local Ray instance (address "local": a bare ray.init() would silently attach to
+    whatever cluster `ray start` left registered on this machine, possibly a dead one), or the cluster
+    at rt.address."""
+    import ray
+    try:
+        ray.init(address=rt.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+        if not rt.address:
+            raise
+        # the port answered (checked before), so what remains is the cluster refusing us
+        raise PreflightError(f"could not join the Ray cluster at {rt.address} ({str(e).splitlines()[0]}): if it "
+                             "uses token auth, put its token (`ray get-auth-token` on its head) into ~/.ray/auth_token "
+                             "or $RAY_AUTH_TOKEN.") from None
+
+
+def trial_resources(rt: Runtime, pending: list[TrialConfig]):
+    """CPUs / GPUs per trial, checked against the nodes of the cluster Ray is connected to."""
+    from .sweep import Resources
+    shapes, autoscaler_unknown = preflight.node_shapes()
+    has_gpu = any(s.get("GPU", 0) for s in shapes)  # counted on the cluster: a cluster's head usually has none
+    gpus = rt.gpus_per_trial if rt.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
+    if not gpus and any(t.device == "cuda" for t in pending):
+        raise PreflightError("device=cuda but trials get no GPU: pass --gpus-per-trial > 0 or use --device auto/cpu.")
+    res = Resources(cpus=rt.cpus_per_trial or 1.0, gpus=gpus, max_concurrent=rt.max_concurrent)
+    try:
+        preflight.check_fit(res.cpus, res.gpus, shapes)
+    except PreflightError:
+        if not autoscaler_unknown:
+            raise
+        # an autoscaler whose node types this machine cannot see (not a `ray up` head): it may add one
+        print(f"no node fits a trial yet (nodes: {preflight.describe(shapes)}); waiting for the autoscaler to add one")
+    return res
+
+
+def open_experiment(client, job: Job) -> tuple[str, str | None]:
+    """Only now, after every check: (experiment id, parent run id or None). Runs left RUNNING by a
+    killed driver are marked KILLED (the lock says no live driver owns them)."""
+    from . import tracking
+    exp_id = tracking.ensure_experiment(client, job.experiment)
+    reaped = tracking.reap_stale(client, exp_id)
+    if reaped:
+        print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
+    parent_id = tracking.parent_run(client, exp_id, job.title, dict(job.parent)) if job.parent is not None else None
+    return exp_id, parent_id
+
+
+def run_job(job: Job, pending: list[TrialConfig], client, exp_id: str, parent_id: str | None, storage: Path,
+            res, arrays: dict) -> list:
+    """The sweep itself (once, or once per concurrency level); returns its summary rows."""
+    from .sweep import run_sweep
+    if not pending:
+        return []
+    if job.concurrency:
+        return [row for k in job.concurrency
+                for row in concurrency_level(k, pending, job.experiment, client, exp_id, storage, res, arrays)]
+    tags = {**job.tags, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
+    if job.select:
+        from .halving import run_search
+        return run_search(job, pending, client, exp_id, storage, res, arrays, tags)
+    return run_sweep(pending, job.experiment, client, exp_id, storage, res, arrays, tags)
+
+
+def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:
+    """One timed sweep of all trials with k at once (k per GPU when trials use GPUs)."""
+    from .sweep import Resources, run_sweep
+    sweep = f"{time.strftime('%Y%m%d-%H%M%S')}-c{k}"
+    level = Resources(res.cpus, 1.0 / k, None) if res.gpus > 0 else Resources(res.cpus, 0.0, k)
+    print(f"--- concurrency {k}: sweep {sweep}")
+    t0 = time.perf_counter()
+    rows = run_sweep(trials, f"{experiment}-{sweep}", client, exp_id, storage, level, arrays,
+                     {"sweep": sweep, "concurrency": str(k)})
+    wall = time.perf_counter() - t0
+    per_hour = sum(r.status == "FINISHED" for r in rows) / wall * 3600
+    for r in rows:
+        client.log_metric(r.run_id, "sweep_trials_per_hour", per_hour)
+        client.log_metric(r.run_id, "sweep_wall_s", wall)
+    print(f"--- concurrency {k}: {len(rows)} trials in {wall:.0f} s = {per_hour:.1f} trials/hour")
+    return rows
