@@ -310,7 +310,7 @@ def test_against_shows_each_method_at_both_recipes(tmp_path):
     assert report.main(["--experiment", "tuned", "--tracking-uri", uri, "--out", str(out)]) == 0
     s = pd.read_csv(out / "tables" / "searches.csv").iloc[0]
     assert (s.search, s.budget, s["selection (validation)"], s["recipes done"], s["epochs trained"], s["best value"]) == (
-        "bbb", "3 recipes x 30 epochs, ASHA grace 3", "val_acc_mean", "3 (1 to the last epoch)", 42, 0.9612)
+        "bbb", "3 recipes x 30 epochs, halving grace 3", "val_acc_mean", "3 (1 to the last epoch)", 42, 0.9612)
     assert report.main(["--experiment", "search-bbb", "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "## Recipes: tuned vs study" in md and re.search(r"\| BBB +\| tuned +\| +2 \| \*\*", md)
     assert report.main(["--experiment", "tuned", "--against", "nope", "--tracking-uri", uri, "--out", str(out)]) == 2

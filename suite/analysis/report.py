@@ -131,8 +131,8 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
     if not found.empty:
         sections.append(Section("Recipe searches", [
             text("The `suite.search` runs in this store for this experiment's methods: the budget each got, what it "
-                 "trained (ASHA stopped the others early) and its wall time. Winners are chosen by the final epoch's "
-                 "validation metric; `suite/grids/tuned.yaml` names each winner's MLflow run."),
+                 "trained (successive halving stopped the others early) and its wall time. Winners are chosen by the "
+                 "final epoch's validation metric; `suite/grids/tuned.yaml` names each winner's MLflow run."),
             Block("table", table=tables.search_table(found).write(tdir, "searches"))]))
     for ds in ordered_datasets(df):
         sec = Section(DATASET_NAMES.get(ds, ds))

@@ -299,7 +299,7 @@ def search_table(s: pd.DataFrame) -> Table:
     # columns by [name]: DataFrame attributes shadow some (s.select is a pandas method)
     cells = pd.DataFrame({
         "search": s["search"], "method": s["method"],
-        "budget": [f"{a} recipes x {b} epochs, ASHA grace {c}" for a, b, c in zip(s["samples"], s["max_epochs"],
+        "budget": [f"{a} recipes x {b} epochs, halving grace {c}" for a, b, c in zip(s["samples"], s["max_epochs"],
                                                                                   s["grace_period"])],
         "selection (validation)": s["select"],
         "recipes done": [f"{a} ({b} to the last epoch)" for a, b in zip(s["recipes_finished"], s["trained_full"])],
