@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import prune
-from .config import TrialConfig
 from .data import Splits
 from .methods import Method
+
+if TYPE_CHECKING:  # config imports the protocols, which train through this module
+    from .config import TrialConfig
 
 EpochCallback = Callable[[dict], None]
 

@@ -1,0 +1,141 @@
+"""Pruning protocols as plug-ins: the registry, a protocol added in a few lines, and the invariants
+that tie the built-in protocols to each other and to the masks they promise."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from suite.config import ConfigError, TrialConfig
+from suite.methods import build
+from suite.protocols import PROTOCOLS, Protocol, register
+from suite.trial import run_trial
+
+PLUGIN = '''
+from suite import prune
+from suite.protocols import Protocol, register
+
+
+@register
+class Inverse(Protocol):
+    """Prunes the highest-scoring weights first: the sanity floor of a score."""
+
+    name, order = "inverse", 90.0
+    label_suffix = " inverted"
+
+    def mask(self, level):
+        return prune.keep_mask(-self.score, self.allowed, level, self.cfg.prune_scope, self.model)
+'''
+
+
+def tiny(method="sgd", **kw):
+    base = dict(method=method, hidden=(32,), epochs=1, train_subset=2000, val_size=1000, lr=1e-3,
+                sparsities=(0.0, 0.9), test_samples=2, compile=False)
+    return TrialConfig(**{**base, **kw})
+
+
+def test_registry_lists_the_builtin_protocols():
+    assert list(PROTOCOLS) == ["oneshot", "finetune", "natural"]
+    assert all(issubclass(p, Protocol) and p.name == n for n, p in PROTOCOLS.items())
+    with pytest.raises(ConfigError, match="protocol='prune' is invalid: allowed oneshot \\| finetune \\| natural"):
+        TrialConfig(protocol="prune")
+
+
+def test_a_protocols_fields_are_an_error_under_the_others():
+    with pytest.raises(ConfigError, match=r"finetune_lr=0.001 is invalid: allowed null with protocol=oneshot "
+                                          r"\(only finetune uses it\)"):
+        TrialConfig(finetune_lr=1e-3)
+    with pytest.raises(ConfigError, match="finetune_epochs=2 is invalid: allowed 0 with protocol=natural"):
+        TrialConfig(method="sparse_vd", protocol="natural", finetune_epochs=2)
+    TrialConfig(protocol="finetune", finetune_epochs=1, finetune_lr=1e-3)
+
+
+def test_labels_tags_and_epochs_come_from_the_protocol():
+    ft = TrialConfig(protocol="finetune", finetune_epochs=3, epochs=2, sparsities=(0.0, 0.5, 0.9))
+    assert ft.total_epochs == 2 + 2 * 3  # level 0 is not retrained
+    assert ft.label() == "SGD + fine-tune" and ft.run_name().startswith("SGD+fine-tune-")
+    tags = ft.run_tags()
+    assert tags["label_order"] == "0.5" and tags["color"] == "#17becf" and "baseline" not in tags
+    assert TrialConfig().run_tags()["baseline"] == "true" and TrialConfig().total_epochs == 50
+    assert TrialConfig(method="sparse_vd", protocol="natural").label() == "Sparse VD"
+
+
+def test_a_protocol_is_one_file_plus_registration(mnist):
+    namespace = {}
+    exec(compile(PLUGIN, "inverse_protocol.py", "exec"), namespace)
+    try:
+        assert list(PROTOCOLS)[-1] == "inverse" and namespace["Inverse"] is PROTOCOLS["inverse"]
+        torch.set_num_threads(1)
+        inv = run_trial(tiny(protocol="inverse"), arrays=mnist)
+        one = run_trial(tiny(), arrays=mnist)
+        assert inv.config.label() == "SGD inverted" and inv.info["protocol"] == "inverse"
+        assert inv.metrics["sparsity_p90"] == pytest.approx(0.9, abs=1e-4)
+        assert inv.metrics["test_acc_p00"] == one.metrics["test_acc_p00"]  # nothing pruned: the same model
+        # pruning the largest weights first destroys what magnitude pruning keeps
+        assert inv.metrics["test_acc_p90"] < one.metrics["test_acc_p90"] - 0.2
+    finally:
+        PROTOCOLS.pop("inverse", None)
+    with pytest.raises(ConfigError, match="protocol='inverse' is invalid"):
+        TrialConfig(protocol="inverse")
+
+
+def test_registering_a_name_twice_is_an_error():
+    class Other(Protocol):
+        name = "finetune"
+    with pytest.raises(ValueError, match="protocol 'finetune' is registered twice"):
+        register(Other)
+    assert PROTOCOLS["finetune"] is not Other
+
+
+def test_finetune_agrees_with_oneshot_and_holds_its_mask(mnist):
+    torch.set_num_threads(1)
+    cfg = tiny(protocol="finetune", finetune_epochs=2)
+    epochs, last = [], {}
+
+    def on_epoch(log, state):
+        epochs.append(log["epoch"])
+        last.update(copy.deepcopy(state()))
+    ft, one = run_trial(cfg, on_epoch, arrays=mnist), run_trial(tiny(), arrays=mnist)
+    assert epochs == list(range(1, cfg.total_epochs + 1)) == [1, 2, 3]
+    for k in ("acc", "nll", "ece"):
+        assert ft.metrics[f"test_{k}_p00"] == one.metrics[f"test_{k}_p00"]      # level 0 is not retrained
+        assert ft.metrics[f"oneshot_{k}_p90"] == one.metrics[f"test_{k}_p90"]   # the same copy before retraining
+    assert ft.metrics["finetune_val_acc_p90"] == last["finetune"]["p90"]["history"][-1]["val_acc"]
+    level = last["finetune"]["p90"]
+    theta, adam = level["model"]["theta"], level["optimizer"]["state"][0]
+    n_weights = 784 * 32 + 32 * 10
+    pruned = build(cfg).weight_entries() & (theta == 0)
+    assert int(pruned.sum()) == round(0.9 * n_weights)   # exactly the level's count, still 0 after retraining
+    assert torch.all(adam["exp_avg"][pruned] == 0) and torch.all(adam["exp_avg_sq"][pruned] == 0)
+    assert adam["exp_avg_sq"][~pruned].sum() > 0        # the kept weights did train
+
+
+def test_natural_adds_the_methods_own_mask_as_level_nat(mnist):
+    torch.set_num_threads(1)
+    nat = run_trial(tiny("sparse_vd", protocol="natural"), arrays=mnist)
+    one = run_trial(tiny("sparse_vd"), arrays=mnist)
+    model = build(nat.config)
+    model.load_state_dict(nat.state_dict)
+    weights = model.weight_entries()
+    dropped = int((weights & ~model.natural_keep()).sum())
+    assert dropped > 0 and nat.metrics["sparsity_nat"] == dropped / int(weights.sum())
+    for k in ("test_acc_p90", "test_acc_mc_p90", "test_nll_p00", "sparsity_p90"):
+        assert nat.metrics[k] == one.metrics[k]  # the numeric levels are oneshot's, untouched by `nat`
+    assert "test_acc_nat" not in one.metrics and "test_acc_mc_nat" in nat.metrics
+
+
+@pytest.mark.slow
+def test_a_protocol_plugin_runs_through_the_cli(tmp_path):
+    """A user's protocol file, named in $BPB_PLUGINS, runs through suite.trial like a built-in."""
+    (tmp_path / "inverse_protocol.py").write_text(PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+           "BPB_PLUGINS": "inverse_protocol"}
+    out = subprocess.run([sys.executable, "-m", "suite.trial", "--protocol", "inverse", "--epochs", "1",
+                          "--train-subset", "1000", "--val-size", "1000", "--hidden", "16", "--sparsities", "0,0.5",
+                          "--threads", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "SGD inverted on mnist" in out.stdout and "protocol inverse" in out.stdout
+    row = next(ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith("p50"))
+    assert float(row[1]) == pytest.approx(0.5, abs=1e-3)
