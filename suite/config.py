@@ -95,11 +95,19 @@ class TrialConfig:
     val_sparsities: tuple[float, ...] = ()
     """Levels also pruned and evaluated on the validation split after every epoch (val_acc_pNN; what a recipe search selects on)."""
     protocol: str = "oneshot"
-    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat)."""
+    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat); gradual: retrain while the mask tightens (Zhu & Gupta 2017); iterative: prune and retrain in rounds (Han et al. 2015)."""
     finetune_epochs: int = 0
-    """Fine-tuning epochs per level with protocol=finetune (>= 1 there, 0 otherwise)."""
+    """Retraining epochs per level (protocols finetune, gradual) or per pruning round (iterative); >= 1 there, 0 otherwise."""
     finetune_lr: float | None = None
-    """Learning rate of fine-tuning (constant); None = lr."""
+    """Learning rate of retraining (constant) under finetune, gradual and iterative; None = lr."""
+    gradual_epochs: tuple[int, ...] = ()
+    """Protocol gradual: [a, b], the sparsity rises on Zhu & Gupta's cubic schedule from the start of retraining epoch a to the end of epoch b."""
+    gradual_interval: int = 100
+    """Protocol gradual: optimizer steps between mask updates (Zhu & Gupta's Delta t)."""
+    iterative_fraction: float = 0.5
+    """Protocol iterative: fraction of the remaining weights pruned per round (a level's last round stops at the level)."""
+    rewind_epoch: int = -1
+    """Protocol iterative: after every prune reset the kept weights to those after training epoch r (0 = the initialisation; Frankle et al. 2019); -1 = no rewinding."""
     val_size: int = 10000
     """Validation examples held out of the 60k training set; 0 validates on the test set (as the study did)."""
     train_subset: int = 0

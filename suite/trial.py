@@ -140,8 +140,15 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         return {"grid_key": cfg.grid_key(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "history": history, "finetune": levels, "progress": done}
 
+    def after_epoch(log: dict) -> None:
+        cfg.protocol_cls.watch_training(cfg, log["epoch"], model, levels)
+        if on_epoch is not None:
+            on_epoch(log, state)
+
     memory = PeakMemory(device)
-    train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
+    if not history:
+        cfg.protocol_cls.watch_training(cfg, 0, model, levels)
+    train(model, opt, data, cfg, history, after_epoch)
     out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "compile_s": compile_s,
            "n_params": float(model.n_params), "peak_mem_mb": memory.peak_mb(),
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),

@@ -6,7 +6,7 @@ suite.methods, so it is registered in the CLIs and in every Ray worker alike.
 """
 from __future__ import annotations
 
-from . import finetune, natural, oneshot  # noqa: F401  (registration side effect; listed by each protocol's `order`)
+from . import finetune, gradual, iterative, natural, oneshot  # noqa: F401  (registration side effect; listed by each protocol's `order`)
 from .base import PROTOCOLS, Protocol, register
 
 __all__ = ["PROTOCOLS", "Protocol", "register"]

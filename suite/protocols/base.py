@@ -7,6 +7,8 @@ depend on this code; config validation asks the registry. One instance runs one 
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -67,6 +69,11 @@ class Protocol:
         """Epochs trained after training proper (for progress and ETA: TrialConfig.total_epochs)."""
         return 0
 
+    @classmethod
+    def watch_training(cls, cfg: TrialConfig, epoch: int, model: Method, store: dict[str, dict]) -> None:
+        """Called with the model after every training epoch (epoch 0: before the first); a protocol
+        that needs an epoch's weights later keeps them in `store`, which the trial state carries."""
+
     # -- one trial's sweep
     def mask(self, level: float | str) -> tuple[Tensor, float]:
         """Bool [P] keep mask of a level and its score threshold (for the score histograms' plots)."""
@@ -77,19 +84,39 @@ class Protocol:
         protocol's own; progress is the level's entry in the trial state when it retrains."""
         return prune.pruned_copy(self.model, keep), {}
 
-    def retrain(self, m: Method, phase: Phase, progress: dict) -> list[dict]:
+    def tighten(self, m: Method, sparsity: float, rewind: dict | None = None) -> None:
+        """Prune m further, to `sparsity`, by the score of its current weights, and hold that mask:
+        what is pruned already stays pruned (its score counts as -inf), so the masks only shrink.
+        rewind: a state dict whose weights the kept entries are reset to first (the pruned ones stay 0)."""
+        score = prune.scores(m, self.cfg.resolved_pruner, self.cfg.seed)
+        if m.held is not None:
+            score[~m.held.cpu()] = float("-inf")
+        keep, _ = prune.keep_mask(score, self.allowed, sparsity, self.cfg.prune_scope, m)
+        if rewind is not None:
+            m.load_state_dict(rewind)
+        m.hold_(keep)
+
+    def retrain(self, m: Method, phase: Phase, progress: dict,
+                on_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> list[dict]:
         """Train m (holding its mask if m.held) for `phase` with a fresh optimiser in the one training
-        loop, resumably: `progress` carries the phase's history, weights and optimiser state. Returns
-        the phase's history; its epochs are reported to on_epoch numbered on from training's, so
-        progress and ETA stay monotone up to TrialConfig.total_epochs."""
+        loop, resumably: `progress` carries the phase's history, weights, mask and optimiser state.
+        on_step(optimiser, t) runs after every step t (1-based within the phase). Returns the phase's
+        history; its epochs are reported to on_epoch numbered on from training's, so progress and ETA
+        stay monotone up to TrialConfig.total_epochs."""
         opt = make_optimizer(self.cfg, m, phase.lr)
         progress.setdefault("history", [])
         if "model" in progress:
             m.load_state_dict(progress["model"])
             opt.load_state_dict(progress["optimizer"])
+            if progress.get("held") is not None:
+                m.held = progress["held"].to(m.point_weights().device)
+        if on_step is not None:
+            n_batches = -(-len(self.data.y_train) // self.cfg.batch_size)
+            steps = itertools.count(len(progress["history"]) * n_batches + 1)
+            phase = dataclasses.replace(phase, on_step=lambda: on_step(opt, next(steps)))
 
         def after_epoch(log: dict) -> None:
-            progress.update(model=m.state_dict(), optimizer=opt.state_dict())
+            progress.update(model=m.state_dict(), optimizer=opt.state_dict(), held=m.held)
             if self.on_epoch is not None:
                 done = sum(len(p.get("history", ())) for p in self.store.values())
                 self.on_epoch({**log, "epoch": self.cfg.epochs + done}, self.state)
