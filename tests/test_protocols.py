@@ -260,3 +260,17 @@ def test_a_protocol_plugin_runs_through_the_cli(tmp_path):
     assert "SGD inverted on mnist" in out.stdout and "protocol inverse" in out.stdout
     row = next(ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith("p50"))
     assert float(row[1]) == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["suite.protocols", "suite.methods", "suite.train", "suite.config"])
+def test_a_plugin_loads_whichever_package_is_imported_first(first, tmp_path):
+    """Plug-ins are imported once both registries exist, so the import order of a user's script
+    cannot break a plug-in that imports suite.protocols (or suite.methods)."""
+    (tmp_path / "inverse_protocol.py").write_text(PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+           "BPB_PLUGINS": "inverse_protocol"}
+    code = f"import {first}; from suite.protocols import PROTOCOLS; print(list(PROTOCOLS))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'inverse'" in out.stdout

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from .. import prune
-from ..train import Phase, make_optimizer, train
+from .. import prune, train
 
 if TYPE_CHECKING:
     from ..config import TrialConfig
@@ -96,14 +95,16 @@ class Protocol:
             m.load_state_dict(rewind)
         m.hold_(keep)
 
-    def retrain(self, m: Method, phase: Phase, progress: dict,
+    def retrain(self, m: Method, progress: dict, epochs: int, lr: float, seed_offset: int,
                 on_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> list[dict]:
-        """Train m (holding its mask if m.held) for `phase` with a fresh optimiser in the one training
-        loop, resumably: `progress` carries the phase's history, weights, mask and optimiser state.
-        on_step(optimiser, t) runs after every step t (1-based within the phase). Returns the phase's
-        history; its epochs are reported to on_epoch numbered on from training's, so progress and ETA
-        stay monotone up to TrialConfig.total_epochs."""
-        opt = make_optimizer(self.cfg, m, phase.lr)
+        """Train m (holding its mask if m.held) up to epoch `epochs` of its phase at a constant lr
+        with a fresh optimiser in the one training loop, resumably: `progress` carries the phase's
+        history, weights, mask and optimiser state. seed_offset gives the phase its own RNG stream
+        (train.epoch_seed). on_step(optimiser, t) runs after every step t (1-based within the
+        phase). Returns the phase's history; its epochs are reported to on_epoch numbered on from
+        training's, so progress and ETA stay monotone up to TrialConfig.total_epochs."""
+        phase = train.Phase(epochs, lr, seed_offset=seed_offset)
+        opt = train.make_optimizer(self.cfg, m, lr)
         progress.setdefault("history", [])
         if "model" in progress:
             m.load_state_dict(progress["model"])
@@ -121,7 +122,7 @@ class Protocol:
                 done = sum(len(p.get("history", ())) for p in self.store.values())
                 self.on_epoch({**log, "epoch": self.cfg.epochs + done}, self.state)
         with torch.enable_grad():
-            return train(m, opt, self.data, self.cfg, progress["history"], after_epoch, phase)
+            return train.train(m, opt, self.data, self.cfg, progress["history"], after_epoch, phase)
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {}

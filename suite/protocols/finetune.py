@@ -7,7 +7,6 @@ before fine-tuning and finetune_val_acc_pNN its last validation accuracy."""
 from __future__ import annotations
 
 from .. import metrics, prune
-from ..train import Phase
 from .base import Protocol, register
 
 
@@ -39,5 +38,5 @@ class Finetune(Protocol):
         m.hold_(keep)
         lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
         # each level's own RNG stream, apart from training's and the other levels'
-        history = self.retrain(m, Phase(cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1)), progress)
+        history = self.retrain(m, progress, cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1))
         return m, {**before, f"finetune_val_acc_{tag}": history[-1]["val_acc"]}

@@ -16,7 +16,6 @@ import copy
 
 import torch
 
-from ..train import Phase
 from .base import Protocol, register
 
 
@@ -76,5 +75,5 @@ class Gradual(Protocol):
                             v.masked_fill_(~m.held, 0.0)
         lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
         # each level's own RNG stream, apart from training's and the other levels'
-        self.retrain(m, Phase(cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1)), progress, on_step)
+        self.retrain(m, progress, cfg.finetune_epochs, lr, 100_000 * (i + 1), on_step)
         return m, {}

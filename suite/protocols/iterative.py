@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 
-from ..train import Phase
 from .base import Protocol, register
 
 
@@ -83,6 +82,6 @@ class Iterative(Protocol):
                 progress.pop("model", None)
                 progress.pop("optimizer", None)
             # one RNG stream per level, its rounds' epochs numbered on within it
-            self.retrain(m, Phase((j + 1) * k, lr, seed_offset=100_000 * (i + 1)), progress)
+            self.retrain(m, progress, (j + 1) * k, lr, seed_offset=100_000 * (i + 1))
         self.store["chain"] = {"model": {n: v.clone() for n, v in m.state_dict().items()}, "held": m.held}
         return m, {}
