@@ -41,8 +41,9 @@ class Protocol:
 
     def __init__(self, cfg: TrialConfig, model: Method, data: Splits, store: dict[str, dict],
                  on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None):
-        """model: the trained model (never changed); store: level tag -> resumable progress or
-        finished results of the levels that retrain (the trial state's "finetune" entry)."""
+        """model: the trained model (never changed); store: the trial state's "finetune" entry,
+        level tag -> resumable progress or finished results of the levels that retrain, plus what a
+        protocol keeps across levels (iterative: "chain", "rewind")."""
         self.cfg, self.model, self.data, self.store = cfg, model, data, store
         self.on_epoch, self.state = on_epoch, state
         self.allowed = prune.prunable(model, cfg.prune_biases)
