@@ -21,11 +21,11 @@ from pathlib import Path
 import yaml
 
 from .methods import METHODS, Params
+from .protocols import PROTOCOLS
 
 DATASETS = ("mnist", "fmnist")
 OPTIMIZERS = ("adam", "sgd")
 PRUNE_SCOPES = ("global", "layer")
-PROTOCOLS = ("oneshot", "finetune", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIME_FIELDS = ("compile", "device", "data_dir")
 # Chosen so every reasonable method reaches them within 50 epochs (MNIST MLPs plateau near 98 %,
@@ -95,11 +95,19 @@ class TrialConfig:
     val_sparsities: tuple[float, ...] = ()
     """Levels also pruned and evaluated on the validation split after every epoch (val_acc_pNN; what a recipe search selects on)."""
     protocol: str = "oneshot"
-    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat)."""
+    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat); gradual: retrain while the mask tightens (Zhu & Gupta 2017); iterative: prune and retrain in rounds (Han et al. 2015)."""
     finetune_epochs: int = 0
-    """Fine-tuning epochs per level with protocol=finetune (>= 1 there, 0 otherwise)."""
+    """Retraining epochs per level (protocols finetune, gradual) or per pruning round (iterative); >= 1 there, 0 otherwise."""
     finetune_lr: float | None = None
-    """Learning rate of fine-tuning (constant); None = lr."""
+    """Learning rate of retraining (constant) under finetune, gradual and iterative; None = lr."""
+    gradual_epochs: tuple[int, ...] = ()
+    """Protocol gradual: [a, b], the sparsity rises on Zhu & Gupta's cubic schedule from the start of retraining epoch a to the end of epoch b."""
+    gradual_interval: int = 100
+    """Protocol gradual: optimizer steps between mask updates (Zhu & Gupta's Delta t)."""
+    iterative_fraction: float = 0.5
+    """Protocol iterative: fraction of the remaining weights pruned per round (a level's last round stops at the level)."""
+    rewind_epoch: int = -1
+    """Protocol iterative: after every prune reset the kept weights to those after training epoch r (0 = the initialisation; Frankle et al. 2019); -1 = no rewinding."""
     val_size: int = 10000
     """Validation examples held out of the 60k training set; 0 validates on the test set (as the study did)."""
     train_subset: int = 0
@@ -153,6 +161,10 @@ class TrialConfig:
         return METHODS[self.method]
 
     @property
+    def protocol_cls(self):
+        return PROTOCOLS[self.protocol]
+
+    @property
     def resolved_pruner(self) -> str:
         """The importance score actually used (auto = the method's first score)."""
         return self.method_cls.scores[0] if self.pruner == "auto" else self.pruner
@@ -163,9 +175,8 @@ class TrialConfig:
 
     @property
     def total_epochs(self) -> int:
-        """Training epochs plus every level's fine-tuning epochs (for progress and ETA)."""
-        levels = sum(p > 0 for p in self.sparsities) if self.protocol == "finetune" else 0
-        return self.epochs + levels * self.finetune_epochs
+        """Training epochs plus the epochs the protocol trains after them (for progress and ETA)."""
+        return self.epochs + self.protocol_cls.extra_epochs(self)
 
     def to_dict(self) -> dict:
         """Flat plain data: the common fields and the method's settings (YAML / CLI / MLflow params)."""
@@ -185,9 +196,8 @@ class TrialConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        """Human name of the configuration (SGD, Dropout p, BBB, ...; '+ fine-tune' for that protocol)."""
-        base = self.method_cls.label(self)
-        return f"{base} + fine-tune" if self.protocol == "finetune" else base
+        """Human name of the configuration (SGD, Dropout p, BBB, ...; the protocol's suffix, e.g. '+ fine-tune')."""
+        return self.method_cls.label(self) + self.protocol_cls.label_suffix
 
     def run_name(self) -> str:
         """MLflow run name: label, dataset, seed and the start of the grid_key."""
@@ -196,17 +206,17 @@ class TrialConfig:
     def run_tags(self) -> dict[str, str]:
         """Identity tags of the trial's MLflow run; suite.analysis reads labels, order, colours and the
         comparison baseline from them (it imports nothing from the training code)."""
-        cls, ft = self.method_cls, self.protocol == "finetune"
+        cls, proto = self.method_cls, self.protocol_cls
+        color = proto.baseline_color if proto.baseline_color and cls.is_baseline(self) else cls.label_color(self)
         tags = {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
                 "dropout": str(getattr(self.params, "dropout", 0.0)), "seed": str(self.seed), "label": self.label(),
-                "protocol": self.protocol, "label_order": f"{cls.label_order(self) + (0.5 if ft else 0):g}",
-                "color": FINETUNE_COLOR if ft and cls.is_baseline(self) else cls.label_color(self)}
-        if cls.is_baseline(self) and self.protocol == "oneshot":
+                "protocol": self.protocol, "label_order": f"{cls.label_order(self) + proto.order_offset:g}",
+                "color": color}
+        if cls.is_baseline(self) and proto.is_baseline:
             tags["baseline"] = "true"
         return tags
 
 
-FINETUNE_COLOR = "#17becf"
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig) if f.name != "params"}
 _HINTS = {**typing.get_type_hints(TrialConfig)}
 PARAM_FIELDS = {name: {f.name for f in dataclasses.fields(cls.Params)} for name, cls in METHODS.items()}
@@ -275,14 +285,13 @@ def validate(c: TrialConfig) -> None:
         _fail("weight_decay", c.weight_decay, "a number >= 0")
     if not 0 <= c.lr_decay_start <= c.epochs:
         _fail("lr_decay_start", c.lr_decay_start, f"0 (constant) or an epoch in 1..epochs={c.epochs}")
-    if c.protocol == "finetune" and c.finetune_epochs < 1:
-        _fail("finetune_epochs", c.finetune_epochs, "an integer >= 1 with protocol=finetune")
-    if c.protocol != "finetune" and c.finetune_epochs != 0:
-        _fail("finetune_epochs", c.finetune_epochs, f"0 with protocol={c.protocol} (only finetune retrains)")
-    if c.protocol == "natural" and not cls.has_natural:
-        natural = [m for m, k in METHODS.items() if k.has_natural]
-        _fail("protocol", c.protocol, f"oneshot | finetune for method={c.method} (natural needs a method that "
-                                      f"chooses its own sparsity: {' | '.join(natural) or 'none registered'})")
+    proto = c.protocol_cls
+    for name in sorted({f for p in PROTOCOLS.values() for f in p.fields} - set(proto.fields)):
+        if getattr(c, name) != FIELDS[name].default:  # a setting the protocol would silently ignore
+            users = [p for p, k in PROTOCOLS.items() if name in k.fields]
+            _fail(name, getattr(c, name), f"{_show(FIELDS[name].default)} with protocol={c.protocol} "
+                                          f"(only {' | '.join(users)} use{'s' if len(users) == 1 else ''} it)")
+    proto.check(c, _fail)
     if not 0 <= c.seed < 2 ** 31:
         _fail("seed", c.seed, "an integer in [0, 2^31)")
     if not c.sparsities or any(not 0.0 <= p <= 1.0 for p in c.sparsities):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import prune
-from .config import TrialConfig
 from .data import Splits
 from .methods import Method
+
+if TYPE_CHECKING:  # config imports the protocols, which train through this module
+    from .config import TrialConfig
 
 EpochCallback = Callable[[dict], None]
 
@@ -24,6 +27,7 @@ class Phase:
     lr: float                 # base learning rate
     decay_start: int = 0      # 0: constant lr; k: linear decay from epoch k towards 0 at `epochs`
     seed_offset: int = 0      # separates the RNG streams of phases (epoch_seed(seed, offset + epoch))
+    on_step: Callable[[], None] | None = None  # called after every step (the gradual protocol's mask updates)
 
     def lr_at(self, epoch: int) -> float:
         """Linear decay: lr x (E - e + 1) / (E - k + 1) from epoch k on (Molchanov et al. 2017 decay
@@ -89,6 +93,8 @@ def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialCon
                     p.grad.masked_fill_(~model.held, 0.0)
             opt.step()
             model.after_step()
+            if phase.on_step is not None:
+                phase.on_step()
             sums += torch.stack([loss.detach(), nll.detach(), kl.detach() if kl is not None else loss.new_zeros(())])
         loss_m, nll_m, kl_m = (sums / n_batches).tolist()  # .tolist() syncs the device: steps are done
         step_ms = 1000 * (time.perf_counter() - t0) / n_batches

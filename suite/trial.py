@@ -23,11 +23,8 @@ from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, load_arrays, make_splits
 from .fpmode import flush_denormals
 from .methods import Method
-from .train import Phase, epoch_seed, fit_epochs, make_optimizer, train
-
-# on_epoch(log, state): state() returns what a checkpoint needs to resume this trial exactly
-# (live references: serialise or copy them before the next epoch).
-OnEpoch = Callable[[dict, Callable[[], dict]], None]
+from .protocols.base import OnEpoch
+from .train import epoch_seed, fit_epochs, make_optimizer, train
 
 
 @dataclass
@@ -108,7 +105,7 @@ class ResumeError(ValueError):
 
 def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
               resume: dict | None = None, evaluate: bool = True) -> TrialResult:
-    """Train, then evaluate every level of cfg.sparsities as cfg.protocol says; pure in cfg.
+    """Train, then evaluate every level of cfg.protocol (suite/protocols/); pure in cfg.
     evaluate=False stops after training (a recipe search: it selects on validation metrics only and
     never touches the test split).
 
@@ -130,19 +127,28 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     model.compile_warmup(data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])
     compile_s = time.perf_counter() - t0
     history: list[dict] = []
-    finetune: dict[str, dict] = {}  # level tag -> fine-tuning progress or its finished metrics
+    # level tag -> progress or finished results of the protocol's levels that retrain; the state's
+    # key stays "finetune" so resume folders written before protocols were plug-ins still resume
+    levels: dict[str, dict] = {}
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
-        history, finetune = list(resume["history"]), dict(resume.get("finetune", {}))
+        history, levels = list(resume["history"]), dict(resume.get("finetune", {}))
 
     def state() -> dict:
-        done = len(history) + sum(len(f["history"]) for f in finetune.values())
+        done = len(history) + sum(len(f.get("history", ())) for f in levels.values())
         return {"grid_key": cfg.grid_key(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "finetune": finetune, "progress": done}
+                "history": history, "finetune": levels, "progress": done}
+
+    def after_epoch(log: dict) -> None:
+        cfg.protocol_cls.watch_training(cfg, log["epoch"], model, levels)
+        if on_epoch is not None:
+            on_epoch(log, state)
 
     memory = PeakMemory(device)
-    train(model, opt, data, cfg, history, None if on_epoch is None else (lambda log: on_epoch(log, state)))
+    if not history:
+        cfg.protocol_cls.watch_training(cfg, 0, model, levels)
+    train(model, opt, data, cfg, history, after_epoch)
     out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "compile_s": compile_s,
            "n_params": float(model.n_params), "peak_mem_mb": memory.peak_mb(),
            "step_time_ms": statistics.median(h["step_time_ms"] for h in history),
@@ -155,7 +161,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         out["total_wall_s"] = time.perf_counter() - t_start + resumed
         return TrialResult(cfg, out, history, info)
     t_eval = time.perf_counter()
-    m, i, artifacts = evaluate_pruned(model, cfg, data, finetune, on_epoch, state)
+    m, i, artifacts = evaluate_pruned(model, cfg, data, levels, on_epoch, state)
     out.update(m)
     info.update(i)
     out["eval_wall_s"] = time.perf_counter() - t_eval
@@ -180,72 +186,36 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor
     return {**out, **lat}, info
 
 
-def finetune_level(m: Method, keep: torch.Tensor, cfg: TrialConfig, data: Splits, i: int, progress: dict,
-                   on_epoch: OnEpoch | None, state: Callable[[], dict]) -> Method:
-    """Han et al. 2015's prune-and-retrain at one level: m (a copy of the trained model, changed in
-    place) is pruned with `keep` and holds that mask while it is retrained for
-    finetune_epochs with a fresh optimiser (constant finetune_lr) in the one training loop. Resumable:
-    `progress` (this level's entry in the trial state) carries its history, weights and optimiser
-    state (Adam's moments of the pruned entries stay exactly 0: tests read them there)."""
-    m.hold_(keep)
-    lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
-    opt = make_optimizer(cfg, m, lr)
-    progress.setdefault("history", [])
-    if "model" in progress:
-        m.load_state_dict(progress["model"])
-        opt.load_state_dict(progress["optimizer"])
-
-    def after_epoch(log: dict) -> None:
-        progress.update(model=m.state_dict(), optimizer=opt.state_dict())
-        if on_epoch is not None:  # epochs count on from training's, so progress and ETA stay monotone
-            on_epoch({**log, "epoch": cfg.epochs + i * cfg.finetune_epochs + log["epoch"]}, state)
-    phase = Phase(cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1))
-    train(m, opt, data, cfg, progress["history"], after_epoch, phase)
-    return m
-
-
 @torch.no_grad()
-def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, finetune: dict[str, dict] | None = None,
+def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[str, dict] | None = None,
                     on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None):
-    """The pruning sweep on the test split: for each level prune a fresh copy (fine-tune it with
-    protocol=finetune) and evaluate it; protocol=natural adds the method's own level `nat`.
-    Returns (metrics, info, artifacts)."""
+    """The pruning sweep on the test split: every level of the protocol gets its model (a pruned
+    copy, retrained if the protocol says so) and is evaluated. `store` holds the resumable progress
+    and the finished results of the levels that retrain. Returns (metrics, info, artifacts)."""
     x, y = data.x_test, data.y_test
-    finetune = {} if finetune is None else finetune
+    store = {} if store is None else store
     model.eval()
-    allowed = prune.prunable(model, cfg.prune_biases)
-    score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
-    out, info, thresholds = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}, []
-    levels: list[tuple[float | str, torch.Tensor]] = []
-    for p in cfg.sparsities:
-        keep, thr = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
-        thresholds.append(thr)
-        levels.append((p, keep))
-    if cfg.protocol == "natural":
-        levels.append(("nat", model.natural_keep().cpu() & allowed | ~allowed))
-    for i, (p, keep) in enumerate(levels):
+    proto = cfg.protocol_cls(cfg, model, data, store, on_epoch, state)
+    out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
+    masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
+    thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
+    for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)
-        # reseed per level: the Monte Carlo predictions depend neither on how training used the RNG
-        # nor on how many timed repetitions the previous level's latency phase happened to run
-        torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
-        if cfg.protocol == "finetune" and p != 0:
-            if "metrics" not in finetune.get(tag, {}):
-                m = prune.pruned_copy(model, keep).eval()
-                before = {f"oneshot_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
-                with torch.enable_grad():
-                    m = finetune_level(m, keep, cfg, data, i, finetune.setdefault(tag, {}), on_epoch, state)
-                torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
-                level, level_info = evaluate_level(m, cfg, x, y, tag)
-                hist = finetune[tag]["history"]
-                finetune[tag] = {"history": hist, "metrics": {**before, **level,
-                                                              f"finetune_val_acc_{tag}": hist[-1]["val_acc"]},
-                                 "info": level_info}
-            out.update(finetune[tag]["metrics"])
-            info.update(finetune[tag]["info"])
-            continue
-        level, level_info = evaluate_level(prune.pruned_copy(model, keep), cfg, x, y, tag)
-        out.update(level)
-        info.update(level_info)
+        done = store.get(tag, {})
+        if "metrics" not in done:
+            progress = store.setdefault(tag, {}) if proto.retrains(p) else {}
+            # reseed per level, before its work and again before its evaluation: the Monte Carlo
+            # predictions depend neither on how training (or retraining) used the RNG nor on how many
+            # timed repetitions the previous level's latency phase happened to run
+            torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
+            m, own = proto.prune_level(i, p, keep, progress)
+            torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
+            level, level_info = evaluate_level(m, cfg, x, y, tag)
+            done = {"metrics": {**own, **level}, "info": level_info}
+            if proto.retrains(p):  # kept, without weights, so a resumed trial does not redo the level
+                store[tag] = done = {"history": progress.get("history", []), **done}
+        out.update(done["metrics"])
+        info.update(done["info"])
     weights = torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])
     out["weight_std"] = float(weights.std())
     artifacts = {"weights_hist.npz": {
@@ -271,7 +241,7 @@ def summary(r: TrialResult) -> str:
              f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}, protocol {c.protocol}",
              f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
              f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8}"]
-    for p in [*c.sparsities, *(["nat"] if c.protocol == "natural" else [])]:
+    for p in c.protocol_cls.levels(c):
         t = prune.level_tag(p)
         mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
         lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "

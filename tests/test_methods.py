@@ -165,7 +165,7 @@ def test_finetune_holds_the_mask_and_recovers(method, level, mnist):
 
 def test_finetune_keeps_pruned_weights_and_adam_moments_at_zero(mnist):
     from suite.data import make_splits
-    from suite.trial import finetune_level
+    from suite.protocols import PROTOCOLS
     for method in ("sgd", "bbb"):
         cfg = tiny(method, protocol="finetune", finetune_epochs=2)
         torch.manual_seed(0)
@@ -174,7 +174,7 @@ def test_finetune_keeps_pruned_weights_and_adam_moments_at_zero(mnist):
                                   "global", model)
         progress: dict = {}
         data = make_splits(mnist, 1000, 2000, 0, torch.device("cpu"))
-        m = finetune_level(model, keep, cfg, data, 0, progress, None, lambda: {})
+        m, _ = PROTOCOLS["finetune"](cfg, model, data, {}).prune_level(0, 0.9, keep, progress)
         for name, _ in m.named_parameters():
             moments = progress["optimizer"]["state"][list(dict(m.named_parameters())).index(name)]
             assert torch.all(moments["exp_avg"][~keep] == 0) and torch.all(moments["exp_avg_sq"][~keep] == 0)

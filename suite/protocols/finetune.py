@@ -1,0 +1,42 @@
+"""finetune: Han et al. 2015's prune-and-retrain, one shot per level. For each level > 0 a copy of
+the trained model is pruned, holds its mask (Method.hold_: the pruned entries' gradients are zeroed
+before every step, so with a fresh Adam their moments stay 0 and the weights exactly 0) and is
+retrained for finetune_epochs at a constant finetune_lr (default lr) in the one training loop.
+Resumable per level. Metrics: the fine-tuned model's; oneshot_{acc,nll,ece}_pNN are the same copy
+before fine-tuning and finetune_val_acc_pNN its last validation accuracy."""
+from __future__ import annotations
+
+from .. import metrics, prune
+from .base import Protocol, register
+
+
+@register
+class Finetune(Protocol):
+    name, order = "finetune", 10.0
+    fields = ("finetune_epochs", "finetune_lr")
+    label_suffix, order_offset, baseline_color = " + fine-tune", 0.5, "#17becf"
+
+    @classmethod
+    def check(cls, cfg, fail) -> None:
+        if cfg.finetune_epochs < 1:
+            fail("finetune_epochs", cfg.finetune_epochs, "an integer >= 1 with protocol=finetune")
+
+    @classmethod
+    def retrains(cls, level) -> bool:
+        return level != 0
+
+    @classmethod
+    def extra_epochs(cls, cfg) -> int:
+        return sum(cls.retrains(p) for p in cfg.sparsities) * cfg.finetune_epochs
+
+    def prune_level(self, i, level, keep, progress):
+        if not self.retrains(level):
+            return super().prune_level(i, level, keep, progress)
+        cfg, tag, x, y = self.cfg, prune.level_tag(level), self.data.x_test, self.data.y_test
+        m = prune.pruned_copy(self.model, keep).eval()
+        before = {f"oneshot_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
+        m.hold_(keep)
+        lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
+        # each level's own RNG stream, apart from training's and the other levels'
+        history = self.retrain(m, progress, cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1))
+        return m, {**before, f"finetune_val_acc_{tag}": history[-1]["val_acc"]}

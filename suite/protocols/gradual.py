@@ -1,0 +1,79 @@
+"""gradual: Zhu & Gupta 2017's gradual pruning ("To prune, or not to prune"). For each level > 0 a
+copy of the trained model is retrained for finetune_epochs at finetune_lr (default lr) while its
+mask is recomputed every gradual_interval steps from the method's score on the current weights
+(magnitude, SNR for BBB, log alpha for Sparse VD, ...), the sparsity rising on the cubic schedule
+    s_k = s_f (1 - (1 - k / n)^3),   k = 1..n,   n = floor(span / gradual_interval)
+over the steps from the start of epoch a to the end of epoch b (gradual_epochs [a, b]); training
+then continues at the final mask s_f. A pruned weight stays pruned (held: exactly 0 in the forward
+pass, zero gradient) and its Adam moments are zeroed when it is pruned, so they stay 0.
+
+One model per level, each from the trained model, as Zhu & Gupta train one model per target
+sparsity: the levels stay independent (like finetune's, at the same retraining budget) and each is
+resumable. Cost: finetune_epochs per level > 0."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .base import Protocol, register
+
+
+def cubic_levels(final: float, n: int) -> list[float]:
+    """The sparsity after each of the n mask updates: s_f (1 - (1 - k/n)^3), k = 1..n."""
+    return [final * (1 - (1 - k / n) ** 3) for k in range(1, n + 1)]
+
+
+@register
+class Gradual(Protocol):
+    name, order = "gradual", 30.0
+    fields = ("finetune_epochs", "finetune_lr", "gradual_epochs", "gradual_interval")
+    label_suffix, order_offset, baseline_color = " + gradual", 0.6, "#393b79"
+
+    @classmethod
+    def check(cls, cfg, fail) -> None:
+        if cfg.finetune_epochs < 1:
+            fail("finetune_epochs", cfg.finetune_epochs, "an integer >= 1 with protocol=gradual")
+        a_b = cfg.gradual_epochs
+        if len(a_b) != 2 or not 1 <= a_b[0] <= a_b[1] <= cfg.finetune_epochs:
+            fail("gradual_epochs", list(a_b), f"[a, b] with 1 <= a <= b <= finetune_epochs={cfg.finetune_epochs} "
+                                             "with protocol=gradual")
+        if cfg.gradual_interval < 1 or not cls.schedule(cfg, 1.0):
+            fail("gradual_interval", cfg.gradual_interval, "an integer >= 1, at most the steps of gradual_epochs' span")
+
+    @classmethod
+    def retrains(cls, level) -> bool:
+        return level != 0
+
+    @classmethod
+    def extra_epochs(cls, cfg) -> int:
+        return sum(cls.retrains(p) for p in cfg.sparsities) * cfg.finetune_epochs
+
+    @classmethod
+    def schedule(cls, cfg, level: float) -> dict[int, float]:
+        """Step t of the level's retraining (1-based) -> the sparsity its mask update sets after it:
+        t0 = the steps before epoch a, n = floor(span / gradual_interval) updates over the span of
+        epochs a..b, the k-th after step t0 + k gradual_interval (the last at most at the end of b)."""
+        n_train = cfg.train_subset or 60000 - cfg.val_size
+        n_batches = -(-n_train // cfg.batch_size)
+        a, b = cfg.gradual_epochs
+        t0, n = (a - 1) * n_batches, (b - a + 1) * n_batches // cfg.gradual_interval
+        return {t0 + k * cfg.gradual_interval: s for k, s in enumerate(cubic_levels(level, n), 1)}
+
+    def prune_level(self, i, level, keep, progress):
+        if not self.retrains(level):
+            return super().prune_level(i, level, keep, progress)
+        cfg, schedule = self.cfg, self.schedule(self.cfg, level)
+        m = copy.deepcopy(self.model)
+
+        def on_step(opt: torch.optim.Optimizer, t: int) -> None:
+            if t in schedule:
+                self.tighten(m, schedule[t])
+                for state in opt.state.values():  # the newly pruned weights leave Adam's moments (or momentum)
+                    for v in state.values():
+                        if torch.is_tensor(v) and v.shape == m.held.shape:
+                            v.masked_fill_(~m.held, 0.0)
+        lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
+        # each level's own RNG stream, apart from training's and the other levels'
+        self.retrain(m, progress, cfg.finetune_epochs, lr, 100_000 * (i + 1), on_step)
+        return m, {}
