@@ -5,7 +5,8 @@ another command, e.g. inside `ray job submit ... \\`, is part of that command, n
 Each runs from an empty folder against an empty MLflow store, cut down so it finishes in seconds:
 grids and searches with `--dry-run`, one trial with tiny sizes, the report against a store that
 lacks the experiment (it must fail with its own one-line error, which it reaches only after its
-flags parsed), the bench with `--help` (every flag shown must be one it lists).
+flags parsed; so must runs-file export / import and the model export, which need a store or file
+with runs), the bench with `--help` (every flag shown must be one it lists).
 """
 import json
 import os
@@ -19,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-CLIS = {"suite.run", "suite.search", "suite.trial", "suite.analysis.report", "suite.bench", "suite.config"}
+CLIS = {"suite.run", "suite.search", "suite.trial", "suite.analysis.report", "suite.analysis.results", "suite.export",
+        "suite.bench", "suite.config"}
 TINY_TRIAL = ["--epochs", "1", "--train-subset", "2000", "--hidden", "32", "--compile", "false",
               "--sparsities", "0,0.5", "--test-samples", "2"]
 
@@ -73,8 +75,7 @@ def test_readme_is_short_and_its_links_exist():
     assert len(text.splitlines()) <= 200
     targets = re.findall(r"\]\(([^)#\s]+)", text)
     assert targets
-    missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()
-               and t != "docs/performance.md"]  # the performance page is written separately
+    missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
     assert not missing
 
 
@@ -116,6 +117,10 @@ def test_documented_command_runs(page, argv, tmp_path):
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert "error: no experiment" in r.stderr, f"{page}: flags did not parse\n{r.stderr[-2000:]}"
+    elif module in ("suite.analysis.results", "suite.export"):
+        r = _run(argv, tmp_path, uri)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.startswith("error: no "), f"{page}: flags did not parse\n{r.stderr[-2000:]}"
     elif module == "suite.bench":
         r = _run([*argv[:3], "--help"], tmp_path, uri)
         assert r.returncode == 0, r.stderr[-3000:]
