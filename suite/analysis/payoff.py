@@ -54,7 +54,8 @@ COLUMNS = [("compression", "compression x", 1), ("flops_x_nonzero", "FLOPs x (no
 
 def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
     """Rows (method, level) with the method's total training epochs; per column mean ± std over seeds;
-    compacted widths (input pixels, then each hidden layer) as the seeds' mean; † = a collapsed run."""
+    compacted widths (input pixels, then each hidden layer) as the seeds' mean; a level with a collapsed
+    run is marked † (once per row: the whole row is that net's)."""
     d = df[df.dataset == dataset]
     lv = levels(d)
     if lv.empty:
@@ -71,12 +72,11 @@ def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
             row = {"total epochs": budget}
             for c, header, digits in cols:
                 v = h[c].dropna()
-                row[header] = cell(v.mean(), v.std(), len(v), digits, DAGGER if dead[(label, level)] else "") \
-                    if len(v) else "-"
+                row[header] = cell(v.mean(), v.std(), len(v), digits) if len(v) else "-"
             if widths and h[widths].notna().all(axis=None):
                 row["compacted widths"] = "-".join(str(int(round(w))) for w in h[widths].mean())
             rows.append(row)
-            index.append((label, level_name(level)))
+            index.append((label, level_name(level) + (f" {DAGGER}" if dead[(label, level)] else "")))
     cells = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["method", "level"])).fillna("-")
     return Table(cells)
 
