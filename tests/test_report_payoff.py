@@ -106,7 +106,7 @@ def test_speedup_table_ratios_flops_and_widths(store):
     assert vd98["FLOPs x (compacted)"] == f"{DENSE_FLOPS / 62000:.1f} ± 0.0 (n=2)"   # 2 (300*90 + 90*40 + 40*10)
     assert vd98["FLOPs x (nonzero)"] == "50.0 ± 0.0 (n=2)"
     assert vd98["compacted widths"] == "300-90-40" and vd98["total epochs"] == "20"
-    assert t.loc[("SGD + fine-tune", "90 %"), "total epochs"] == "14"             # 10 + 2 epochs x 2 levels > 0
+    assert t.loc[("SGD + fine-tune", "90 % †"), "total epochs"] == "14"             # 10 + 2 epochs x 2 levels > 0
 
 
 def test_break_even_level_per_kernel_and_batch(store):
@@ -128,6 +128,8 @@ def test_collapsed_runs_are_marked_in_level_tables(store):
     speed = pd.read_csv(out / "tables" / "speedup_mnist.csv", dtype=str)
     assert list(speed.level[speed.method == "SGD + fine-tune"]) == ["0 % †", "90 % †", "98 % †"]
     assert not speed.level[speed.method == "Sparse VD"].str.contains("†").any()
+    head = pd.read_csv(out / "tables" / "headline.csv", dtype=str).set_index("method")
+    assert "†" in head.loc["SGD + fine-tune", "test acc dense"] and "†" not in head.loc["Sparse VD", "test acc dense"]
     md = (out / "report.md").read_text()
     assert "† at chance: collapsed" in md
 

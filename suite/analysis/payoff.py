@@ -125,8 +125,10 @@ def headline(df: pd.DataFrame) -> list[str]:
         best = means.x_compact_b1000.idxmax()
         r = means.loc[best]
         budget = epochs_text(d.loc[d.label == best, "total_epochs"])
+        b1 = f" and {_times(r.x_compact_b1)} at batch 1" if np.isfinite(r.x_compact_b1) else ""
+        flops = f" and {r.flops_x_compact:.1f}x fewer FLOPs" if np.isfinite(r.flops_x_compact) else ""
         lines.append(f"{DATASET_NAMES.get(ds, ds)}: at {level_name(top)} pruned, the compacted {best} net runs "
-                     f"{_times(r.x_compact_b1000)} than dense at batch 1000 and {_times(r.x_compact_b1)} at batch 1, "
-                     f"with {r.compression:.1f}x fewer weights and {r.flops_x_compact:.1f}x fewer FLOPs (mean over "
-                     f"{n[best]} run(s), {budget} training epochs).")
+                     f"{_times(r.x_compact_b1000)} than dense at batch 1000{b1}, with {r.compression:.1f}x fewer "
+                     f"weights{flops} (mean over {n[best]} run(s)"
+                     + (f", {budget} training epochs)." if budget != "-" else ")."))
     return lines

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from . import compression, payoff, references, trust  # noqa: E402
 from .load import DATASET_NAMES, NAT, Experiment, by_level, level_key, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
@@ -308,10 +309,10 @@ def cost_figure(runs: pd.DataFrame):
 def latency_plot(exp: Experiment, out: Path) -> list[Path]:
     df = exp.runs
     rows = []
-    for kind in ("dense", "sparse"):
+    for kind, name in (("dense", "dense"), ("sparse", "CSR"), ("compact", "compacted")):
         for b in (1, 1000):
             long = by_level(df, f"latency_{kind}_b{b}_ms")
-            rows.append(long.rename(columns={f"latency_{kind}_b{b}_ms": "ms"}).assign(kind=kind, batch=f"batch {b}"))
+            rows.append(long.rename(columns={f"latency_{kind}_b{b}_ms": "ms"}).assign(kind=name, batch=f"batch {b}"))
     d = pd.concat(rows)
     d = d[d.level != NAT]
     if d.empty:
@@ -320,8 +321,8 @@ def latency_plot(exp: Experiment, out: Path) -> list[Path]:
                     facet_kws={"sharey": False}, height=4, aspect=1.3)
     g.set_titles(col_template="{col_name}")
     g.set_axis_labels("fraction of weights pruned", "inference latency (ms, median)")
-    g.figure.suptitle("Inference latency of the pruned networks: dense vs CSR weights (all methods)", y=1.03)
-    g.legend.set_title("weights")
+    g.figure.suptitle("Inference latency of the pruned networks: dense, CSR and compacted (all methods)", y=1.03)
+    g.legend.set_title("forward")
     g.figure.savefig(out / "latency.png", dpi=110, bbox_inches="tight")
     plt.close(g.figure)
     return [out / "latency.png"]
@@ -388,6 +389,7 @@ def speedup_vs_compression(exp: Experiment, out: Path) -> list[Path]:
             ax.axhline(1, color="grey", ls=":", lw=1, label="as fast as dense")
             ax.set(xscale="log", yscale="log", title=f"{DATASET_NAMES.get(ds, ds)}: speed-up over dense, batch {b}",
                    xlabel="compression = dense / nonzero weights (log)", ylabel="dense latency / latency (log)")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
             ax.legend(title="method (epochs), forward", fontsize=7)
         paths.append(_save(fig, out / f"speedup_vs_compression_{ds}.png"))
     return paths

@@ -225,6 +225,8 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
     if s.empty:
         return Table(pd.DataFrame()), ""
     bar, words = error_target(df, dataset)
+    d = df[df.dataset == dataset]
+    dead = collapsed_cells(d, by_level(d, "test_acc"), ["label", "level"])
     rows, means = {}, {}
     for label in [lab for lab in ordered_labels(df[df.dataset == dataset]) if lab in set(s.label)]:
         g = s[s.label == label]
@@ -238,7 +240,8 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
         top = ok.loc[ok.compression.idxmax()]
         err = f"{top.error:.2%}" + (f" ± {top.error_std:.2%} (n={top.n})" if top.n > 1 else " (1 seed)")
         rows[label] = {"compression": f"{top.compression:.1f}x" + ("" if top.exact else " *"),
-                       "weights removed": f"{top.removed:.1%}", "level": level_name(top.level), "test error": err}
+                       "weights removed": f"{top.removed:.1%}", "test error": err,
+                       "level": level_name(top.level) + (f" {DAGGER}" if dead[(label, top.level)] else "")}
         means[label] = {"compression": top.compression}
     cells = pd.DataFrame.from_dict(rows, orient="index")
     if not s.exact.all():
@@ -255,7 +258,9 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
     for ds in ordered_datasets(df):
         d = df[df.dataset == ds]
         squeeze = compression_table(df, ds)[0].cells if with_compression else pd.DataFrame()
-        s = summarize(by_level(d, "test_acc"), "test_acc", ["label", "level"]).set_index(["label", "level"])
+        long = by_level(d, "test_acc")
+        s = summarize(long, "test_acc", ["label", "level"]).set_index(["label", "level"])
+        dead = collapsed_cells(d, long, ["label", "level"])
         labels = ordered_labels(d)
         fixed = [lv for lv in {lv for _, lv in s.index} if lv != NAT and all((lab, lv) in s.index for lab in labels)]
         top = max(fixed, key=level_key, default=None)
@@ -266,7 +271,8 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
                 if lv is None or (lab, lv) not in s.index:
                     continue
                 m = s.loc[(lab, lv)]
-                row[f"test acc {name}"], mrow[f"test acc {name}"] = cell(m["mean"], m["std"], m["n"]), m["mean"]
+                row[f"test acc {name}"] = cell(m["mean"], m["std"], m["n"], note=DAGGER if dead[(lab, lv)] else "")
+                mrow[f"test acc {name}"] = m["mean"]
             if base and top and top != "p00":
                 diff = s.loc[(lab, top), "mean"] - s.loc[(base, top), "mean"]
                 row[f"vs {base} at {level_name(top)}"] = "baseline" if lab == base else f"{diff * 100:+.2f} pp"
