@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from suite import tracking
-from suite.analysis import budget, report
+from suite.analysis import budget, plots, report
 from suite.analysis.load import load
 from suite.config import TrialConfig
 from suite.trial import TrialResult
@@ -160,8 +160,8 @@ def test_total_epochs_in_cost_tables_and_legends(store):
     cost = table(out, "cost_mnist")
     assert cost.loc["SGD + fine-tune", "total epochs"] == "14" and cost.loc["Sparse VD", "total epochs"] == "20"
     assert table(out, "inference_mnist").loc["Sparse VD", "total epochs"] == "20"
-    from suite.analysis import plots
-    assert plots.budget_label(exp.runs, "mnist", "SGD + fine-tune") == "SGD + fine-tune (14 ep)"
+    assert plots.budget_label(exp.runs, "mnist", "SGD + fine-tune") == "SGD + fine-tune (14 ep, † 1 of 2 runs collapsed)"
+    assert plots.budget_label(exp.runs, "mnist", "Sparse VD") == "Sparse VD (20 ep)"
 
 
 @pytest.mark.parametrize("kw", [dict(protocol="iterative", finetune_epochs=3, iterative_fraction=0.5),

@@ -30,11 +30,12 @@ def palette(df: pd.DataFrame) -> dict[str, str]:
 
 def budget_label(df: pd.DataFrame, ds: str, label: str) -> str:
     """"SGD + fine-tune (62 ep)": a legend entry with the arm's total training epochs (training + retraining),
-    so curves are read at equal budgets."""
-    if "total_epochs" not in df:
-        return label
-    e = epochs_text(df.loc[(df.dataset == ds) & (df.label == label), "total_epochs"])
-    return label if e == "-" else f"{label} ({e} ep)"
+    so curves are read at equal budgets, and how many of its runs collapsed (tag collapsed=true)."""
+    g = df[(df.dataset == ds) & (df.label == label)]
+    e = epochs_text(g["total_epochs"]) if "total_epochs" in g else "-"
+    dead = int(g.collapsed.sum()) if "collapsed" in g else 0
+    notes = [f"{e} ep"] * (e != "-") + [f"† {dead} of {len(g)} runs collapsed"] * (dead > 0)
+    return f"{label} ({', '.join(notes)})" if notes else label
 
 
 def empty_panel(ax, why: str) -> None:
@@ -389,7 +390,8 @@ def speedup_vs_compression(exp: Experiment, out: Path) -> list[Path]:
             ax.axhline(1, color="grey", ls=":", lw=1, label="as fast as dense")
             ax.set(xscale="log", yscale="log", title=f"{DATASET_NAMES.get(ds, ds)}: speed-up over dense, batch {b}",
                    xlabel="compression = dense / nonzero weights (log)", ylabel="dense latency / latency (log)")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda v, _: f"{v:g}x"))
             ax.legend(title="method (epochs), forward", fontsize=7)
         paths.append(_save(fig, out / f"speedup_vs_compression_{ds}.png"))
     return paths
