@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from . import runsfile
+from . import budget, runsfile
 
 # a per-level metric: <name>_pNN (fixed fraction pruned) or <name>_nat (the sparsity a method chose itself)
 LEVEL = re.compile(r"^(?P<metric>.+)_(?P<level>p\d{2,3}|nat)$")
@@ -106,7 +106,10 @@ def _row(run_id: str, end_time: int | None, tags: dict[str, str], p: dict[str, s
                dropout=float(t.get("dropout", 0)), seed=int(t.get("seed", 0)),
                label_order=pd.to_numeric(t.get("label_order"), errors="coerce"),
                baseline=str(t.get("baseline", "")).lower() == "true",
-               hidden=p.get("hidden"), epochs=int(p.get("epochs", 0)))
+               hidden=p.get("hidden"), epochs=int(p.get("epochs", 0)),
+               # tag collapsed=true: training ended at chance accuracy; its numbers are marked, never read as results
+               collapsed=str(t.get("collapsed", "")).lower() == "true",
+               total_epochs=budget.total_epochs(t.get("protocol") or "oneshot", p, metrics))
     row.update({f"param.{k}": v for k, v in p.items()})
     row.update(metrics)
     return row

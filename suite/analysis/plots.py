@@ -13,9 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from . import compression, references  # noqa: E402
-from .load import DATASET_NAMES, NAT, Experiment, by_level, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
+from . import compression, payoff, references, trust  # noqa: E402
+from .load import DATASET_NAMES, NAT, Experiment, by_level, level_key, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
+from .tables import epochs_text, level_name  # noqa: E402
 
 
 def palette(df: pd.DataFrame) -> dict[str, str]:
@@ -24,6 +26,16 @@ def palette(df: pd.DataFrame) -> dict[str, str]:
     free = [c for c in sns.color_palette("tab10").as_hex() if c not in tagged.values()] or sns.color_palette("tab10").as_hex()
     rest = [lab for lab in ordered_labels(df) if lab not in tagged]
     return {**tagged, **{lab: free[i % len(free)] for i, lab in enumerate(rest)}}
+
+
+def budget_label(df: pd.DataFrame, ds: str, label: str) -> str:
+    """"SGD + fine-tune (62 ep)": a legend entry with the arm's total training epochs (training + retraining),
+    so curves are read at equal budgets, and how many of its runs collapsed (tag collapsed=true)."""
+    g = df[(df.dataset == ds) & (df.label == label)]
+    e = epochs_text(g["total_epochs"]) if "total_epochs" in g else "-"
+    dead = int(g.collapsed.sum()) if "collapsed" in g else 0
+    notes = [f"{e} ep"] * (e != "-") + [f"† {dead} of {len(g)} runs collapsed"] * (dead > 0)
+    return f"{label} ({', '.join(notes)})" if notes else label
 
 
 def empty_panel(ax, why: str) -> None:
@@ -101,7 +113,7 @@ def _draw_compression(ax, df: pd.DataFrame, ds: str, bar: float | None = None) -
     for label in _order(df, s.label):
         g = s[(s.label == label) & (s.level != NAT)].sort_values("compression")
         sd = g.error_std.fillna(0)
-        ax.plot(g.compression, 100 * g.error, marker="o", color=pal[label], label=label)
+        ax.plot(g.compression, 100 * g.error, marker="o", color=pal[label], label=budget_label(df, ds, label))
         ax.fill_between(g.compression, 100 * (g.error - sd), 100 * (g.error + sd), color=pal[label], alpha=0.2, lw=0)
         for _, n in s[(s.label == label) & (s.level == NAT)].iterrows():
             ax.errorbar(n.compression, 100 * n.error, yerr=100 * n.error_std if n.n > 1 else None, marker="*", ms=14,
@@ -125,7 +137,8 @@ def _draw_compression(ax, df: pd.DataFrame, ds: str, bar: float | None = None) -
     ax.set_xscale("log")
     ax.set(xlabel="compression = dense / nonzero weights (log; biases not counted)",
            ylabel=f"test error (%, axis cut at {top:.1f})")
-    ax.legend(title="method (band: ±1 std over seeds)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(title="method, total training epochs\n(band: ±1 std over seeds)", fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
 
 
 def error_vs_compression(exp: Experiment, out: Path, bars: dict[str, float]) -> list[Path]:
@@ -297,10 +310,10 @@ def cost_figure(runs: pd.DataFrame):
 def latency_plot(exp: Experiment, out: Path) -> list[Path]:
     df = exp.runs
     rows = []
-    for kind in ("dense", "sparse"):
+    for kind, name in (("dense", "dense"), ("sparse", "CSR"), ("compact", "compacted")):
         for b in (1, 1000):
             long = by_level(df, f"latency_{kind}_b{b}_ms")
-            rows.append(long.rename(columns={f"latency_{kind}_b{b}_ms": "ms"}).assign(kind=kind, batch=f"batch {b}"))
+            rows.append(long.rename(columns={f"latency_{kind}_b{b}_ms": "ms"}).assign(kind=name, batch=f"batch {b}"))
     d = pd.concat(rows)
     d = d[d.level != NAT]
     if d.empty:
@@ -309,8 +322,8 @@ def latency_plot(exp: Experiment, out: Path) -> list[Path]:
                     facet_kws={"sharey": False}, height=4, aspect=1.3)
     g.set_titles(col_template="{col_name}")
     g.set_axis_labels("fraction of weights pruned", "inference latency (ms, median)")
-    g.figure.suptitle("Inference latency of the pruned networks: dense vs CSR weights (all methods)", y=1.03)
-    g.legend.set_title("weights")
+    g.figure.suptitle("Inference latency of the pruned networks: dense, CSR and compacted (all methods)", y=1.03)
+    g.legend.set_title("forward")
     g.figure.savefig(out / "latency.png", dpi=110, bbox_inches="tight")
     plt.close(g.figure)
     return [out / "latency.png"]
@@ -351,4 +364,94 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
         ax.set(title="Sweep throughput vs concurrent trials", xlabel="concurrent trials", ylabel="trials per hour")
         ax.legend()
         paths.append(_save(fig, out / "scaling_concurrency.png"))
+    return paths
+
+
+def speedup_vs_compression(exp: Experiment, out: Path) -> list[Path]:
+    """Per dataset: speed-up over dense vs compression (log x, log y), batch 1 and batch 1000 panels; per
+    method the compacted net (solid) and the CSR kernel (dashed), means over seeds; 1 = as fast as dense."""
+    paths = []
+    for ds in _datasets(exp.runs):
+        d = exp.runs[exp.runs.dataset == ds]
+        lv = payoff.levels(d)
+        lv = lv[lv.level != NAT]
+        if lv[[f"x_{k}_b{b}" for k in payoff.KERNELS for b in payoff.BATCHES]].isna().all(axis=None):
+            continue
+        pal = palette(exp.runs)
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        for ax, b in zip(axes, payoff.BATCHES):
+            for label in _order(d, lv.label):
+                g = lv[lv.label == label].groupby("level").mean(numeric_only=True).sort_values("compression")
+                for k, name in payoff.KERNELS.items():
+                    if g[f"x_{k}_b{b}"].notna().any():
+                        ax.plot(g.compression, g[f"x_{k}_b{b}"], marker="o" if k == "compact" else "x",
+                                ls="-" if k == "compact" else "--", color=pal[label],
+                                label=f"{budget_label(d, ds, label)}, {name}")
+            ax.axhline(1, color="grey", ls=":", lw=1, label="as fast as dense")
+            ax.set(xscale="log", yscale="log", title=f"{DATASET_NAMES.get(ds, ds)}: speed-up over dense, batch {b}",
+                   xlabel="compression = dense / nonzero weights (log)", ylabel="dense latency / latency (log)")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.legend(title="method (epochs), forward", fontsize=7)
+        paths.append(_save(fig, out / f"speedup_vs_compression_{ds}.png"))
+    return paths
+
+
+def uncertainty(exp: Experiment, out: Path) -> list[Path]:
+    """Per dataset, vs compression (log x): OOD AUROC (entropy solid, mutual information dashed), and
+    accuracy and ECE on rotated images (mean over angles); means over seeds, natural levels left out."""
+    paths = []
+    panels = [(("ood_auroc_entropy", "ood_auroc_mi_mc"), "OOD detection AUROC (dashed: mutual information)"),
+              (("shift_acc_mean",), "accuracy under rotation (mean over angles)"),
+              (("shift_ece_mean",), "ECE under rotation (mean over angles)")]
+    for ds in _datasets(exp.runs):
+        d = exp.runs[exp.runs.dataset == ds]
+        comp = compression.levels(d)[["run_id", "level", "compression"]]
+        if not trust.present(d):
+            continue
+        pal = palette(exp.runs)
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+        for ax, (metrics, title) in zip(axes, panels):
+            ax.set_title(f"{DATASET_NAMES.get(ds, ds)}: {title}", fontsize=10)
+            drawn = False
+            for metric, ls in zip(metrics, ("-", "--")):
+                long = by_level(d, metric).merge(comp, on=["run_id", "level"])
+                long = long[long.level != NAT]
+                for label in _order(d, long.label):
+                    g = long[long.label == label].groupby("level")[["compression", metric]].mean().sort_values("compression")
+                    ax.plot(g.compression, g[metric], marker="o", ls=ls, color=pal[label],
+                            label=budget_label(d, ds, label) + (" (MI)" if ls == "--" else ""))
+                    drawn = True
+            if not drawn:
+                empty_panel(ax, f"no run logged {' or '.join(m + '_pNN' for m in metrics)}")
+                continue
+            ax.set(xscale="log", xlabel="compression (log)", ylabel=title.split(" (")[0])
+            ax.legend(title="method (epochs)", fontsize=7)
+        paths.append(_save(fig, out / f"uncertainty_{ds}.png"))
+    return paths
+
+
+def rotation(exp: Experiment, out: Path) -> list[Path]:
+    """Per dataset: accuracy vs rotation angle, unpruned (solid) and at the highest pruned level with
+    per-angle numbers (dashed), mean over seeds."""
+    paths = []
+    for ds in _datasets(exp.runs):
+        d = exp.runs[exp.runs.dataset == ds]
+        a = trust.per_angle(d)
+        a = a[a.level != NAT] if not a.empty else a
+        if a.empty:
+            continue
+        shown = sorted({"p00", max(a.level.unique(), key=level_key)} & set(a.level), key=level_key)
+        pal = palette(exp.runs)
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for level, ls in zip(shown, ("-", "--")):
+            for label in _order(d, a.label):
+                g = a[(a.label == label) & (a.level == level)].groupby("angle").acc.mean()
+                ax.plot(g.index, g.values, ls=ls, marker="o", ms=3, color=pal[label],
+                        label=f"{budget_label(d, ds, label)}, {level_name(level)}")
+        ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+        ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: accuracy on rotated test images", xlabel="rotation (degrees)",
+               ylabel="test accuracy", ylim=(0, 1.02))
+        ax.legend(title="method (epochs), pruned", fontsize=7)
+        paths.append(_save(fig, out / f"rotation_{ds}.png"))
     return paths

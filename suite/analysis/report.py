@@ -23,7 +23,7 @@ import jinja2
 import markupsafe
 import pandas as pd
 
-from . import plots, references, tables
+from . import payoff, plots, references, tables, trust
 from .load import (
     DATASET_NAMES,
     NAT,
@@ -142,7 +142,8 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
                 continue
             best = "; best per column in bold" if higher is not None else ""
             about = text(f"{what[0].upper() + what[1:]}; mean ± std over seeds (n){best}.", note=True)
-            sec.subsections.append(Section(title, [about, Block("table", table=t.write(tdir, f"{metric}_{ds}"))]))
+            sec.subsections.append(Section(title, [about, Block("table", table=t.write(tdir, f"{metric}_{ds}")),
+                                                   *footnote(df, ds)]))
         sec.subsections.append(Section("Training cost", [
             Block("table", table=tables.cost_table(df, ds).write(tdir, f"cost_{ds}")),
             text("train = the training epochs only; compile = torch.compile warm-up before training; eval = pruning "
@@ -153,9 +154,75 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
             sec.subsections.append(Section("Inference cost", [Block("table", table=inference.write(tdir, f"inference_{ds}"))]))
         sections.append(sec)
     sections.append(compression_section(exp, out))
+    sections.append(payoff_section(exp, out))
+    sections.append(trust_section(exp, out))
     sections.append(reference_section(df, tdir))
     sections.append(plot_section(exp, out))
     return intro, sections
+
+
+def footnote(df: pd.DataFrame, ds: str) -> list[Block]:
+    """The dagger's footnote under a level table, when a run of the dataset collapsed."""
+    note = tables.collapsed_note(df, ds)
+    return [text(note, note=True)] if note else []
+
+
+def payoff_section(exp: Experiment, out: Path) -> Section:
+    """Speed-up, FLOPs, widths and sizes vs compression, the break-even levels, and a headline from the numbers."""
+    df, sec = exp.runs, Section("What compression buys")
+    if not payoff.present(df):
+        sec.blocks.append(text("Omitted: no run logged the compaction metrics (compact_width_*, flops_*, "
+                               "latency_compact_*); runs of this version of the suite log them at every level."))
+        return sec
+    sec.blocks += [Block("list", items=payoff.headline(df)),
+                   text("Speed-up = dense latency / latency of the same pruned network run as the compacted dense MLP "
+                        "(dead units removed, suite/compact.py) or with the fastest CSR kernel, measured in the same run "
+                        "at that level; > 1 is faster. FLOPs x = dense FLOPs / FLOPs of the nonzero weights or of the "
+                        "compacted net: the theoretical speed-up beside the compression ratio (Blalock et al. 2020). "
+                        "Compacted widths: live input pixels, then each hidden layer. Total epochs: training plus every "
+                        "retraining epoch of the protocol.", note=True)]
+    figs = {p.stem.removeprefix("speedup_vs_compression_"): p for p in plots.speedup_vs_compression(exp, out / "plots")}
+    for ds in ordered_datasets(df):
+        t = payoff.speedup_table(df, ds)
+        if t.empty:
+            continue
+        name = DATASET_NAMES.get(ds, ds)
+        blocks = [Block("table", table=t.write(out / "tables", f"speedup_{ds}")), *footnote(df, ds),
+                  text("Break-even: the lowest pruning level from which on the forward beats dense (mean speed-up > 1 "
+                       "there and at every higher level).", note=True),
+                  Block("table", table=payoff.break_even(df, ds).write(out / "tables", f"break_even_{ds}"))]
+        if ds in figs:
+            blocks += images([figs[ds]], out, lambda p: f"{name}: speed-up over dense vs compression, batch 1 and 1000 "
+                                                        "(solid: compacted, dashed: CSR)")
+        sec.subsections.append(Section(name, blocks))
+    return sec
+
+
+def trust_section(exp: Experiment, out: Path) -> Section:
+    """OOD detection and accuracy / calibration under rotation per level, and a headline from the numbers."""
+    df, sec = exp.runs, Section("Uncertainty under pruning")
+    if not trust.present(df):
+        sec.blocks.append(text("Omitted: no run logged the OOD or rotation metrics (ood_auroc_*, shift_*); runs of "
+                               "this version of the suite log them."))
+        return sec
+    sec.blocks.append(Block("list", items=trust.headline(df)))
+    figs = {p.stem.rpartition("_")[2] + kind: p for kind, fn in (("", plots.uncertainty), ("/rot", plots.rotation))
+            for p in fn(exp, out / "plots")}
+    for ds in ordered_datasets(df):
+        name, blocks = DATASET_NAMES.get(ds, ds), []
+        for metric, (title, what, _) in tables.TRUST_TABLES.items():
+            t = tables.level_table(df, metric, ds)
+            if not t.empty:
+                blocks += [text(f"**{title}**: {what}; mean ± std over seeds (n); best per column in bold.", note=True),
+                           Block("table", table=t.write(out / "tables", f"{metric}_{ds}"))]
+        if not blocks:
+            continue
+        blocks += footnote(df, ds)
+        blocks += images([p for k, p in figs.items() if k in (ds, ds + "/rot")], out,
+                         lambda p: f"{name}: OOD AUROC and rotation vs compression" if p.stem.startswith("uncertainty")
+                         else f"{name}: accuracy per rotation angle, unpruned and pruned")
+        sec.subsections.append(Section(name, blocks))
+    return sec
 
 
 def error_bars(df: pd.DataFrame) -> dict[str, float]:

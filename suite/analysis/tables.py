@@ -25,6 +25,18 @@ LEVEL_TABLES = {
     "test_ece_mc": ("Ensemble test ECE", "Monte Carlo ensemble, expected calibration error, 15 bins", False),
     "sparsity": ("Measured sparsity", "fraction of zeros among the weights the forward pass multiplies with", None),
 }
+# the uncertainty section's level tables (suite/ood.py): OOD = the other dataset's test images
+TRUST_TABLES = {
+    "ood_auroc_entropy": ("OOD detection AUROC, predictive entropy",
+                          "AUROC of telling the other dataset's test images from this one's by predictive entropy", True),
+    "ood_auroc_mi_mc": ("OOD detection AUROC, mutual information",
+                        "AUROC by the Monte Carlo ensemble's mutual information (epistemic part; methods that sample)", True),
+    "shift_acc_mean": ("Accuracy under rotation", "test accuracy on rotated images, mean over 0..180 degrees", True),
+    "shift_ece_mean": ("ECE under rotation", "expected calibration error on rotated images, mean over the angles", False),
+}
+DAGGER = "†"
+COLLAPSED_NOTE = (f"{DAGGER} at chance: collapsed. A run of the cell ended training at chance validation accuracy "
+                  "(tag collapsed=true); it is in the mean, but the cell is no result.")
 # (metric column, header, digits); a column no run of the dataset logged is left out
 TRAINING_COST = [("time_per_epoch_s", "s / epoch", 2), ("train_wall_s", "train s", 1), ("compile_s", "compile s", 1),
                  ("eval_wall_s", "eval s", 1), ("total_wall_s", "total s", 1), ("epochs_to_fit", "epochs to fit", 1),
@@ -122,6 +134,27 @@ def level_name(level: str) -> str:
     return "natural" if level == NAT else f"{int(level[1:])} %"
 
 
+def collapsed_cells(d: pd.DataFrame, long: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per group of `keys` of a by_level frame: does it hold a run tagged collapsed=true?"""
+    flag = long["run_id"].map(d.set_index("run_id")["collapsed"]) if "collapsed" in d else False
+    return long.assign(collapsed=flag).groupby(keys)["collapsed"].any()
+
+
+def collapsed_note(df: pd.DataFrame, dataset: str) -> str:
+    """The dagger's footnote when a run of the dataset collapsed, else ""."""
+    d = df[df.dataset == dataset]
+    return COLLAPSED_NOTE if "collapsed" in d and d.collapsed.any() else ""
+
+
+def epochs_text(values: pd.Series) -> str:
+    """A label's total training epochs: "60", or "48-60" when its runs differ; "-" when unknown."""
+    v = values.dropna()
+    if v.empty:
+        return "-"
+    lo, hi = int(round(v.min())), int(round(v.max()))
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def level_table(df: pd.DataFrame, metric: str, dataset: str) -> Table:
     """Rows = labels in tag order, columns = levels (p00 ... then `natural`, whose cells also give the
     measured sparsity the method chose)."""
@@ -132,29 +165,35 @@ def level_table(df: pd.DataFrame, metric: str, dataset: str) -> Table:
         return Table(pd.DataFrame())
     # a natural-level cell also says which sparsity the method chose (not needed in the sparsity table itself)
     nat_sp = d.groupby("label")["sparsity_nat"].mean() if "sparsity_nat" in d and metric != "sparsity" else {}
-    s["cell"] = [cell(m, sd, n, note=f"@ {nat_sp[lab]:.1%} sparse" if lv == NAT and lab in nat_sp else "")
+    dead = collapsed_cells(d, long, ["label", "level"])
+    s["cell"] = [cell(m, sd, n, note=" ".join(filter(None, (f"@ {nat_sp[lab]:.1%} sparse" if lv == NAT and lab in nat_sp
+                                                            else "", DAGGER if dead[(lab, lv)] else ""))))
                  for m, sd, n, lab, lv in zip(s["mean"], s["std"], s["n"], s.label, s.level)]
     order = [lab for lab in ordered_labels(d) if lab in set(s.label)]
     cols = sorted(s.level.unique(), key=level_key)
     means = s.pivot(index="label", columns="level", values="mean").loc[order, cols]
     cells = s.pivot(index="label", columns="level", values="cell").loc[order, cols].fillna("-")
     means.columns = cells.columns = [level_name(c) for c in cols]
-    return Table(cells, means, LEVEL_TABLES[metric][2])
+    return Table(cells, means, {**LEVEL_TABLES, **TRUST_TABLES}[metric][2])
 
 
 def cost_table(df: pd.DataFrame, dataset: str, columns=TRAINING_COST) -> Table:
-    """Per label, mean ± std: TRAINING_COST (time per epoch; train, compile, eval and total wall time;
-    epochs to fit with how many seeds got there) or INFERENCE_COST (latency, size)."""
+    """Per label, its total training epochs (training + retraining) and, mean ± std: TRAINING_COST (time
+    per epoch; train, compile, eval and total wall time; epochs to fit with how many seeds got there) or
+    INFERENCE_COST (latency, size); empty when no run logged any of `columns`."""
     d = df[df.dataset == dataset].copy()
     d["time_per_epoch_s"] = d["train_wall_s"] / d["epochs"]
     for col in ("size_dense_bytes_p00", "size_csr_bytes_p90"):
         if col in d:
             d[col] = d[col] / 1e6
     present = [(c, name, dg) for c, name, dg in columns if c in d and d[c].notna().any() or c == "epochs_to_fit"]
+    if not present:
+        return Table(pd.DataFrame())
     rows = {}
     for label in ordered_labels(d):
         g = d[d.label == label]
-        row = {}
+        # the arm's whole budget (training + every retraining epoch), so arms are read at equal epochs
+        row = {"total epochs": epochs_text(g["total_epochs"])} if "total_epochs" in g else {}
         for col, name, digits in present:
             v = g[col].dropna() if col in g else pd.Series(dtype=float)
             if v.empty:
@@ -186,6 +225,8 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
     if s.empty:
         return Table(pd.DataFrame()), ""
     bar, words = error_target(df, dataset)
+    d = df[df.dataset == dataset]
+    dead = collapsed_cells(d, by_level(d, "test_acc"), ["label", "level"])
     rows, means = {}, {}
     for label in [lab for lab in ordered_labels(df[df.dataset == dataset]) if lab in set(s.label)]:
         g = s[s.label == label]
@@ -199,7 +240,8 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
         top = ok.loc[ok.compression.idxmax()]
         err = f"{top.error:.2%}" + (f" ± {top.error_std:.2%} (n={top.n})" if top.n > 1 else " (1 seed)")
         rows[label] = {"compression": f"{top.compression:.1f}x" + ("" if top.exact else " *"),
-                       "weights removed": f"{top.removed:.1%}", "level": level_name(top.level), "test error": err}
+                       "weights removed": f"{top.removed:.1%}", "test error": err,
+                       "level": level_name(top.level) + (f" {DAGGER}" if dead[(label, top.level)] else "")}
         means[label] = {"compression": top.compression}
     cells = pd.DataFrame.from_dict(rows, orient="index")
     if not s.exact.all():
@@ -216,7 +258,9 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
     for ds in ordered_datasets(df):
         d = df[df.dataset == ds]
         squeeze = compression_table(df, ds)[0].cells if with_compression else pd.DataFrame()
-        s = summarize(by_level(d, "test_acc"), "test_acc", ["label", "level"]).set_index(["label", "level"])
+        long = by_level(d, "test_acc")
+        s = summarize(long, "test_acc", ["label", "level"]).set_index(["label", "level"])
+        dead = collapsed_cells(d, long, ["label", "level"])
         labels = ordered_labels(d)
         fixed = [lv for lv in {lv for _, lv in s.index} if lv != NAT and all((lab, lv) in s.index for lab in labels)]
         top = max(fixed, key=level_key, default=None)
@@ -227,7 +271,8 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
                 if lv is None or (lab, lv) not in s.index:
                     continue
                 m = s.loc[(lab, lv)]
-                row[f"test acc {name}"], mrow[f"test acc {name}"] = cell(m["mean"], m["std"], m["n"]), m["mean"]
+                row[f"test acc {name}"] = cell(m["mean"], m["std"], m["n"], note=DAGGER if dead[(lab, lv)] else "")
+                mrow[f"test acc {name}"] = m["mean"]
             if base and top and top != "p00":
                 diff = s.loc[(lab, top), "mean"] - s.loc[(base, top), "mean"]
                 row[f"vs {base} at {level_name(top)}"] = "baseline" if lab == base else f"{diff * 100:+.2f} pp"

@@ -1,0 +1,187 @@
+"""The report's payoff sections (what compression buys, uncertainty under pruning), equal budgets and
+collapsed runs, over a real store of hand-built TrialResults (no training): every expected figure below
+is computed by hand from the metrics written here."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from suite import tracking
+from suite.analysis import budget, plots, report
+from suite.analysis.load import load
+from suite.config import TrialConfig
+from suite.trial import TrialResult
+
+LEVELS = {"p00": 0.0, "p90": 0.9, "p98": 0.98}
+NAT_LAYERS = (0.985, 0.973, 0.76)
+WIDTHS = {"p00": (784, 300, 100), "p90": (600, 200, 80), "p98": (300, 90, 40)}
+DENSE_FLOPS = 2 * (784 * 300 + 300 * 100 + 100 * 10)    # 532400
+# per method: (config, compacted / CSR latency at batch 1000 and batch 1 per level, ms; dense is 2.0 ms (seed 1:
+# 2.2 ms) at batch 1000 and 0.05 ms at batch 1; OOD AUROC by entropy; mean rotated accuracy)
+ARMS = {
+    "SGD + fine-tune": (dict(method="sgd", protocol="finetune", finetune_epochs=2, epochs=10),
+                        {"p00": (2.1, 20.0, 0.06, 0.2), "p90": (1.0, 3.0, 0.04, 0.06), "p98": (0.25, 1.0, 0.03, 0.04)},
+                        {"p00": 0.80, "p90": 0.75, "p98": 0.60}, {"p00": 0.52, "p90": 0.45, "p98": 0.30}),
+    "Sparse VD": (dict(method="sparse_vd", protocol="natural", epochs=20),
+                  {"p00": (2.1, 20.0, 0.06, 0.2), "p90": (0.5, 3.0, 0.04, 0.06), "p98": (0.1, 1.0, 0.03, 0.04)},
+                  {"p00": 0.90, "p90": 0.89, "p98": 0.85}, {"p00": 0.55, "p90": 0.54, "p98": 0.50}),
+}
+
+
+def level_metrics(tag: str, layers, seed: int, lat, auroc: float, shift: float, mc: bool) -> dict[str, float]:
+    sizes = np.array([784 * 300, 300 * 100, 100 * 10])
+    m = {f"test_acc_{tag}": 0.98 - 0.01 * seed, f"test_nll_{tag}": 0.07, f"test_ece_{tag}": 0.01,
+         f"sparsity_{tag}": float(np.dot(sizes, layers) / sizes.sum()),
+         **{f"sparsity_l{i}_{tag}": s for i, s in enumerate(layers, 1)},
+         f"latency_dense_b1000_ms_{tag}": 2.0 + 0.2 * seed, f"latency_dense_b1_ms_{tag}": 0.05,
+         f"size_dense_bytes_{tag}": 1.0e6, f"size_csr_bytes_{tag}": 2.0e5,
+         f"ood_auroc_entropy_{tag}": auroc, f"ood_aupr_entropy_{tag}": auroc - 0.05,
+         f"shift_acc_mean_{tag}": shift, f"shift_nll_mean_{tag}": 1.5, f"shift_ece_mean_{tag}": 0.2}
+    if lat is not None:
+        m |= {f"latency_compact_b1000_ms_{tag}": lat[0], f"latency_sparse_b1000_ms_{tag}": lat[1],
+              f"latency_compact_b1_ms_{tag}": lat[2], f"latency_sparse_b1_ms_{tag}": lat[3]}
+    if tag in WIDTHS:
+        w = WIDTHS[tag]
+        m |= {**{f"compact_width_l{i}_{tag}": float(x) for i, x in enumerate(w)},
+              f"flops_dense_{tag}": DENSE_FLOPS, f"flops_compact_{tag}": 2.0 * (w[0] * w[1] + w[1] * w[2] + w[2] * 10),
+              f"flops_nonzero_{tag}": 2.0 * float(np.dot(sizes, 1 - np.asarray(layers)))}
+    if tag in ("p00", "p98"):
+        m |= {f"shift_acc_r{a}_{tag}": shift + (0.4 if a == 0 else -0.1) for a in range(0, 181, 15)}
+    if mc:
+        m[f"ood_auroc_mi_mc_{tag}"] = auroc + 0.02
+    return m
+
+
+def results(new_metrics: bool = True) -> list[tuple[TrialResult, dict]]:
+    out = []
+    for label, (kw, lat, auroc, shift) in ARMS.items():
+        for seed in (0, 1):
+            cfg = TrialConfig(dataset="mnist", seed=seed, hidden=(300, 100), sparsities=tuple(LEVELS.values()), **kw)
+            assert cfg.label() == label
+            m = {"train_wall_s": 30.0, "total_wall_s": 40.0}
+            for tag, p in LEVELS.items():
+                m |= level_metrics(tag, (p, p, p), seed, lat[tag], auroc[tag], shift[tag], kw["method"] == "sparse_vd")
+            if kw["protocol"] == "natural":
+                m |= level_metrics("nat", NAT_LAYERS, seed, None, 0.9, 0.55, True)
+            if not new_metrics:
+                m = {k: v for k, v in m.items() if not k.startswith(("latency_compact", "compact_", "flops_", "ood_",
+                                                                     "shift_"))}
+            collapsed = label == "SGD + fine-tune" and seed == 1
+            if collapsed:   # trained to chance: its accuracy says so at every level
+                m |= {f"test_acc_{t}": 0.1135 for t in LEVELS}
+            out.append((TrialResult(cfg, m, [{"epoch": 1, "train_loss": 0.3, "val_acc": 0.95}], {"device": "cpu"}),
+                        {"git_commit": "test", **({"collapsed": "true"} if collapsed else {})}))
+    return out
+
+
+def build(tmp_path, new_metrics: bool = True):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.connect(uri)
+    exp_id = tracking.ensure_experiment(client, "payoff")
+    for r, tags in results(new_metrics):
+        tracking.log_result_locally(client, exp_id, r, tags)
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "payoff", "--tracking-uri", uri, "--out", str(out)]) == 0
+    return load("payoff", uri), out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("payoff"))
+
+
+def table(out, stem: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{stem}.csv", index_col=0, dtype=str)
+
+
+def test_speedup_table_ratios_flops_and_widths(store):
+    _, out = store
+    t = pd.read_csv(out / "tables" / "speedup_mnist.csv", dtype=str).set_index(["method", "level"])
+    vd98 = t.loc[("Sparse VD", "98 %")]
+    # dense / compacted at batch 1000: 2.0 / 0.1 = 20 and 2.2 / 0.1 = 22 -> mean 21, std sqrt(2)
+    assert vd98["speed-up x b1000 compacted"] == f"21.00 ± {np.sqrt(2):.2f} (n=2)"
+    assert vd98["speed-up x b1 CSR"] == "1.25 ± 0.00 (n=2)"                     # 0.05 / 0.04
+    assert vd98["compression x"] == "50.0 ± 0.0 (n=2)"
+    assert vd98["FLOPs x (compacted)"] == f"{DENSE_FLOPS / 62000:.1f} ± 0.0 (n=2)"   # 2 (300*90 + 90*40 + 40*10)
+    assert vd98["FLOPs x (nonzero)"] == "50.0 ± 0.0 (n=2)"
+    assert vd98["compacted widths"] == "300-90-40" and vd98["total epochs"] == "20"
+    assert t.loc[("SGD + fine-tune", "90 % †"), "total epochs"] == "14"             # 10 + 2 epochs x 2 levels > 0
+
+
+def test_break_even_level_per_kernel_and_batch(store):
+    _, out = store
+    b = table(out, "break_even_mnist")
+    # Sparse VD, compacted b1000: 2.0/2.1 < 1 at 0 %, 4-4.4 at 90 %; CSR b1000: 2/3 at 90 %, 2-2.2 at 98 %
+    assert b.loc["Sparse VD", "compacted b1000"] == "90 %" and b.loc["Sparse VD", "CSR b1000"] == "98 %"
+    assert b.loc["Sparse VD", "CSR b1"] == "98 %" and b.loc["Sparse VD", "compacted b1"] == "90 %"
+
+
+def test_collapsed_runs_are_marked_in_level_tables(store):
+    _, out = store
+    acc = table(out, "test_acc_mnist")
+    # SGD + fine-tune's seed 1 collapsed: (0.98 + 0.1135) / 2, std of the pair, and the dagger
+    pair = np.array([0.98, 0.1135])
+    assert acc.loc["SGD + fine-tune", "90 %"] == f"{pair.mean():.4f} ± {pair.std(ddof=1):.4f} † (n=2)"
+    assert "†" not in acc.loc["Sparse VD", "90 %"]
+    assert "†" in table(out, "ood_auroc_entropy_mnist").loc["SGD + fine-tune", "98 %"]
+    speed = pd.read_csv(out / "tables" / "speedup_mnist.csv", dtype=str)
+    assert list(speed.level[speed.method == "SGD + fine-tune"]) == ["0 % †", "90 % †", "98 % †"]
+    assert not speed.level[speed.method == "Sparse VD"].str.contains("†").any()
+    head = pd.read_csv(out / "tables" / "headline.csv", dtype=str).set_index("method")
+    assert "†" in head.loc["SGD + fine-tune", "test acc dense"] and "†" not in head.loc["Sparse VD", "test acc dense"]
+    md = (out / "report.md").read_text()
+    assert "† at chance: collapsed" in md
+
+
+def test_headlines_are_generated_from_the_numbers(store):
+    _, out = store
+    md = (out / "report.md").read_text()
+    # 98 %: Sparse VD 21x (mean of 20, 22) beats SGD + fine-tune seed 0's 8x; the collapsed seed is left out
+    assert (f"MNIST: at 98 % pruned, the compacted Sparse VD net runs 21.0x faster than dense at batch 1000 and "
+            f"1.7x faster at batch 1, with 50.0x fewer weights and {DENSE_FLOPS / 62000:.1f}x fewer FLOPs (mean over 2 "
+            "run(s), 20 training epochs).") in md
+    assert ("MNIST: at 98 % pruned, OOD detection by predictive entropy is best for Sparse VD (AUROC 0.850, -0.050 vs "
+            "unpruned) and worst for SGD + fine-tune (AUROC 0.600, -0.200 vs unpruned).") in md
+    assert "SGD + fine-tune keeps" not in md and "Sparse VD keeps the highest accuracy (50.0%; 55.0% unpruned)" in md
+
+
+def test_uncertainty_tables_and_plots(store):
+    _, out = store
+    mi = table(out, "ood_auroc_mi_mc_mnist")
+    assert list(mi.index) == ["Sparse VD"] and mi.loc["Sparse VD", "98 %"] == "0.8700 ± 0.0000 (n=2)"
+    assert table(out, "shift_acc_mean_mnist").loc["Sparse VD", "0 %"] == "0.5500 ± 0.0000 (n=2)"
+    for stem in ("speedup_vs_compression", "uncertainty", "rotation"):
+        assert (out / "plots" / f"{stem}_mnist.png").stat().st_size > 10_000
+
+
+def test_total_epochs_in_cost_tables_and_legends(store):
+    exp, out = store
+    cost = table(out, "cost_mnist")
+    assert cost.loc["SGD + fine-tune", "total epochs"] == "14" and cost.loc["Sparse VD", "total epochs"] == "20"
+    assert table(out, "inference_mnist").loc["Sparse VD", "total epochs"] == "20"
+    assert plots.budget_label(exp.runs, "mnist", "SGD + fine-tune") == "SGD + fine-tune (14 ep, † 1 of 2 runs collapsed)"
+    assert plots.budget_label(exp.runs, "mnist", "Sparse VD") == "Sparse VD (20 ep)"
+
+
+@pytest.mark.parametrize("kw", [dict(protocol="iterative", finetune_epochs=3, iterative_fraction=0.5),
+                                dict(protocol="iterative", finetune_epochs=2, iterative_fraction=0.3),
+                                dict(protocol="gradual", finetune_epochs=3, gradual_epochs=(1, 2)),
+                                dict(protocol="finetune", finetune_epochs=4), dict(protocol="oneshot")])
+def test_budget_from_params_matches_the_protocols(kw):
+    """The analysis restates the protocols' epoch count (it imports no training code): the training
+    code's TrialConfig.total_epochs is the second implementation."""
+    cfg = TrialConfig(method="sgd", epochs=10, sparsities=(0.0, 0.5, 0.9, 0.98), **kw)
+    params = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in cfg.to_dict().items()}
+    assert budget.total_epochs(cfg.protocol, params, {}) == cfg.total_epochs
+    assert budget.total_epochs(cfg.protocol, params, {"total_epochs": 99.0}) == 99.0
+    assert np.isnan(budget.total_epochs("someplugin", params, {}))
+
+
+def test_old_store_renders_with_sections_omitted(tmp_path):
+    _, out = build(tmp_path, new_metrics=False)
+    md = (out / "report.md").read_text()
+    assert "## What compression buys" in md and "Omitted: no run logged the compaction metrics" in md
+    assert "## Uncertainty under pruning" in md and "Omitted: no run logged the OOD or rotation metrics" in md
+    assert not (out / "tables" / "speedup_mnist.csv").exists() and (out / "tables" / "test_acc_mnist.csv").exists()
+    assert "index.html" in {p.name for p in out.iterdir()}
