@@ -76,7 +76,7 @@ class TrialConfig:
     batch_size: int = 100
     """Minibatch size."""
     lr: float = 1e-4
-    """Learning rate."""
+    """Learning rate (1e-4 unless the method has its own default: sparse_vd 1e-3, Molchanov et al. 2017)."""
     optimizer: str = "adam"
     """Optimizer: adam or sgd (with momentum if momentum > 0)."""
     momentum: float = 0.0
@@ -491,7 +491,7 @@ def field_table() -> str:
         if own:
             pdocs = field_docs(cls.Params)
             rows += [f"| `{k}` ({name}) | `{_show(v)}` | {pdocs[k]} |" for k, v in own.items()]
-        rows += [f"| `{k}` ({name}) | `{_show(v)}` | {docs[k].rstrip('.')}: this method's own default. |"
+        rows += [f"| `{k}` ({name}) | `{_show(v)}` | {name}'s own default of the common field `{k}`. |"
                  for k, v in cls.field_defaults.items()]
     return "\n".join(rows)
 
