@@ -33,7 +33,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
-from . import tracking  # noqa: E402
+from . import collapse, tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
 from .fpmode import flush_denormals  # noqa: E402
@@ -219,14 +219,16 @@ class SweepCallback(tune.Callback):
         m = res["final_metrics"]
         levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
         row.status, row.wall_s = "FINISHED", m["total_wall_s"]
+        said = res["final_info"].get(collapse.TAG) == "true"
+        collapsed = f"; {collapse.warning(res['history'][-1]['val_acc'])}" if said else ""
         if not levels:  # trained only (a recipe search): the selection metric is on validation
             row.acc0 = m.get(self.select) if self.select else None
-            self._say(f"{row.name} finished: {self.select} {row.acc0:.4f} in {row.wall_s:.0f}s" if row.acc0 is not None
-                      else f"{row.name} finished in {row.wall_s:.0f}s")
+            self._say((f"{row.name} finished: {self.select} {row.acc0:.4f} in {row.wall_s:.0f}s" if row.acc0 is not None
+                       else f"{row.name} finished in {row.wall_s:.0f}s") + collapsed)
             return
         row.acc0, row.acc_max = m[f"test_acc_{level_tag(levels[0] / 100)}"], m[f"test_acc_{level_tag(levels[-1] / 100)}"]
         self._say(f"{row.name} finished: acc {row.acc0:.4f} (p{levels[0]:02d}) -> {row.acc_max:.4f} "
-                  f"(p{levels[-1]:02d}) in {row.wall_s:.0f}s")
+                  f"(p{levels[-1]:02d}) in {row.wall_s:.0f}s{collapsed}")
 
     def stop(self, key: str, epoch: int) -> None:
         """A search stops this waiting recipe at its rung `epoch`: its run is FINISHED and says where."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import latency, methods, metrics, prune
+from . import collapse, latency, methods, metrics, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, load_arrays, make_splits
 from .fpmode import flush_denormals
@@ -156,6 +156,8 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if model.weight_noise:
         info["weight_noise"] = model.weight_noise
+    if collapse.collapsed(history[-1]["val_acc"], model.sizes[-1]):
+        info[collapse.TAG] = "true"  # info becomes run tags
     resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
     if not evaluate:  # a search's recipe resumes at every rung it passes
         out["total_wall_s"] = time.perf_counter() - t_start + resumed
@@ -248,6 +250,8 @@ def summary(r: TrialResult) -> str:
                      f"{m[f'test_ece_{t}']:6.4f} {m[f'latency_dense_b1_ms_{t}']:8.3f}ms "
                      f"{m[f'latency_sparse_b1_ms_{t}']:8.3f}ms {m[f'latency_dense_b1000_ms_{t}']:8.2f}ms "
                      f"{m[f'latency_sparse_b1000_ms_{t}']:9.2f}ms {m[f'size_csr_bytes_{t}'] / 1e3:8.1f}")
+    if r.info.get(collapse.TAG) == "true":
+        lines.append(collapse.warning(r.history[-1]["val_acc"]))
     return "\n".join(lines)
 
 

@@ -104,6 +104,9 @@ class Method(nn.Module):
     weight_noise: ClassVar[str] = ""          # generator of per-weight training noise, if any (run tag weight_noise)
     color: ClassVar[str] = "#7f7f7f"          # plot colour (run tag `color`)
     order: ClassVar[float] = 100.0            # position in tables and legends (run tag `label_order`)
+    # the method's own default for a common TrialConfig field, where the common one does not train it
+    # (Sparse VD: lr); a config that does not set the field gets this value
+    field_defaults: ClassVar[dict[str, object]] = {}
 
     def __init__(self, cfg):
         super().__init__()
