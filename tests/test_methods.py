@@ -78,6 +78,7 @@ def test_new_fields_enter_the_key_only_when_set():
     assert len({c.grid_key() for c in changed} | {base.grid_key()}) == len(changed) + 1
 
 
+@pytest.mark.slow
 def test_a_method_is_one_file_plus_registration(tmp_path):
     """A user's method file, named in $BPB_PLUGINS, runs through suite.trial with its own setting,
     and its setting is refused for other methods."""
@@ -131,6 +132,7 @@ def tiny(method="sgd", **kw):
     return TrialConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,level", [("sgd", 0.99), ("bbb", 0.9)])
 def test_finetune_holds_the_mask_and_recovers(method, level, mnist):
     torch.set_num_threads(1)
@@ -165,6 +167,7 @@ def test_finetune_keeps_pruned_weights_and_adam_moments_at_zero(mnist):
         assert prune.measured_sparsity(m, data.x_test[:10], False, sample)[0] == pytest.approx(0.9, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_finetune_resumes_exactly(mnist):
     cfg = tiny("sgd", protocol="finetune", finetune_epochs=2, sparsities=(0.5, 0.9))
     torch.set_num_threads(1)

@@ -117,6 +117,7 @@ def weight_entries(flat: torch.Tensor, h: int) -> torch.Tensor:
     return torch.cat([w1.flatten(), w2.flatten()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fmnist"])
 def test_two_epoch_lenet_trial_is_above_chance_with_a_natural_level(dataset, request):
     cfg = TrialConfig(method="sparse_vd", hidden=(300, 100), epochs=2, train_subset=10000, val_size=2000, lr=1e-3,

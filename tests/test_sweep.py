@@ -46,6 +46,8 @@ def tiny_grid(path: Path, epochs: int, seeds: list[int], **fixed) -> Path:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
     r = cli(["--grid", "smoke"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -102,6 +104,8 @@ def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
     held.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_concurrency_mode_times_the_grid_at_each_level(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=1, seeds=[0])
     r = cli(["--grid", str(grid), "--concurrency", "1,2"], tmp_path)
@@ -124,6 +128,8 @@ def _resume_epochs(storage: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=12, seeds=[0])  # SGD and BBB side by side, killed at epoch >= 3
     args = ["--grid", str(grid), "--experiment", "resume", "--max-concurrent", "2"]
@@ -150,6 +156,8 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     assert not list((tmp_path / "ray_results").glob("*/resume/*/state.pt"))  # cleaned up once logged
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_multinode_spread_and_worker_loss(tmp_path, mnist):
     import ray
     from ray.cluster_utils import Cluster
