@@ -78,19 +78,30 @@ def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
     assert len(runs(tmp_path / "mlflow.db", "smoke")[1]) == len(rs)
 
 
-def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
+def test_dry_run_and_bad_grid_fail_before_ray(tmp_path, monkeypatch, capsys):
     r = cli(["--grid", "full", "--dry-run"], tmp_path)
     assert r.returncode == 0 and "50 trials" in r.stdout and "30 invalid combinations dropped" in r.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    # the rejections in-process (each CLI start costs seconds): exit code 2 and the message
+    from suite.run import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def rejected(args) -> str:
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's error
+            code = e.code
+        assert code == 2, args
+        return capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid:\n  methd: [sgd]\n")
-    r = cli(["--grid", str(bad)], tmp_path)
-    assert r.returncode == 2 and "unknown key 'methd'" in r.stderr and "Did you mean method" in r.stderr
+    err = rejected(["--grid", str(bad)])
+    assert "unknown key 'methd'" in err and "Did you mean method" in err
     assert not (tmp_path / "ray_results").exists()
-    r = cli(["--grid", "smoke", "--cpus-per-trial", "0"], tmp_path)
-    assert r.returncode == 2 and "--cpus-per-trial=0.0 is invalid" in r.stderr
-    r = cli(["--grid", "smoke", "--concurrency", "1,x"], tmp_path)
-    assert r.returncode == 2 and "--concurrency='1,x' is invalid" in r.stderr
+    assert "--cpus-per-trial=0.0 is invalid" in rejected(["--grid", "smoke", "--cpus-per-trial", "0"])
+    assert "--concurrency='1,x' is invalid" in rejected(["--grid", "smoke", "--concurrency", "1,x"])
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
