@@ -25,7 +25,8 @@ def numbers(result):
     return m, h
 
 
-@pytest.mark.parametrize("method,dropout", [pytest.param("sgd", 0.0, marks=pytest.mark.slow), ("sgd", 0.5), ("bbb", 0.0)])
+@pytest.mark.parametrize("method,dropout", [pytest.param("sgd", 0.0, marks=pytest.mark.slow),
+                                            pytest.param("sgd", 0.5, marks=pytest.mark.slow), ("bbb", 0.0)])
 def test_same_config_same_numbers(method, dropout, mnist):
     cfg = tiny(method=method, dropout=dropout)
     first = numbers(run_trial(cfg, arrays=mnist))
