@@ -11,6 +11,8 @@ from suite.analysis.load import AnalysisError, baseline_label, load, ordered_lab
 from suite.config import TrialConfig
 from suite.trial import run_trial
 
+pytestmark = pytest.mark.slow  # six real trials fill the store; test_report.py covers the tables on a logged store
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, mnist):

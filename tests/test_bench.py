@@ -3,6 +3,7 @@ peers' absence, the inference model, and (slow) one tiny run end to end."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -98,9 +99,11 @@ def test_race_interleaves_rounds_and_reports_each_contenders_median(monkeypatch)
     assert ms["b"] == pytest.approx(1000 * (0.005 + 0.006) / 2)  # median of 4, 5, 6, 20 ms
 
 
-def test_breakdown_covers_each_method_and_its_parts_add_up_to_the_step():
-    """One round of the per-kernel table on random data: every method's kernels plus "other" add up
-    to its step, shares are of the step, and the exp pass is the unit."""
+@pytest.mark.slow
+def test_breakdown_times_every_kernel_of_each_method():
+    """One round of the per-kernel table on random data (it compiles BBB's and Sparse VD's kernels):
+    every method's kernels are there and each got a positive, finite time. ("other" is the step minus
+    its kernels and shares are ms / step by construction, so neither is asserted.)"""
     torch.manual_seed(0)
     x, y = torch.rand(300, 784), torch.randint(0, 10, (300,))
     bd = kernels.breakdown(x, y, rounds=1, steps=2)
@@ -108,14 +111,9 @@ def test_breakdown_covers_each_method_and_its_parts_add_up_to_the_step():
                               "optimizer", "other", "step"}
     assert set(bd["Sparse VD"]) == {"terms fwd", "terms bwd", "matmuls fwd", "matmuls bwd", "optimizer", "other", "step"}
     assert set(bd["SGD"]) == {"matmuls fwd", "matmuls bwd", "optimizer", "other", "step"}
-    exp_ms = bd["ref"]["exp pass"]["ms"]
-    for method in ("SGD", "BBB", "Sparse VD"):
-        parts = bd[method]
-        assert abs(sum(v["ms"] for k, v in parts.items() if k != "step") - parts["step"]["ms"]) < 1e-9
-        for v in parts.values():
-            assert v["share"] == pytest.approx(v["ms"] / parts["step"]["ms"])
-            assert v["x_exp"] == pytest.approx(v["ms"] / exp_ms)
-    assert bd["ref"]["exp pass"]["x_exp"] == 1.0 and bd["ref"]["log pass"]["share"] is None
+    for method in ("SGD", "BBB", "Sparse VD", "ref"):
+        timed = {k: v["ms"] for k, v in bd[method].items() if k != "other"}
+        assert all(0 < ms < math.inf for ms in timed.values()), (method, timed)
 
 
 def test_only_elementwise_kernels_above_the_threshold_are_flagged():

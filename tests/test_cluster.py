@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -58,6 +59,7 @@ def wait_for_port(port: int, head: subprocess.Popen, timeout: float = 90) -> Non
     raise TimeoutError(f"the fake cluster's GCS did not open port {port}")
 
 
+@pytest.mark.slow
 def test_sweep_on_autoscaling_cluster_from_zero_workers(tmp_path):
     port = free_port()
     # short: Ray's unix sockets live under it and their paths may not exceed 107 bytes

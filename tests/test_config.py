@@ -60,9 +60,13 @@ def test_cli_rejects_bad_value_before_training():
     # on a GPU machine --device cuda is valid, so this case only exists where there is none
     *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU is visible")]),
 ])
-def test_cli_rejects_bad_runtime_options_before_training(args, needle):
-    r = subprocess.run([sys.executable, "-m", "suite.trial", *args], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and needle in r.stderr and "epoch" not in r.stdout
+def test_cli_rejects_bad_runtime_options_before_training(args, needle, capsys):
+    """In-process (the subprocess path is the test above): argparse's exit 2 and one message."""
+    from suite.trial import main
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    assert e.value.code == 2 and needle in out.err and "epoch" not in out.out
 
 
 def test_grid_expansion_counts_and_drops_bbb_with_dropout(tmp_path):

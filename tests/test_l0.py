@@ -64,6 +64,7 @@ def test_bad_settings_are_one_error():
         small(l0_lambda=-1)
 
 
+@pytest.mark.slow
 def test_two_epoch_lenet_trial_is_above_chance_with_a_natural_level(mnist):
     cfg = TrialConfig(method="l0", hidden=(300, 100), epochs=2, train_subset=10000, val_size=2000, lr=1e-3,
                       protocol="natural", sparsities=(0.0, 0.9), test_samples=2, l0_lambda=1.0, compile=False)

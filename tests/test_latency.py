@@ -1,6 +1,7 @@
 import multiprocessing as mp
 import time
 
+import pytest
 import torch
 
 from suite import latency, prune
@@ -42,6 +43,7 @@ def _hold(path, seconds, started):
         time.sleep(seconds)
 
 
+@pytest.mark.timeout(300)
 def test_latency_phases_take_turns(tmp_path):
     """A second process cannot start timing while another holds the node's latency lock."""
     lock = tmp_path / "lat.lock"

@@ -54,6 +54,7 @@ def test_ray_address_nothing_listens_on(tmp_path):
     assert took < 60 and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # starts a local Ray to count its CPUs
 def test_trial_that_fits_no_node_fails_and_leaves_no_experiment(tmp_path):
     """More CPUs per trial than this machine has (the local Ray cluster is this machine), more GPUs
     than any machine has, device cuda without one: each one line, and the store holds no experiment."""

@@ -275,6 +275,7 @@ def test_error_vs_compression_plot_and_empty_panels_explained(lenet):
     assert not fig.axes[1].patches                                           # and draws no bars
 
 
+@pytest.mark.slow  # two 50-run stores and three reports
 def test_against_shows_each_method_at_both_recipes(tmp_path):
     """--against: per method, a row per experiment with its own error figures, the better one bold, and
     the recipe fields that differ; the dropout rate may differ (it is part of the recipe)."""

@@ -109,6 +109,8 @@ TINY = GOOD.replace("samples: 3, max_epochs: 2", "samples: 4, max_epochs: 3").re
     "select:", "variants: [{protocol: finetune, finetune_epochs: 1}]\nselect:")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_tiny_search_end_to_end_with_resume_nested_runs_and_export(tmp_path):
     import os
     import signal

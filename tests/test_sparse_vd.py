@@ -62,16 +62,62 @@ def test_threshold_gives_exact_zeros_in_the_forward_pass():
     assert prune.measured_sparsity(pruned, x, False, pruned.sample())[0] == pytest.approx(want)  # samples too
 
 
-def test_objective_trains_theta_and_log_sigma2():
+def test_objective_equals_a_hand_computation():
+    """A 784-3-10 net in float64 from the paper's formulas: log alpha = log sigma^2 - log theta^2
+    (theta^2 + 1e-8, clipped to [-8, 8]), each layer's pre-activation drawn as mean + sqrt(x^2 alpha
+    theta^2) eps (local reparameterisation, with the same eps), the NLL from explicitly computed
+    logits, -KL per weight = k1 sigmoid(k2 + k3 log alpha) - 0.5 log1p(1 / alpha) - k1 (Molchanov et
+    al. 2017, eq. 14) summed over the weights (not the biases), times kl_weight, everything per
+    example. Gradients w.r.t. theta and log sigma^2: float64 autograd of the same computation."""
+    h, kl_weight = 3, 0.3
     torch.manual_seed(0)
-    m = build(small())
-    loss, nll, kl = m.objective(torch.rand(8, 784), torch.randint(0, 10, (8,)), kl_weight=0.5)
-    torch.testing.assert_close(loss, nll + kl)
+    m = build(TrialConfig(method="sparse_vd", hidden=(h,), compile=False))
+    with torch.no_grad():
+        m.log_sigma2.uniform_(-14, 0)  # log alpha on both sides of the clip range and inside it
+        m.theta[:20] = 0.0
+    x, y = torch.rand(4, 784), torch.tensor([3, 0, 9, 3])
+    torch.manual_seed(7)
+    loss, nll, kl = m.objective(x, y, kl_weight)
     loss.backward()
-    assert m.theta.grad.abs().sum() > 0 and m.log_sigma2.grad.abs().sum() > 0
+
+    torch.manual_seed(7)  # the pre-activation noise, layer by layer
+    e1, e2 = torch.randn(len(y), h).double(), torch.randn(len(y), 10).double()
+    theta, ls = m.theta.detach().double().requires_grad_(), m.log_sigma2.detach().double().requires_grad_()
+    la = (ls - torch.log(theta * theta + 1e-8)).clamp(-8, 8)
+    var = torch.exp(la) * theta * theta
+    w1, b1, w2, b2 = split_784_h_10(theta, h)
+    v1, _, v2, _ = split_784_h_10(var, h)
+    a = torch.relu(x.double() @ w1.T + b1 + torch.sqrt(x.double() ** 2 @ v1.T) * e1)
+    assert (a > 0).any(1).all()  # every example reaches the second layer's noise (sqrt is smooth there)
+    logits = a @ w2.T + b2 + torch.sqrt(a * a @ v2.T) * e2
+    nll_h = (torch.logsumexp(logits, 1) - logits[torch.arange(len(y)), y]).mean()
+    k1, k2, k3 = 0.63576, 1.87320, 1.48695
+    neg_kl = k1 * torch.sigmoid(k2 + k3 * la) - 0.5 * torch.log1p(torch.exp(-la)) - k1
+    la_w = weight_entries(la, h)
+    assert (la_w == 8).any() and (la_w == -8).any() and ((la_w > -8) & (la_w < 8)).any()
+    kl_h = -weight_entries(neg_kl, h).sum() * kl_weight / len(y)
+    (nll_h + kl_h).backward()
+
+    assert nll.item() == pytest.approx(nll_h.item(), rel=1e-6)
+    assert kl.item() == pytest.approx(kl_h.item(), rel=1e-5) and kl.item() > 1
+    assert loss.item() == pytest.approx((nll_h + kl_h).item(), rel=1e-5)
+    for got, want in ((m.theta.grad, theta.grad), (m.log_sigma2.grad, ls.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     assert torch.all(m.log_sigma2.grad[~m.is_weight] == 0)  # biases are deterministic
 
 
+def split_784_h_10(flat: torch.Tensor, h: int):
+    """The documented flat layout of a 784-h-10 net: [W1 (h x 784), b1 (h), W2 (10 x h), b2 (10)]."""
+    a, b, c = 784 * h, 785 * h, 795 * h
+    return flat[:a].view(h, 784), flat[a:b], flat[b:c].view(10, h), flat[c:]
+
+
+def weight_entries(flat: torch.Tensor, h: int) -> torch.Tensor:
+    w1, _, w2, _ = split_784_h_10(flat, h)
+    return torch.cat([w1.flatten(), w2.flatten()])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fmnist"])
 def test_two_epoch_lenet_trial_is_above_chance_with_a_natural_level(dataset, request):
     cfg = TrialConfig(method="sparse_vd", hidden=(300, 100), epochs=2, train_subset=10000, val_size=2000, lr=1e-3,

@@ -46,6 +46,8 @@ def tiny_grid(path: Path, epochs: int, seeds: list[int], **fixed) -> Path:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
     r = cli(["--grid", "smoke"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -76,19 +78,30 @@ def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
     assert len(runs(tmp_path / "mlflow.db", "smoke")[1]) == len(rs)
 
 
-def test_dry_run_and_bad_grid_fail_before_ray(tmp_path):
+def test_dry_run_and_bad_grid_fail_before_ray(tmp_path, monkeypatch, capsys):
     r = cli(["--grid", "full", "--dry-run"], tmp_path)
     assert r.returncode == 0 and "50 trials" in r.stdout and "30 invalid combinations dropped" in r.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    # the rejections in-process (each CLI start costs seconds): exit code 2 and the message
+    from suite.run import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def rejected(args) -> str:
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's error
+            code = e.code
+        assert code == 2, args
+        return capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid:\n  methd: [sgd]\n")
-    r = cli(["--grid", str(bad)], tmp_path)
-    assert r.returncode == 2 and "unknown key 'methd'" in r.stderr and "Did you mean method" in r.stderr
+    err = rejected(["--grid", str(bad)])
+    assert "unknown key 'methd'" in err and "Did you mean method" in err
     assert not (tmp_path / "ray_results").exists()
-    r = cli(["--grid", "smoke", "--cpus-per-trial", "0"], tmp_path)
-    assert r.returncode == 2 and "--cpus-per-trial=0.0 is invalid" in r.stderr
-    r = cli(["--grid", "smoke", "--concurrency", "1,x"], tmp_path)
-    assert r.returncode == 2 and "--concurrency='1,x' is invalid" in r.stderr
+    assert "--cpus-per-trial=0.0 is invalid" in rejected(["--grid", "smoke", "--cpus-per-trial", "0"])
+    assert "--concurrency='1,x' is invalid" in rejected(["--grid", "smoke", "--concurrency", "1,x"])
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
@@ -102,6 +115,8 @@ def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
     held.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_concurrency_mode_times_the_grid_at_each_level(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=1, seeds=[0])
     r = cli(["--grid", str(grid), "--concurrency", "1,2"], tmp_path)
@@ -124,6 +139,8 @@ def _resume_epochs(storage: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     grid = tiny_grid(tmp_path / "g.yaml", epochs=12, seeds=[0])  # SGD and BBB side by side, killed at epoch >= 3
     args = ["--grid", str(grid), "--experiment", "resume", "--max-concurrent", "2"]
@@ -150,6 +167,8 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     assert not list((tmp_path / "ray_results").glob("*/resume/*/state.pt"))  # cleaned up once logged
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_multinode_spread_and_worker_loss(tmp_path, mnist):
     import ray
     from ray.cluster_utils import Cluster

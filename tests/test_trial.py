@@ -25,15 +25,18 @@ def numbers(result):
     return m, h
 
 
-@pytest.mark.parametrize("method,dropout", [("sgd", 0.0), ("sgd", 0.5), ("bbb", 0.0)])
+@pytest.mark.parametrize("method,dropout", [pytest.param("sgd", 0.0, marks=pytest.mark.slow),
+                                            pytest.param("sgd", 0.5, marks=pytest.mark.slow), ("bbb", 0.0)])
 def test_same_config_same_numbers(method, dropout, mnist):
     cfg = tiny(method=method, dropout=dropout)
-    assert numbers(run_trial(cfg, arrays=mnist)) == numbers(run_trial(cfg, arrays=mnist))
-    assert numbers(run_trial(cfg, arrays=mnist)) != numbers(run_trial(tiny(method=method, dropout=dropout, seed=1), arrays=mnist))
+    first = numbers(run_trial(cfg, arrays=mnist))
+    assert numbers(run_trial(cfg, arrays=mnist)) == first
+    assert numbers(run_trial(tiny(method=method, dropout=dropout, seed=1), arrays=mnist)) != first
 
 
 @pytest.mark.parametrize("method,dropout,dataset,floor", [
     ("sgd", 0.0, "mnist", 0.8), ("sgd", 0.5, "mnist", 0.6), ("bbb", 0.0, "mnist", 0.6), ("bbb", 0.0, "fmnist", 0.5)])
+@pytest.mark.slow
 def test_short_real_training_beats_chance(method, dropout, dataset, floor, request):
     cfg = TrialConfig(method=method, **({"dropout": dropout} if dropout else {}), dataset=dataset, epochs=2,
                       train_subset=5000, val_size=5000,
@@ -59,6 +62,7 @@ CONTRACT = ["test_acc_p{}", "test_nll_p{}", "test_ece_p{}", "sparsity_p{}", "lat
             "latency_sparse_b1_ms_p{}", "latency_dense_b1000_ms_p{}", "latency_sparse_b1000_ms_p{}", "size_csr_bytes_p{}"]
 
 
+@pytest.mark.slow
 def test_cli_writes_every_contract_metric(tmp_path):
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, "-m", "suite.trial", "--method", "bbb", "--epochs", "1", "--train-subset", "1000",
