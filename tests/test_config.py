@@ -103,10 +103,3 @@ def test_unknown_grid_name_lists_the_shipped_ones():
 def test_shipped_grids_expand(name):
     g = load_grid(name)
     assert g.trials
-
-
-def test_readme_field_table_is_the_generated_one():
-    from pathlib import Path
-
-    from suite.config import field_table
-    assert field_table() in (Path(__file__).parent.parent / "README.md").read_text()

@@ -10,6 +10,17 @@ from .. import metrics, prune
 from .base import Protocol, register
 
 
+def check_retraining(cfg, fail) -> None:
+    """What every protocol that retrains needs: at least one retraining epoch per level or round."""
+    if cfg.finetune_epochs < 1:
+        fail("finetune_epochs", cfg.finetune_epochs, f"an integer >= 1 with protocol={cfg.protocol}")
+
+
+def retrain_lr(cfg) -> float:
+    """The constant learning rate of retraining: finetune_lr, or lr when it is None."""
+    return cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
+
+
 @register
 class Finetune(Protocol):
     name, order = "finetune", 10.0
@@ -18,8 +29,7 @@ class Finetune(Protocol):
 
     @classmethod
     def check(cls, cfg, fail) -> None:
-        if cfg.finetune_epochs < 1:
-            fail("finetune_epochs", cfg.finetune_epochs, "an integer >= 1 with protocol=finetune")
+        check_retraining(cfg, fail)
 
     @classmethod
     def retrains(cls, level) -> bool:
@@ -36,7 +46,6 @@ class Finetune(Protocol):
         m = prune.pruned_copy(self.model, keep).eval()
         before = {f"oneshot_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
         m.hold_(keep)
-        lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
         # each level's own RNG stream, apart from training's and the other levels'
-        history = self.retrain(m, progress, cfg.finetune_epochs, lr, seed_offset=100_000 * (i + 1))
+        history = self.retrain(m, progress, cfg.finetune_epochs, retrain_lr(cfg), seed_offset=100_000 * (i + 1))
         return m, {**before, f"finetune_val_acc_{tag}": history[-1]["val_acc"]}

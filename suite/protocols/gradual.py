@@ -16,7 +16,8 @@ import copy
 
 import torch
 
-from .base import Protocol, register
+from .base import register
+from .finetune import Finetune, retrain_lr
 
 
 def cubic_levels(final: float, n: int) -> list[float]:
@@ -25,29 +26,20 @@ def cubic_levels(final: float, n: int) -> list[float]:
 
 
 @register
-class Gradual(Protocol):
+class Gradual(Finetune):  # a finetune whose mask tightens during retraining: same levels, same cost
     name, order = "gradual", 30.0
     fields = ("finetune_epochs", "finetune_lr", "gradual_epochs", "gradual_interval")
     label_suffix, order_offset, baseline_color = " + gradual", 0.6, "#393b79"
 
     @classmethod
     def check(cls, cfg, fail) -> None:
-        if cfg.finetune_epochs < 1:
-            fail("finetune_epochs", cfg.finetune_epochs, "an integer >= 1 with protocol=gradual")
+        super().check(cfg, fail)
         a_b = cfg.gradual_epochs
         if len(a_b) != 2 or not 1 <= a_b[0] <= a_b[1] <= cfg.finetune_epochs:
             fail("gradual_epochs", list(a_b), f"[a, b] with 1 <= a <= b <= finetune_epochs={cfg.finetune_epochs} "
                                              "with protocol=gradual")
         if cfg.gradual_interval < 1 or not cls.schedule(cfg, 1.0):
             fail("gradual_interval", cfg.gradual_interval, "an integer >= 1, at most the steps of gradual_epochs' span")
-
-    @classmethod
-    def retrains(cls, level) -> bool:
-        return level != 0
-
-    @classmethod
-    def extra_epochs(cls, cfg) -> int:
-        return sum(cls.retrains(p) for p in cfg.sparsities) * cfg.finetune_epochs
 
     @classmethod
     def schedule(cls, cfg, level: float) -> dict[int, float]:
@@ -73,7 +65,6 @@ class Gradual(Protocol):
                     for v in state.values():
                         if torch.is_tensor(v) and v.shape == m.held.shape:
                             v.masked_fill_(~m.held, 0.0)
-        lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
         # each level's own RNG stream, apart from training's and the other levels'
-        self.retrain(m, progress, cfg.finetune_epochs, lr, 100_000 * (i + 1), on_step)
+        self.retrain(m, progress, cfg.finetune_epochs, retrain_lr(cfg), 100_000 * (i + 1), on_step)
         return m, {}

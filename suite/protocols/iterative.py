@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 from .base import Protocol, register
+from .finetune import check_retraining, retrain_lr
 
 
 def round_targets(levels: list[float], fraction: float) -> list[list[float]]:
@@ -34,8 +35,7 @@ class Iterative(Protocol):
 
     @classmethod
     def check(cls, cfg, fail) -> None:
-        if cfg.finetune_epochs < 1:
-            fail("finetune_epochs", cfg.finetune_epochs, "an integer >= 1 with protocol=iterative")
+        check_retraining(cfg, fail)
         if list(cfg.sparsities) != sorted(cfg.sparsities) or max(cfg.sparsities) >= 1:
             fail("sparsities", list(cfg.sparsities), "ascending levels below 1 with protocol=iterative "
                                                      "(one model passes them in order)")
@@ -67,7 +67,7 @@ class Iterative(Protocol):
         if not self.retrains(level):
             return super().prune_level(i, level, keep, progress)
         cfg, k = self.cfg, self.cfg.finetune_epochs
-        lr = cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr
+        lr = retrain_lr(cfg)
         m = copy.deepcopy(self.model)
         start = progress if "model" in progress else self.store.get("chain")  # resumed, or where the last level ended
         if start is not None:
