@@ -126,18 +126,24 @@ def _experiment(name: str, rows: list[dict], counts: dict[str, int], source: Sto
     return Experiment(name, df, counts, n - len(df), source)
 
 
-def load(experiment: str, tracking_uri: str) -> Experiment:
-    client = MlflowClient(tracking_uri)
+def finished_runs(client: MlflowClient, experiment: str, where: str):
+    """(the experiment, its FINISHED runs, every run counted by status); an unknown or deleted
+    experiment is an error naming the ones the store has."""
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())
-        raise AnalysisError(f"no experiment {experiment!r} in {tracking_uri}; it has: {', '.join(names) or 'none'}.")
+        raise AnalysisError(f"no experiment {experiment!r} in {where}; it has: {', '.join(names) or 'none'}.")
     runs = client.search_runs([exp.experiment_id], max_results=50000)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.info.status] = counts.get(r.info.status, 0) + 1
-    rows = [_row(r.info.run_id, r.info.end_time, r.data.tags, r.data.params, r.data.metrics)
-            for r in runs if r.info.status == "FINISHED"]
+    return exp, [r for r in runs if r.info.status == "FINISHED"], counts
+
+
+def load(experiment: str, tracking_uri: str) -> Experiment:
+    client = MlflowClient(tracking_uri)
+    _, runs, counts = finished_runs(client, experiment, tracking_uri)
+    rows = [_row(r.info.run_id, r.info.end_time, r.data.tags, r.data.params, r.data.metrics) for r in runs]
     return _experiment(experiment, rows, counts, StoreSource(client))
 
 

@@ -33,7 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from . import runsfile
-from .load import AnalysisError, default_uri, searches
+from .load import AnalysisError, default_uri, finished_runs, searches
 from .runsfile import RunRecord, RunsExport
 
 PARENT = "mlflow.parentRunId"
@@ -60,16 +60,9 @@ def identity(tags: dict[str, str], run_name: str) -> tuple[str, ...]:
 
 def from_store(client: MlflowClient, name: str) -> RunsExport:
     """The experiment's FINISHED runs with every metric point and their .npz artifacts (not model files)."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None or exp.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise AnalysisError(f"no experiment {name!r} in this store; it has: {', '.join(names) or 'none'}.")
-    runs = client.search_runs([exp.experiment_id], max_results=50000)
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.info.status] = counts.get(r.info.status, 0) + 1
+    exp, runs, counts = finished_runs(client, name, "this store")
     records = []
-    for r in (r for r in runs if r.info.status == "FINISHED"):
+    for r in runs:
         rid = r.info.run_id
         points = [(k, h.step, h.timestamp, h.value) for k in r.data.metrics for h in client.get_metric_history(rid, k)]
         arts = {}
