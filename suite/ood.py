@@ -17,7 +17,7 @@ and ECE per angle from suite.metrics.classification, and their mean over the ang
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,20 @@ def decompose(samples: Tensor) -> dict[str, Tensor]:
 def mc_samples(model: Method, x: Tensor, n: int) -> Tensor:
     """[n, N, C] softmax outputs of n weight samples, drawn as Method.predict_mc draws them (same RNG
     use, so their mean is predict_mc's output for the same seed)."""
-    return torch.stack([torch.softmax(model(x, model.sample()), -1) for _ in range(n)])
+    return mc_samples_on(model, [x], n)[0]
+
+
+@torch.no_grad()
+def mc_samples_on(model: Method, xs: Sequence[Tensor], n: int) -> list[Tensor]:
+    """mc_samples for several input sets at once: each of the n weight samples is applied to every
+    set (one ensemble scores them all; a weight sample of a large network costs more than its forward
+    pass), drawn in mc_samples' order, so entry 0 equals mc_samples(model, xs[0], n)."""
+    out: list[list[Tensor]] = [[] for _ in xs]
+    for _ in range(n):
+        w = model.sample()
+        for o, x in zip(out, xs):
+            o.append(torch.softmax(model(x, w), -1))
+    return [torch.stack(o) for o in out]
 
 
 def auroc(score_in: Tensor | np.ndarray, score_out: Tensor | np.ndarray) -> float:

@@ -215,13 +215,14 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor
     sparsity, per_layer = prune.measured_sparsity(m, x[:100], cfg.prune_biases, m.sample())
     out[f"sparsity_{tag}"] = sparsity
     out.update({f"sparsity_l{j + 1}_{tag}": s for j, s in enumerate(per_layer)})
-    samples = None
-    if m.has_mc:  # one Monte Carlo pass: its mean is predict_mc (same draws), its spread scores OOD inputs
-        samples = ood.mc_samples(m, x, cfg.test_samples)
+    samples = samples_ood = None
+    if m.has_mc:  # one Monte Carlo ensemble: its mean is predict_mc (same draws), its spread scores OOD inputs
+        inputs = [x] if probe.x_ood is None else [x, probe.x_ood]
+        samples, *rest = ood.mc_samples_on(m, inputs, cfg.test_samples)
+        samples_ood = rest[0] if rest else None
         out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(samples.mean(0), y).items()})
-    if probe.x_ood is not None:  # drawn after the test split's samples, so those stay predict_mc's
+    if probe.x_ood is not None:
         n = len(probe.x_ood)
-        samples_ood = ood.mc_samples(m, probe.x_ood, cfg.test_samples) if m.has_mc else None
         out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
                                  None if samples is None else samples[:, :n], samples_ood))
     out.update(ood.shift_rotated(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
