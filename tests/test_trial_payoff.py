@@ -25,7 +25,9 @@ def tiny(method="sgd", **kw):
     return TrialConfig(**{**base, **kw})
 
 
-CONFIGS = {"sgd": tiny(sparsities=(0.0, 0.5, 0.9)), "bbb": tiny("bbb"),
+# sgd at lr 1e-2: 1 epoch reaches ~84 % (at 1e-3 it stops at ~63 %, a net that is more confident on
+# Fashion-MNIST than on MNIST: OOD AUROC ~0.33), so its OOD check below has a signal to find
+CONFIGS = {"sgd": tiny(lr=1e-2, sparsities=(0.0, 0.5, 0.9)), "bbb": tiny("bbb"),
            "sparse_vd": tiny("sparse_vd", protocol="natural"), "l0": tiny("l0")}
 
 
@@ -101,17 +103,18 @@ def test_the_shift_at_0_degrees_is_the_first_test_images(trials, mnist):
 
 def test_a_trained_mnist_net_tells_fashion_mnist_apart(trials):
     """A real signal: the (MNIST, 1 epoch, 32 units) SGD net's predictive entropy is higher on
-    Fashion-MNIST than on MNIST test images, for most pairs (chance is 0.5)."""
+    Fashion-MNIST than on MNIST test images for most pairs (chance is 0.5; measured ~0.68)."""
     r = trials["sgd"]
     assert r.metrics["test_acc_p00"] > 0.8  # the net has learnt MNIST at all, or the check means nothing
     assert r.metrics["ood_auroc_entropy_p00"] > 0.6
 
 
-def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(trials, mnist):
+@pytest.mark.parametrize("method", ["bbb", "sparse_vd", "l0"])
+def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(method, trials, mnist):
     """The shared Monte Carlo pass leaves test_*_mc_ as a direct predict_mc call gives them: at level
     i, reseeded with epoch_seed(seed, 10_000 + i), one weight sample for the sparsity measurement,
     then predict_mc."""
-    r = trials["bbb"]
+    r = trials[method]
     model = methods.build(r.config)
     model.load_state_dict(r.state_dict)
     x = torch.tensor(mnist.x_test, dtype=torch.float32).reshape(-1, 784) / 255
