@@ -236,14 +236,22 @@ def check_compilers(rt: Runtime, pending: list[TrialConfig]) -> None:
 
 def load_data(rt: Runtime, pending: list[TrialConfig], select: str | None) -> dict:
     """Every dataset the pending trials use, loaded once (shared via Ray's object store) and before
-    Ray starts. A search selects on validation data only: its trials never receive the test split."""
+    Ray starts. A search selects on validation data only: its trials never receive the test split.
+    Otherwise trials also get their out-of-distribution images, the partner dataset's test split
+    (suite.ood.PARTNER): a partner no pending trial trains on comes with empty training arrays."""
     from .data import DataError, load_arrays
+    from .ood import PARTNER
+    used = {t.dataset for t in pending}
+    ood_only = set() if select is not None else {PARTNER[d] for d in used} - used
     try:
-        arrays = {d: load_arrays(d, rt.data_dir) for d in sorted({t.dataset for t in pending})}
+        arrays = {d: load_arrays(d, rt.data_dir) for d in sorted(used | ood_only)}
     except DataError as e:
         raise PreflightError(str(e)) from None
     if select is not None:
         arrays = {d: dataclasses.replace(a, x_test=a.x_test[:0], y_test=a.y_test[:0]) for d, a in arrays.items()}
+    for d in ood_only:
+        arrays[d] = dataclasses.replace(arrays[d], x_train=arrays[d].x_train[:0], y_train=arrays[d].y_train[:0],
+                                        y_test=arrays[d].y_test[:0])
     return arrays
 
 

@@ -17,7 +17,7 @@ and ECE per angle from suite.metrics.classification, and their mean over the ang
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from . import metrics
 from .methods import Method
 
 ANGLES = tuple(range(0, 181, 15))
+# the out-of-distribution images of a trial: the other dataset's test split (same 28x28 grey format,
+# other content), as in the Bayesian-pruning uncertainty studies that pair MNIST with Fashion-MNIST
+PARTNER = {"mnist": "fmnist", "fmnist": "mnist"}
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -48,7 +51,20 @@ def decompose(samples: Tensor) -> dict[str, Tensor]:
 def mc_samples(model: Method, x: Tensor, n: int) -> Tensor:
     """[n, N, C] softmax outputs of n weight samples, drawn as Method.predict_mc draws them (same RNG
     use, so their mean is predict_mc's output for the same seed)."""
-    return torch.stack([torch.softmax(model(x, model.sample()), -1) for _ in range(n)])
+    return mc_samples_on(model, [x], n)[0]
+
+
+@torch.no_grad()
+def mc_samples_on(model: Method, xs: Sequence[Tensor], n: int) -> list[Tensor]:
+    """mc_samples for several input sets at once: each of the n weight samples is applied to every
+    set (one ensemble scores them all; a weight sample of a large network costs more than its forward
+    pass), drawn in mc_samples' order, so entry 0 equals mc_samples(model, xs[0], n)."""
+    out: list[list[Tensor]] = [[] for _ in xs]
+    for _ in range(n):
+        w = model.sample()
+        for o, x in zip(out, xs):
+            o.append(torch.softmax(model(x, w), -1))
+    return [torch.stack(o) for o in out]
 
 
 def auroc(score_in: Tensor | np.ndarray, score_out: Tensor | np.ndarray) -> float:
@@ -99,17 +115,30 @@ def rotate(x: Tensor, degrees: float) -> Tensor:
     return r.reshape(x.shape)
 
 
+def rotations(x: Tensor, angles=ANGLES) -> dict[float, Tensor]:
+    """angle -> x rotated by it: the shifted inputs, built once and reused for every model they test."""
+    return {a: rotate(x, a) for a in angles}
+
+
 @torch.no_grad()
 def shift(predict: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, tag: str, angles=ANGLES,
-          kind: str = "") -> dict[str, float]:
+          kind: str = "", per_angle: bool = True) -> dict[str, float]:
     """Accuracy, NLL and ECE of predict (inputs [N, 784] -> probabilities [N, C]) on x rotated by each
-    angle: shift_{acc,nll,ece}{kind}_r{angle}_tag, and their means over the angles,
-    shift_{acc,nll,ece}{kind}_mean_tag (kind: "" for predict, "_mc" for the ensemble)."""
+    angle: shift_{acc,nll,ece}{kind}_r{angle}_tag (only with per_angle), and their means over the
+    angles, shift_{acc,nll,ece}{kind}_mean_tag (kind: "" for predict, "_mc" for the ensemble)."""
+    return shift_rotated(predict, rotations(x, angles), y, tag, kind, per_angle)
+
+
+@torch.no_grad()
+def shift_rotated(predict: Callable[[Tensor], Tensor], rotated: Mapping[float, Tensor], y: Tensor, tag: str,
+                  kind: str = "", per_angle: bool = True) -> dict[str, float]:
+    """shift() on inputs already rotated (rotations(x, angles))."""
     out: dict[str, float] = {}
-    per_angle = {k: [] for k in ("acc", "nll", "ece")}
-    for a in angles:
-        for k, v in metrics.classification(predict(rotate(x, a)), y).items():
-            out[f"shift_{k}{kind}_r{a:g}_{tag}"] = v
-            per_angle[k].append(v)
-    out.update({f"shift_{k}{kind}_mean_{tag}": float(np.mean(v)) for k, v in per_angle.items()})
+    by_metric = {k: [] for k in ("acc", "nll", "ece")}
+    for a, xa in rotated.items():
+        for k, v in metrics.classification(predict(xa), y).items():
+            if per_angle:
+                out[f"shift_{k}{kind}_r{a:g}_{tag}"] = v
+            by_metric[k].append(v)
+    out.update({f"shift_{k}{kind}_mean_{tag}": float(np.mean(v)) for k, v in by_metric.items()})
     return out

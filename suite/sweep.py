@@ -37,6 +37,7 @@ from . import collapse, tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
 from .fpmode import flush_denormals  # noqa: E402
+from .ood import PARTNER  # noqa: E402
 from .prune import level_tag  # noqa: E402
 from .trial import run_trial, write_artifacts  # noqa: E402
 
@@ -93,7 +94,9 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
             tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from,
                          "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"])
+    partner = arrays.get(PARTNER[cfg.dataset]) if config["evaluate"] else None  # a search gets no test images
+    result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"],
+                       ood_images=None if partner is None else partner.x_test)
     result.info["node_id"] = node
     result.info["denormals_flushed"] = str(flushed).lower()
     with tempfile.TemporaryDirectory() as d:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import collapse, latency, methods, metrics, prune
+from . import collapse, compact, latency, methods, metrics, ood, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, load_arrays, make_splits
 from .fpmode import flush_denormals
@@ -104,10 +104,12 @@ class ResumeError(ValueError):
 
 
 def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
-              resume: dict | None = None, evaluate: bool = True) -> TrialResult:
+              resume: dict | None = None, evaluate: bool = True, ood_images: np.ndarray | None = None) -> TrialResult:
     """Train, then evaluate every level of cfg.protocol (suite/protocols/); pure in cfg.
     evaluate=False stops after training (a recipe search: it selects on validation metrics only and
-    never touches the test split).
+    never touches the test split). ood_images: the out-of-distribution test images, uint8
+    [N, 28, 28] (the x_test of dataset ood.PARTNER[cfg.dataset]); None: loaded here, before
+    training, so a missing dataset fails before any work is done (not needed when evaluate=False).
 
     Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
     train_wall_s (the epochs), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
@@ -121,6 +123,10 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     torch.manual_seed(cfg.seed)
     data = make_splits(arrays or load_arrays(cfg.dataset, cfg.data_dir or None),
                        cfg.val_size, cfg.train_subset, cfg.seed, device)
+    if evaluate:  # scaled like make_splits' inputs
+        if ood_images is None:
+            ood_images = load_arrays(ood.PARTNER[cfg.dataset], cfg.data_dir or None).x_test
+        x_ood = torch.tensor(ood_images, dtype=torch.float32, device=device).reshape(len(ood_images), 784).div_(255.0)
     model = methods.build(cfg).to(device)
     opt = make_optimizer(cfg, model)
     t0 = time.perf_counter()
@@ -163,7 +169,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         out["total_wall_s"] = time.perf_counter() - t_start + resumed
         return TrialResult(cfg, out, history, info)
     t_eval = time.perf_counter()
-    m, i, artifacts = evaluate_pruned(model, cfg, data, levels, on_epoch, state)
+    m, i, artifacts = evaluate_pruned(model, cfg, data, levels, on_epoch, state, x_ood)
     out.update(m)
     info.update(i)
     out["eval_wall_s"] = time.perf_counter() - t_eval
@@ -171,29 +177,71 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 
 
+# Cost control: out-of-distribution detection and the rotation shift use the first PROBE_IMAGES images
+# (OOD: that many of each dataset, so AUPR's chance level is 0.5; shift: of the test split, rotated
+# once per trial) and the shift uses the point prediction only: the full sets, or a Monte Carlo
+# ensemble at every angle, would each add more than a fifth to a trial's evaluation time, while
+# 2000 images put the standard error of an accuracy below 1.2 points. SHIFT_ANGLES: 30 degree steps,
+# 7 points per curve. Per-angle shift metrics are logged at two levels only, the least and the most
+# pruned (the curves a reader compares), the means at every level: ~40 shift metrics per trial of
+# ~10 levels instead of ~200.
+PROBE_IMAGES = 2000
+SHIFT_ANGLES = tuple(range(0, 181, 30))
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What every level is evaluated on besides the test split, built once per trial (probes())."""
+
+    x_ood: torch.Tensor | None          # [PROBE_IMAGES, 784] out-of-distribution inputs, or None: no OOD metrics
+    rotated: dict[float, torch.Tensor]  # angle -> the first PROBE_IMAGES test images rotated by it
+    y_rotated: torch.Tensor             # their labels
+
+
+def probes(x: torch.Tensor, y: torch.Tensor, x_ood: torch.Tensor | None) -> Probes:
+    """The probes of a test split x, y [N, 784], [N] and of out-of-distribution inputs (or None)."""
+    return Probes(None if x_ood is None else x_ood[:PROBE_IMAGES],
+                  ood.rotations(x[:PROBE_IMAGES], SHIFT_ANGLES), y[:PROBE_IMAGES])
+
+
 @torch.no_grad()
-def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor, tag: str):
+def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor, tag: str, probe: Probes,
+                   shift_curve: bool = True):
     """One pruned model: accuracy, NLL, ECE (and their Monte Carlo ensemble versions), sparsity as
-    the forward pass sees it (overall and per layer), latency and size. Returns (metrics, info)."""
+    the forward pass sees it (overall and per layer), out-of-distribution detection (scores of the
+    first PROBE_IMAGES test images against probe.x_ood), accuracy / NLL / ECE under rotation (per
+    angle if shift_curve, their means always), latency, size and compaction (suite/compact.py).
+    Returns (metrics, info)."""
     m.eval()
-    out = {f"test_{k}_{tag}": v for k, v in metrics.classification(m.predict(x), y).items()}
+    probs = m.predict(x)
+    out = {f"test_{k}_{tag}": v for k, v in metrics.classification(probs, y).items()}
     # stochastic methods: measured on a *sampled* forward, zero only if a pruned weight's noise is 0 too
     sparsity, per_layer = prune.measured_sparsity(m, x[:100], cfg.prune_biases, m.sample())
     out[f"sparsity_{tag}"] = sparsity
     out.update({f"sparsity_l{j + 1}_{tag}": s for j, s in enumerate(per_layer)})
-    if m.has_mc:
-        probs = m.predict_mc(x, cfg.test_samples)
-        out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(probs, y).items()})
+    samples = samples_ood = None
+    if m.has_mc:  # one Monte Carlo ensemble: its mean is predict_mc (same draws), its spread scores OOD inputs
+        inputs = [x] if probe.x_ood is None else [x, probe.x_ood]
+        samples, *rest = ood.mc_samples_on(m, inputs, cfg.test_samples)
+        samples_ood = rest[0] if rest else None
+        out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(samples.mean(0), y).items()})
+    if probe.x_ood is not None:
+        n = len(probe.x_ood)
+        out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
+                                 None if samples is None else samples[:, :n], samples_ood))
+    out.update(ood.shift_rotated(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
     lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0)
-    return {**out, **lat}, info
+    return {**out, **lat, **compact.measure(m, x, tag)}, info
 
 
 @torch.no_grad()
 def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[str, dict] | None = None,
-                    on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None):
+                    on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None,
+                    x_ood: torch.Tensor | None = None):
     """The pruning sweep on the test split: every level of the protocol gets its model (a pruned
-    copy, retrained if the protocol says so) and is evaluated. `store` holds the resumable progress
-    and the finished results of the levels that retrain. Returns (metrics, info, artifacts)."""
+    copy, retrained if the protocol says so) and is evaluated (x_ood: out-of-distribution inputs,
+    [N, 784] on the model's device). `store` holds the resumable progress and the finished results
+    of the levels that retrain. Returns (metrics, info, artifacts)."""
     x, y = data.x_test, data.y_test
     store = {} if store is None else store
     model.eval()
@@ -201,6 +249,9 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
     out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
     masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
     thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
+    numeric = [p for p, _, _ in masks if not isinstance(p, str)]
+    curves = {min(numeric), max(numeric)} if numeric else set()  # PROBE_IMAGES' comment
+    probe = probes(x, y, x_ood)
     for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)
         done = store.get(tag, {})
@@ -212,7 +263,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
             m, own = proto.prune_level(i, p, keep, progress)
             torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
-            level, level_info = evaluate_level(m, cfg, x, y, tag)
+            level, level_info = evaluate_level(m, cfg, x, y, tag, probe, p in curves)
             done = {"metrics": {**own, **level}, "info": level_info}
             if proto.retrains(p):  # kept, without weights, so a resumed trial does not redo the level
                 store[tag] = done = {"history": progress.get("history", []), **done}
@@ -242,14 +293,21 @@ def summary(r: TrialResult) -> str:
              f"best val_acc {max(h['val_acc'] for h in r.history):.4f}, "
              f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}, protocol {c.protocol}",
              f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
-             f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8}"]
+             f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8} "
+             f"{'compact widths':>14} {'compact_b1k':>11} {'flops_x':>7} {'ood_auroc':>9}"]
     for p in c.protocol_cls.levels(c):
         t = prune.level_tag(p)
         mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
+        widths = "-".join(str(int(m[f"compact_width_l{j}_{t}"])) for j in range(len(c.hidden) + 1))
+        auroc = f"{m[f'ood_auroc_entropy_{t}']:.4f}" if f"ood_auroc_entropy_{t}" in m else "-"
+        flops = m[f"flops_compact_{t}"]
+        speedup = m[f"flops_dense_{t}"] / flops if flops else float("inf")  # inf: every weight pruned
         lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "
                      f"{m[f'test_ece_{t}']:6.4f} {m[f'latency_dense_b1_ms_{t}']:8.3f}ms "
                      f"{m[f'latency_sparse_b1_ms_{t}']:8.3f}ms {m[f'latency_dense_b1000_ms_{t}']:8.2f}ms "
-                     f"{m[f'latency_sparse_b1000_ms_{t}']:9.2f}ms {m[f'size_csr_bytes_{t}'] / 1e3:8.1f}")
+                     f"{m[f'latency_sparse_b1000_ms_{t}']:9.2f}ms {m[f'size_csr_bytes_{t}'] / 1e3:8.1f} "
+                     f"{widths:>14} {m[f'latency_compact_b1000_ms_{t}']:9.2f}ms "
+                     f"{speedup:6.1f}x {auroc:>9}")
     if r.info.get(collapse.TAG) == "true":
         lines.append(collapse.warning(r.history[-1]["val_acc"]))
     return "\n".join(lines)

@@ -63,6 +63,7 @@ def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
             assert m[f"sparsity_p{tag}"] == pytest.approx(int(tag) / 100, abs=1e-3)
         assert all(s in m for s in SCALARS) and all(t in tags for t in TAGS)
         assert ("test_acc_mc_p90" in m) == (tags["method"] == "bbb")
+        assert {"ood_auroc_entropy_p90", "compact_width_l1_p90", "shift_acc_mean_p90"} <= set(m)  # payoff metrics
         assert tags.get("weight_noise") == ("threefry4x32-20" if tags["method"] == "bbb" else None)
         assert tags["denormals_flushed"] == "true"  # the Ray worker set it before torch's pool started
         assert m["test_acc_p00"] > 0.5
