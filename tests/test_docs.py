@@ -4,7 +4,8 @@ Commands are the lines of fenced code blocks that start with `python -m suite.` 
 another command, e.g. inside `ray job submit ... \\`, is part of that command, not one of its own).
 Each runs from an empty folder against an empty MLflow store, cut down so it finishes in seconds:
 grids and searches with `--dry-run`, one trial with tiny sizes, the report against a store that
-lacks the experiment (it must fail with its own one-line error, which it reaches only after its
+lacks the experiment, or from a runs file that is not there (it must fail with its own one-line
+error, which it reaches only after its
 flags parsed; so must runs-file export / import and the model export, which need a store or file
 with runs), the bench with `--help` (every flag shown must be one it lists).
 """
@@ -116,7 +117,8 @@ def test_documented_command_runs(page, argv, tmp_path):
     elif module == "suite.analysis.report":
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-        assert "error: no experiment" in r.stderr, f"{page}: flags did not parse\n{r.stderr[-2000:]}"
+        expected = "error: no runs file" if "--runs" in argv else "error: no experiment"
+        assert expected in r.stderr, f"{page}: flags did not parse\n{r.stderr[-2000:]}"
     elif module in ("suite.analysis.results", "suite.export"):
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
