@@ -47,6 +47,7 @@ def test_grid_key_ignores_runtime_fields_only():
     assert a.grid_key() != TrialConfig(method="bbb", seed=1).grid_key()
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_rejects_bad_value_before_training():
     r = subprocess.run([sys.executable, "-m", "suite.trial", "--method", "bbb", "--dropout", "0.5"],
                        capture_output=True, text=True, timeout=120)

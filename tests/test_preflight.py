@@ -39,6 +39,7 @@ def one_error_line(r) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_tracking_server_nothing_listens_on(tmp_path):
     r, took = run_cli(["--grid", "smoke", "--tracking-uri", "http://127.0.0.1:9"], tmp_path)
     line = one_error_line(r)
@@ -46,6 +47,7 @@ def test_tracking_server_nothing_listens_on(tmp_path):
     assert took < 60 and not (tmp_path / "ray_results").exists()
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_ray_address_nothing_listens_on(tmp_path):
     port = free_port()
     r, took = run_cli(["--grid", "smoke", "--address", f"127.0.0.1:{port}"], tmp_path)

@@ -54,6 +54,7 @@ def test_bad_spaces_fail_before_ray(tmp_path, change, needle):
         load_space(write(tmp_path, GOOD.replace(*change)))
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_export_to_a_missing_folder_fails_before_ray(tmp_path):
     r = cli(["--space", "bbb", "--export-grid", str(tmp_path / "no" / "tuned.yaml")], tmp_path, timeout=120)
     assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "mlflow.db").exists()

@@ -79,6 +79,7 @@ def test_smoke_grid_end_to_end_then_nothing_to_do(tmp_path, mnist):
     assert len(runs(tmp_path / "mlflow.db", "smoke")[1]) == len(rs)
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_dry_run_and_bad_grid_fail_before_ray(tmp_path, monkeypatch, capsys):
     r = cli(["--grid", "full", "--dry-run"], tmp_path)
     assert r.returncode == 0 and "50 trials" in r.stdout and "30 invalid combinations dropped" in r.stdout
@@ -105,6 +106,7 @@ def test_dry_run_and_bad_grid_fail_before_ray(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
     from suite.driver import driver_lock
     held = driver_lock(tmp_path / "ray_results" / "smoke")
