@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import preflight
-from .config import ConfigError, TrialConfig
+from .config import DEVICES, ConfigError, TrialConfig
 from .preflight import PreflightError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def add_runtime_options(ap: argparse.ArgumentParser, default_experiment: str) -> None:
