@@ -263,12 +263,16 @@ class Splits:
     y_test: torch.Tensor
 
 
+def images(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images [N, 28, 28] as the float inputs every model reads: [N, 784] in [0, 1] on device.
+    torch.tensor copies: the arrays may be read-only (memory-mapped IDX, Ray's object store)."""
+    return torch.tensor(x, dtype=torch.float32, device=device).reshape(len(x), 784).div_(255.0)
+
+
 def make_splits(a: Arrays, val_size: int, train_subset: int, seed: int, device: torch.device) -> Splits:
     """Seeded validation split out of the 60k training images; train_subset keeps the first N of the rest."""
     def prep(x, y):
-        # torch.tensor copies: the arrays may be read-only (memory-mapped IDX, Ray's object store)
-        return (torch.tensor(x, dtype=torch.float32, device=device).reshape(len(x), 784).div_(255.0),
-                torch.tensor(y, dtype=torch.int64, device=device))
+        return images(x, device), torch.tensor(y, dtype=torch.int64, device=device)
     x, y = prep(a.x_train, a.y_train)
     xt, yt = prep(a.x_test, a.y_test)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(device)

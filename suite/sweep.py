@@ -184,7 +184,7 @@ class SweepCallback(tune.Callback):
         self.runs[key] = run_id
         name = f"{cfg.label()} {cfg.dataset} seed {cfg.seed} [{key[:8]}]"
         self.rows[key] = Row(key, name, "RUNNING", run_id)
-        ft = f" + {cfg.total_epochs - cfg.epochs} fine-tuning" if cfg.total_epochs > cfg.epochs else ""
+        ft = f" + {cfg.total_epochs - cfg.epochs} retraining" if cfg.total_epochs > cfg.epochs else ""
         self._say(f"{name} started ({cfg.epochs} epochs{ft})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

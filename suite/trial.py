@@ -20,7 +20,7 @@ import torch
 
 from . import collapse, compact, latency, methods, metrics, ood, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
-from .data import Arrays, DataError, Splits, load_arrays, make_splits
+from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
 from .fpmode import flush_denormals
 from .methods import Method
 from .protocols.base import OnEpoch
@@ -123,10 +123,10 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     torch.manual_seed(cfg.seed)
     data = make_splits(arrays or load_arrays(cfg.dataset, cfg.data_dir or None),
                        cfg.val_size, cfg.train_subset, cfg.seed, device)
-    if evaluate:  # scaled like make_splits' inputs
+    if evaluate:
         if ood_images is None:
             ood_images = load_arrays(ood.PARTNER[cfg.dataset], cfg.data_dir or None).x_test
-        x_ood = torch.tensor(ood_images, dtype=torch.float32, device=device).reshape(len(ood_images), 784).div_(255.0)
+        x_ood = images(ood_images, device)
     model = methods.build(cfg).to(device)
     opt = make_optimizer(cfg, model)
     t0 = time.perf_counter()
