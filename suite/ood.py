@@ -11,7 +11,7 @@ information between prediction and weights, total - expected (epistemic; Depeweg
 Smith and Gal 2018).
 
 Shift (Ovadia et al. 2019, "Can you trust your model's uncertainty?", rotated MNIST): test images
-rotated counter-clockwise by 0..180 degrees in 15 degree steps with torchvision's rotate (bilinear,
+rotated counter-clockwise by 0..180 degrees in 30 degree steps (ANGLES) with torchvision's rotate (bilinear,
 about the image centre, zero fill: the black background of inputs scaled to [0, 1]); accuracy, NLL
 and ECE per angle from suite.metrics.classification, and their mean over the angles.
 """
@@ -28,7 +28,7 @@ from torch import Tensor
 from . import metrics
 from .methods import Method
 
-ANGLES = tuple(range(0, 181, 15))
+ANGLES = tuple(range(0, 181, 30))  # 7 points per curve: a shift is timed at every level of every trial
 # the out-of-distribution images of a trial: the other dataset's test split (same 28x28 grey format,
 # other content), as in the Bayesian-pruning uncertainty studies that pair MNIST with Fashion-MNIST
 PARTNER = {"mnist": "fmnist", "fmnist": "mnist"}
@@ -48,17 +48,12 @@ def decompose(samples: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def mc_samples(model: Method, x: Tensor, n: int) -> Tensor:
-    """[n, N, C] softmax outputs of n weight samples, drawn as Method.predict_mc draws them (same RNG
-    use, so their mean is predict_mc's output for the same seed)."""
-    return mc_samples_on(model, [x], n)[0]
-
-
 @torch.no_grad()
 def mc_samples_on(model: Method, xs: Sequence[Tensor], n: int) -> list[Tensor]:
-    """mc_samples for several input sets at once: each of the n weight samples is applied to every
-    set (one ensemble scores them all; a weight sample of a large network costs more than its forward
-    pass), drawn in mc_samples' order, so entry 0 equals mc_samples(model, xs[0], n)."""
+    """[n, N_i, C] softmax outputs of n weight samples for each input set x_i: each sample is applied to
+    every set (one ensemble scores them all; a weight sample of a large network costs more than its
+    forward pass). Drawn as Method.predict_mc draws them (same RNG use), so the mean for a set is
+    predict_mc's output for the same seed."""
     out: list[list[Tensor]] = [[] for _ in xs]
     for _ in range(n):
         w = model.sample()
@@ -121,24 +116,17 @@ def rotations(x: Tensor, angles=ANGLES) -> dict[float, Tensor]:
 
 
 @torch.no_grad()
-def shift(predict: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, tag: str, angles=ANGLES,
-          kind: str = "", per_angle: bool = True) -> dict[str, float]:
-    """Accuracy, NLL and ECE of predict (inputs [N, 784] -> probabilities [N, C]) on x rotated by each
-    angle: shift_{acc,nll,ece}{kind}_r{angle}_tag (only with per_angle), and their means over the
-    angles, shift_{acc,nll,ece}{kind}_mean_tag (kind: "" for predict, "_mc" for the ensemble)."""
-    return shift_rotated(predict, rotations(x, angles), y, tag, kind, per_angle)
-
-
-@torch.no_grad()
-def shift_rotated(predict: Callable[[Tensor], Tensor], rotated: Mapping[float, Tensor], y: Tensor, tag: str,
-                  kind: str = "", per_angle: bool = True) -> dict[str, float]:
-    """shift() on inputs already rotated (rotations(x, angles))."""
+def shift(predict: Callable[[Tensor], Tensor], rotated: Mapping[float, Tensor], y: Tensor, tag: str,
+          per_angle: bool = True) -> dict[str, float]:
+    """Accuracy, NLL and ECE of predict (inputs [N, 784] -> probabilities [N, C]) on the rotated inputs
+    (rotations(x)): shift_{acc,nll,ece}_r{angle}_tag (only with per_angle), and their means over the
+    angles, shift_{acc,nll,ece}_mean_tag."""
     out: dict[str, float] = {}
     by_metric = {k: [] for k in ("acc", "nll", "ece")}
     for a, xa in rotated.items():
         for k, v in metrics.classification(predict(xa), y).items():
             if per_angle:
-                out[f"shift_{k}{kind}_r{a:g}_{tag}"] = v
+                out[f"shift_{k}_r{a:g}_{tag}"] = v
             by_metric[k].append(v)
-    out.update({f"shift_{k}{kind}_mean_{tag}": float(np.mean(v)) for k, v in by_metric.items()})
+    out.update({f"shift_{k}_mean_{tag}": float(np.mean(v)) for k, v in by_metric.items()})
     return out

@@ -181,12 +181,10 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
 # (OOD: that many of each dataset, so AUPR's chance level is 0.5; shift: of the test split, rotated
 # once per trial) and the shift uses the point prediction only: the full sets, or a Monte Carlo
 # ensemble at every angle, would each add more than a fifth to a trial's evaluation time, while
-# 2000 images put the standard error of an accuracy below 1.2 points. SHIFT_ANGLES: 30 degree steps,
-# 7 points per curve. Per-angle shift metrics are logged at two levels only, the least and the most
-# pruned (the curves a reader compares), the means at every level: ~40 shift metrics per trial of
-# ~10 levels instead of ~200.
+# 2000 images put the standard error of an accuracy below 1.2 points. Per-angle shift metrics are
+# logged at two levels only, the least and the most pruned (the curves a reader compares), the means
+# at every level: ~40 shift metrics per trial of ~10 levels instead of ~200.
 PROBE_IMAGES = 2000
-SHIFT_ANGLES = tuple(range(0, 181, 30))
 
 
 @dataclass(frozen=True)
@@ -201,7 +199,7 @@ class Probes:
 def probes(x: torch.Tensor, y: torch.Tensor, x_ood: torch.Tensor | None) -> Probes:
     """The probes of a test split x, y [N, 784], [N] and of out-of-distribution inputs (or None)."""
     return Probes(None if x_ood is None else x_ood[:PROBE_IMAGES],
-                  ood.rotations(x[:PROBE_IMAGES], SHIFT_ANGLES), y[:PROBE_IMAGES])
+                  ood.rotations(x[:PROBE_IMAGES]), y[:PROBE_IMAGES])
 
 
 @torch.no_grad()
@@ -229,7 +227,7 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor
         n = len(probe.x_ood)
         out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
                                  None if samples is None else samples[:, :n], samples_ood))
-    out.update(ood.shift_rotated(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
+    out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
     lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0)
     return {**out, **lat, **compact.measure(m, x, tag)}, info
 

@@ -55,7 +55,7 @@ def test_mc_samples_average_to_predict_mc():
     m = build(TrialConfig(method="bbb", hidden=(16,), compile=False)).eval()
     x = torch.rand(20, 784)
     torch.manual_seed(3)
-    s = ood.mc_samples(m, x, 4)
+    (s,) = ood.mc_samples_on(m, [x], 4)
     torch.manual_seed(3)
     torch.testing.assert_close(s.mean(0), m.predict_mc(x, 4), rtol=0, atol=0)
 
@@ -89,7 +89,7 @@ def test_shift_reports_each_angle_and_the_mean():
     w = torch.randn(784, 10)
     predict = lambda x: torch.softmax(x @ w, -1)  # noqa: E731  a fixed classifier
     x, y = torch.rand(50, 784), torch.randint(0, 10, (50,))
-    out = ood.shift(predict, x, y, "p50", angles=(0, 90))
+    out = ood.shift(predict, ood.rotations(x, (0, 90)), y, "p50")
     assert out["shift_acc_r0_p50"] == pytest.approx(metrics.classification(predict(x), y)["acc"], abs=1e-6)
     rot = torch.rot90(x.reshape(50, 28, 28), 1, (-2, -1)).reshape(50, 784)
     assert out["shift_nll_r90_p50"] == pytest.approx(metrics.classification(predict(rot), y)["nll"], rel=1e-4)

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite import compact, methods, metrics
+from suite import compact, methods, metrics, ood
 from suite.config import TrialConfig
 from suite.driver import Runtime, load_data
 from suite.export import pruned_at
 from suite.prune import level_tag
 from suite.train import epoch_seed
-from suite.trial import PROBE_IMAGES, SHIFT_ANGLES, run_trial
+from suite.trial import PROBE_IMAGES, run_trial
 
 HIDDEN = 32
 # by hand for 784-32-10: weights + biases, and 2 FLOPs per weight
@@ -46,7 +46,7 @@ def expected_names(cfg: TrialConfig, tag: str, curve: bool) -> set[str]:
         names |= {f"ood_{k}_{s}_mc_{tag}" for k in ("auroc", "aupr") for s in ("entropy", "expected_entropy", "mi")}
     names |= {f"shift_{k}_mean_{tag}" for k in ("acc", "nll", "ece")}
     if curve:
-        names |= {f"shift_{k}_r{a}_{tag}" for k in ("acc", "nll", "ece") for a in SHIFT_ANGLES}
+        names |= {f"shift_{k}_r{a}_{tag}" for k in ("acc", "nll", "ece") for a in ood.ANGLES}
     return names
 
 
