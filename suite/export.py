@@ -5,10 +5,14 @@
 Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
 model, prunes it at the level exactly as the trial's evaluation did (the run's pruner, scope and
 seed), compacts it, and writes into DIR (default export/<run id>):
-  model_pNN.safetensors  the compacted float32 weights weight_i [out, in] and bias_i [out]
+  model_pNN.safetensors  the compacted float32 weights, layer i as weight_i [out, in] or, where that
+                         takes fewer bytes (more than a third zeros), as CSR: weight_i.values (float32),
+                         weight_i.col (int16 below 32768 inputs, else int32), weight_i.rowptr (int32);
+                         bias_i [out]
   model_pNN.json         input_index (the pixels read, 0..783), widths, provenance and counts
   model_pNN.onnx         the same network with the input gather: x [N, 784] -> logits [N, 10],
-                         checked against torch with onnxruntime (max abs difference <= 1e-5)
+                         dense compacted weights, checked against torch with onnxruntime
+                         (max abs difference <= 1e-5)
 Inputs are as in training: the 28x28 image, row-major, as pixel / 255 in [0, 1]. Outputs are
 logits; softmax gives the probabilities of the deterministic prediction (Method.predict).
 
@@ -21,15 +25,26 @@ Loader without this project (numpy only):
         raw = open(stem + ".safetensors", "rb").read()
         n = int.from_bytes(raw[:8], "little")  # safetensors: header length, JSON header, then the data
         head = json.loads(raw[8:8 + n])
-        t = {k: np.frombuffer(raw, np.float32, int(np.prod(v["shape"])), 8 + n + v["data_offsets"][0])
+        kind = {"F32": np.float32, "I16": np.int16, "I32": np.int32}
+        t = {k: np.frombuffer(raw, kind[v["dtype"]], int(np.prod(v["shape"])), 8 + n + v["data_offsets"][0])
              .reshape(v["shape"]) for k, v in head.items() if k != "__metadata__"}
         meta = json.load(open(stem + ".json"))
-        last = len(meta["widths"]) - 2
+        widths, last = meta["widths"], len(meta["widths"]) - 2
+
+        def weight(i):  # dense [out, in], from CSR where the file stores it so
+            if f"weight_{i}" in t:
+                return t[f"weight_{i}"]
+            w = np.zeros((widths[i + 1], widths[i]), np.float32)
+            rows = np.repeat(np.arange(widths[i + 1]), np.diff(t[f"weight_{i}.rowptr"]))
+            w[rows, t[f"weight_{i}.col"]] = t[f"weight_{i}.values"]
+            return w
+
+        ws = [weight(i) for i in range(last + 1)]
 
         def predict(x):  # x: float32 [N, 784] -> logits [N, 10]
             h = x[:, meta["input_index"]]
             for i in range(last + 1):
-                h = h @ t[f"weight_{i}"].T + t[f"bias_{i}"]
+                h = h @ ws[i].T + t[f"bias_{i}"]
                 h = np.maximum(h, 0) if i < last else h
             return h
         return predict
@@ -126,9 +141,22 @@ def pruned_at(model: Method, cfg: TrialConfig, level: float | str) -> Method:
     return prune.pruned_copy(model, keep).eval()
 
 
+def stored(w: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """Layer weight `w` [out, in] as the loader reads it: dense, or CSR where that takes fewer bytes."""
+    col = torch.int16 if w.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
+    csr = w.to_sparse_csr()
+    parts = {f"{name}.values": csr.values(), f"{name}.col": csr.col_indices().to(col),
+             f"{name}.rowptr": csr.crow_indices().to(torch.int32)}
+    if sum(t.numel() * t.element_size() for t in parts.values()) < w.numel() * w.element_size():
+        return {k: v.contiguous() for k, v in parts.items()}
+    return {name: w}
+
+
 def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Path]:
     from safetensors.torch import save_file
-    tensors = {k: v for k, v in c.state_dict().items() if k != "index"}
+    tensors = {}
+    for i, (w, b) in enumerate(c.layers()):
+        tensors.update(stored(w, f"weight_{i}"), **{f"bias_{i}": b})
     save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
     Path(f"{stem}.json").write_text(json.dumps({**meta, "input_index": c.index.tolist(), "widths": c.widths}, indent=1))
     return [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]

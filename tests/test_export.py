@@ -39,6 +39,27 @@ def test_a_level_that_is_not_a_percentage_is_refused(text):
         export.parse_level(text)
 
 
+def test_safetensors_stores_sparse_layers_as_csr_and_the_loader_reads_both(tmp_path):
+    from suite.compact import CompactMLP
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, 5, generator=g) * (torch.rand(6, 5, generator=g) < 0.2)  # 80 % zeros: CSR
+    w1 = torch.randn(10, 6, generator=g)                                          # dense: kept dense
+    w0[0, 0] = 1.0  # at least one nonzero
+    c = CompactMLP(torch.tensor([3, 7, 100, 500, 783]), [(w0, torch.randn(6, generator=g)),
+                                                         (w1, torch.randn(10, generator=g))], [784, 50, 10])
+    stem = tmp_path / "m"
+    export.write_safetensors(c, {}, stem)
+    from safetensors.torch import load_file
+    keys = set(load_file(f"{stem}.safetensors"))
+    assert {"weight_0.values", "weight_0.col", "weight_0.rowptr", "weight_1"} <= keys and "weight_0" not in keys
+    nnz = int((w0 != 0).sum())  # 6 bytes per kept weight (float32 + int16 column) + 4 per row pointer
+    assert 4 * nnz + 2 * nnz + 4 * 7 < 4 * w0.numel()
+    x = torch.rand(20, 784, generator=g)
+    h = torch.relu(x[:, [3, 7, 100, 500, 783]] @ w0.T + c.bias_0) @ w1.T + c.bias_1  # by hand
+    got = docstring_loader()(str(stem))(x.numpy())
+    assert np.abs(got - h.numpy()).max() <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sgd", "bbb"])
 def test_export_of_a_logged_run_reproduces_the_pruned_model(method, mnist, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import collapse
 from . import compression
 from .load import DATASET_NAMES, NAT, by_level, level_key, ordered_datasets, ordered_labels
 from .tables import DAGGER, Table, cell, collapsed_cells, epochs_text, level_name
@@ -26,9 +27,9 @@ def present(df: pd.DataFrame) -> bool:
 
 
 def levels(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and level (compression.levels' rows) with the speed-ups `x_{kernel}_b{B}`, the FLOPs
+    """One row per run and level (compression.levels' rows, error included) with the speed-ups `x_{kernel}_b{B}`, the FLOPs
     ratios `flops_x_nonzero` and `flops_x_compact`, the sizes in MB and the compacted widths `width_l{i}`."""
-    out = compression.levels(df).drop(columns=["error"])
+    out = compression.levels(df)
     for metric in [*(f"latency_{k}_b{b}_ms" for k in ("dense", *KERNELS) for b in BATCHES), *SIZES,
                    *(f"flops_{k}" for k in ("dense", "nonzero", "compact")),
                    *sorted({m[: m.rindex("_")] for m in df.columns if m.startswith("compact_width_l")})]:
@@ -110,25 +111,37 @@ def _times(x: float) -> str:
 
 
 def headline(df: pd.DataFrame) -> list[str]:
-    """One sentence per dataset from the numbers: at the highest pruning level with a compacted-net
-    latency (collapsed cells left out), the method whose compacted net gains most at batch 1000."""
+    """Sentences from the numbers, per dataset: at the highest pruning level with a compacted-net latency,
+    the method whose compacted net gains most at batch 1000, among nets that still predict (collapsed runs
+    and cells whose mean test accuracy is at chance, suite.collapse's rule, left out); then each method's
+    own (natural) level where it has one."""
     lines = []
     for ds in ordered_datasets(df):
         d = df[df.dataset == ds]
         lv = levels(d).dropna(subset=["x_compact_b1000"])
-        lv = lv[(lv.level != NAT) & ~lv.run_id.isin(d.run_id[d.collapsed])]
-        if lv.empty:
-            continue
-        top = max(lv.level.unique(), key=level_key)
-        m = lv[lv.level == top].groupby("label")[["x_compact_b1000", "x_compact_b1", "compression", "flops_x_compact"]]
-        means, n = m.mean(), m.size()
-        best = means.x_compact_b1000.idxmax()
-        r = means.loc[best]
-        budget = epochs_text(d.loc[d.label == best, "total_epochs"])
-        b1 = f" and {_times(r.x_compact_b1)} at batch 1" if np.isfinite(r.x_compact_b1) else ""
-        flops = f" and {r.flops_x_compact:.1f}x fewer FLOPs" if np.isfinite(r.flops_x_compact) else ""
-        lines.append(f"{DATASET_NAMES.get(ds, ds)}: at {level_name(top)} pruned, the compacted {best} net runs "
-                     f"{_times(r.x_compact_b1000)} than dense at batch 1000{b1}, with {r.compression:.1f}x fewer "
-                     f"weights{flops} (mean over {n[best]} run(s)"
-                     + (f", {budget} training epochs)." if budget != "-" else ")."))
+        lv = lv[~lv.run_id.isin(d.run_id[d.collapsed])]
+        cols = ["x_compact_b1000", "x_compact_b1", "compression", "flops_x_compact", "error"]
+        means = lv.groupby(["level", "label"])[cols].mean()
+        n = lv.groupby(["level", "label"]).size()
+        means = means[~(1 - means.error).map(collapse.collapsed)]
+        fixed = [lvl for lvl in means.index.get_level_values(0).unique() if lvl != NAT]
+        name = DATASET_NAMES.get(ds, ds)
+        if fixed:
+            top = max(fixed, key=level_key)
+            best = means.loc[top].x_compact_b1000.idxmax()
+            lines.append(f"{name}: at {level_name(top)} pruned, the compacted {best} net "
+                         + _gain(means.loc[(top, best)], n[(top, best)], d, best))
+        for label in (means.loc[NAT].index if NAT in means.index else []):
+            lines.append(f"{name}: at its natural level (the mask it learns), the compacted {label} net "
+                         + _gain(means.loc[(NAT, label)], n[(NAT, label)], d, label))
     return lines
+
+
+def _gain(r: pd.Series, n: int, d: pd.DataFrame, label: str) -> str:
+    """'runs ... faster than dense ..., at E % test error (mean over n run(s), B training epochs).'"""
+    budget = epochs_text(d.loc[d.label == label, "total_epochs"])
+    b1 = f" and {_times(r.x_compact_b1)} at batch 1" if np.isfinite(r.x_compact_b1) else ""
+    flops = f" and {r.flops_x_compact:.1f}x fewer FLOPs" if np.isfinite(r.flops_x_compact) else ""
+    return (f"runs {_times(r.x_compact_b1000)} than dense at batch 1000{b1}, with {r.compression:.1f}x fewer "
+            f"weights{flops}, at {r.error:.1%} test error (mean over {n} run(s)"
+            + (f", {budget} training epochs)." if budget != "-" else ")."))
