@@ -122,6 +122,8 @@ def test_a_bad_spec_is_one_error_naming_its_line_before_anything_is_written(fold
     ("<!-- table: runs.parquet cost mnist -->\n", ":1: no <!-- end table --> after this table comment"),
     ("<!-- end table -->\n", ":1: <!-- end table --> without a table comment"),
     ("x\n<!-- table runs.parquet cost mnist -->\n", ":2: not a table spec: write <!-- table: RUNS.parquet"),
+    ("x\n<!--table: runs.parquet cost mnist-->\n", ":2: not a table spec: write <!-- table: RUNS.parquet"),
+    ("<!-- table: runs.parquet cost mnist -->\n<!-- end table-->\n", ":2: write the end comment as <!-- end table -->"),
 ])
 def test_unbalanced_or_malformed_comments(folder, capsys, text, error):
     path = folder / "README.md"

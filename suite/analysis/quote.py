@@ -37,6 +37,7 @@ from .tables import Table
 
 OPEN = re.compile(r"^<!-- table: (?P<spec>.*?) -->$")
 END = "<!-- end table -->"
+MARKER = re.compile(r"^<!--\s*(end\s*)?table\b")   # what looks like either comment, so a typo is an error, not ignored
 FILTERS = ("rows", "columns")
 # kind -> (its arguments, builder(df, *arguments) -> Table)
 KINDS = {
@@ -74,9 +75,11 @@ def blocks_in(path: Path, lines: list[str]) -> list[Block]:
         s = line.strip()
         if s.startswith("```"):
             fenced = not fenced
-        if fenced or not (s.startswith("<!-- table") or s.startswith("<!-- end table")):
+        if fenced or not MARKER.match(s):
             continue
-        if s == END:
+        if MARKER.match(s)[1] is not None:
+            if s != END:
+                raise SpecError(f"{path}:{i + 1}: write the end comment as {END}.")
             if start is None:
                 raise SpecError(f"{path}:{i + 1}: {END} without a table comment before it.")
             found.append(Block(path, start, i, OPEN.match(lines[start].strip())["spec"], lines[start + 1:i]))
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text("\n".join(lines))
         for _, b, _ in stale:
             print(f"updated {b.where} ({b.spec})")
+        print(f"{len(stale)} of {sum(len(built) for _, _, built in plan)} table(s) in {len(files)} file(s) rewritten")
         return 0
     for path, b, new in stale:
         diff = list(difflib.unified_diff(b.body, new, lineterm="", n=0))[2:]
