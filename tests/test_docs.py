@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CLIS = {"suite.run", "suite.search", "suite.trial", "suite.analysis.report", "suite.analysis.results", "suite.export",
-        "suite.bench", "suite.config"}
+        "suite.bench", "suite.config", "suite.analysis.quote"}
 TINY_TRIAL = ["--epochs", "1", "--train-subset", "2000", "--hidden", "32", "--compile", "false",
               "--sparsities", "0,0.5", "--test-samples", "2"]
 
@@ -123,6 +123,9 @@ def test_documented_command_runs(page, argv, tmp_path):
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert r.stderr.startswith("error: no "), f"{page}: flags did not parse\n{r.stderr[-2000:]}"
+    elif module == "suite.analysis.quote":   # on the repository's own files, so never with --write
+        r = _run(["--check" if a == "--write" else a for a in argv], ROOT, uri)
+        assert r.returncode == 0, f"{page}: {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     elif module == "suite.bench":
         r = _run([*argv[:3], "--help"], tmp_path, uri)
         assert r.returncode == 0, r.stderr[-3000:]
