@@ -14,7 +14,8 @@ on the test set stays).
 FLOPs per example count 2 per multiply-add of a weight matrix (a multiply and an add; bias adds
 and ReLUs, O(width), are left out). Blalock et al. 2020 ("What is the state of neural network
 pruning?") ask for this theoretical speed-up beside the compression ratio; ShrinkBench counts 1 per
-multiply-add, which gives the same ratios. Latency uses suite.latency's timer and machine lock.
+multiply-add, which gives the same ratios. Latency: suite.latency times the compacted
+MLP beside the dense and CSR forwards.
 """
 from __future__ import annotations
 
@@ -111,22 +112,13 @@ def stats(model: Method, c: CompactMLP) -> dict[str, float]:
     return out
 
 
-def latency_ms(c: CompactMLP, x: Tensor) -> dict[int, float]:
-    """Median ms of the compacted forward at each of suite.latency's batch sizes (x: [>=1000, 784]),
-    timed like the dense and CSR forwards: same timer, one latency phase per machine at a time."""
-    with torch.no_grad(), latency.exclusive():
-        return {b: latency.median_ms(lambda: c(x[:b]), x.device) for b in latency.BATCHES}
-
-
 @torch.no_grad()
-def measure(model: Method, x: Tensor, tag: str) -> dict[str, float]:
-    """Compaction metrics of one pruned model at level `tag`: compact_width_l{i}, params_*, flops_*,
-    latency_compact_b{B}_ms (each suffixed _tag). The compacted logits are checked against the
-    model's own forward on the largest timed batch before anything is timed."""
+def measure(model: Method, x: Tensor, tag: str) -> tuple[dict[str, float], CompactMLP]:
+    """Compaction metrics of one pruned model at level `tag` (compact_width_l{i}, params_*, flops_*, each
+    suffixed _tag) and the compacted MLP, whose logits are checked against the model's own forward on
+    the largest timed batch; suite.latency times it beside the dense and sparse forwards."""
     model.eval()
     c = compact(model)
     xb = x[:max(latency.BATCHES)]
     torch.testing.assert_close(c(xb), model(xb), rtol=1e-4, atol=1e-4)
-    out = stats(model, c)
-    out.update({f"latency_compact_b{b}_ms": ms for b, ms in latency_ms(c, x).items()})
-    return {f"{k}_{tag}": v for k, v in out.items()}
+    return {f"{k}_{tag}": v for k, v in stats(model, c).items()}, c

@@ -5,8 +5,10 @@ Sparse: the point-estimate weight matrices converted to CSR, y = (W_csr @ x^T)^T
 Candidates: torch CSR (CPU and CUDA) and scipy.sparse CSR (CPU only); every candidate's output is
 checked against the dense forward before it is timed, and the fastest is reported (its name goes
 into the results so a reader knows which kernel the number belongs to).
-Timing: median of repeated runs after warm-up, synchronised on CUDA; each measurement gets a small
-time budget so a trial's latency phase stays a few seconds.
+Timing: the forwards of one batch size are timed side by side (each round calls every forward once,
+in turn), medians after warm-up, synchronised on CUDA. A neighbour's load or a clock change then
+hits dense, sparse and compacted alike, so their ratios (the speed-ups the report quotes) stay fair
+when trials share a node; each forward gets a small time budget so a level's phase stays short.
 """
 from __future__ import annotations
 
@@ -30,21 +32,25 @@ BATCHES = (1, 1000)
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.05,
-              min_reps: int = 5, max_reps: int = 200, warmup: int = 3) -> float:
-    """Median wall time of fn() in ms over up to max_reps runs (at least min_reps, about budget_s)."""
+def medians_ms(fns: dict[str, Callable[[], object]], device: torch.device, budget_s: float = 0.05,
+               min_reps: int = 5, max_reps: int = 200, warmup: int = 3) -> dict[str, float]:
+    """Median wall time in ms of each fn, timed side by side: up to max_reps rounds of one call each,
+    at least min_reps, about budget_s per fn in all."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start, rounds = time.perf_counter(), 0
+    while rounds < max_reps and (rounds < min_reps or time.perf_counter() - start < budget_s * len(fns)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def _layers(model: Method) -> list[tuple[Tensor, Tensor]]:
@@ -110,38 +116,42 @@ def exclusive(path: Path = LOCK):
 
 
 @torch.no_grad()
-def measure(model: Method, x: Tensor, tag: str, mc_samples: int = 0,
-            lock: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+def measure(model: Method, x: Tensor, tag: str, mc_samples: int = 0, lock: bool = True,
+            others: dict[str, Callable[[Tensor], Tensor]] | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """Latency and size metrics for one pruned model; x: [>=1000, 784] inputs on the model's device.
     mc_samples > 0 (BBB) also times the Monte Carlo ensemble prediction (latency_mc_bB_ms_tag).
+    others: more forwards of the same network, timed beside the rest as latency_{name}_bB_ms_tag
+    (the compacted MLP: name compact); each must give the dense forward's outputs.
     lock: hold the node's latency lock (`exclusive`) while timing; False only to measure what it prevents.
     Returns (metrics named as in docs/mlflow.md's metric table with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
     with exclusive() if lock else contextlib.nullcontext():
-        return _measure(model, x, tag, mc_samples)
+        return _measure(model, x, tag, mc_samples, others or {})
 
 
-def _measure(model: Method, x: Tensor, tag: str, mc_samples: int) -> tuple[dict[str, float], dict[str, str]]:
+def _measure(model: Method, x: Tensor, tag: str, mc_samples: int,
+             others: dict[str, Callable[[Tensor], Tensor]]) -> tuple[dict[str, float], dict[str, str]]:
     model.eval()
     device = x.device
     candidates = {"torch_csr": _torch_csr}
     if device.type == "cpu":
         candidates["scipy_csr"] = _scipy_csr
-    out: dict[str, float] = {"size_dense_bytes_" + tag: float(model.n_params * 4)}
-    best: dict[int, tuple[float, str]] = {}
-    sizes = {}
+    sparse, sizes = {}, {}
     for name, build in candidates.items():
-        fwd, sizes[name] = build(model)
-        for bsz in BATCHES:
-            xb = x[:bsz]
-            torch.testing.assert_close(fwd(xb), model(xb), rtol=1e-4, atol=1e-4)  # same numbers, or no timing
-            ms = median_ms(lambda: fwd(xb), device)
-            if bsz not in best or ms < best[bsz][0]:
-                best[bsz] = (ms, name)
+        sparse[name], sizes[name] = build(model)
+    same = {**sparse, **others}
+    out: dict[str, float] = {"size_dense_bytes_" + tag: float(model.n_params * 4)}
+    info = {}
     for bsz in BATCHES:
         xb = x[:bsz]
-        out[f"latency_dense_b{bsz}_ms_{tag}"] = median_ms(lambda: model(xb), device)
-        out[f"latency_sparse_b{bsz}_ms_{tag}"] = best[bsz][0]
-        if mc_samples:
-            out[f"latency_mc_b{bsz}_ms_{tag}"] = median_ms(lambda: model.predict_mc(xb, mc_samples), device)
-    out["size_csr_bytes_" + tag] = float(sizes[best[1000][1]])
-    return out, {f"sparse_format_b{bsz}_{tag}": best[bsz][1] for bsz in BATCHES}
+        want = model(xb)
+        for fwd in same.values():
+            torch.testing.assert_close(fwd(xb), want, rtol=1e-4, atol=1e-4)  # same numbers, or no timing
+        ms = medians_ms({"dense": lambda: model(xb), **{k: (lambda f=f: f(xb)) for k, f in same.items()}}, device)
+        best = min(sparse, key=ms.get)
+        out[f"latency_sparse_b{bsz}_ms_{tag}"] = ms[best]
+        info[f"sparse_format_b{bsz}_{tag}"] = best
+        out.update({f"latency_{k}_b{bsz}_ms_{tag}": ms[k] for k in ("dense", *others)})
+        if mc_samples:  # n forwards and n weight draws: timed on its own, not to slow the rounds above
+            out[f"latency_mc_b{bsz}_ms_{tag}"] = medians_ms({"mc": lambda: model.predict_mc(xb, mc_samples)}, device)["mc"]
+    out["size_csr_bytes_" + tag] = float(sizes[info[f"sparse_format_b1000_{tag}"]])
+    return out, info

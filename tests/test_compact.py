@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from suite import compact, prune
+from suite import compact, latency, prune
 from suite.config import TrialConfig
 from suite.methods import METHODS, build
 
@@ -98,8 +98,10 @@ def test_every_method_compacts_to_its_own_prediction(method, kw, level):
 
 
 def test_measure_names_every_metric_with_the_level():
-    out = compact.measure(hand_pruned(), torch.rand(1000, 784), "p98")
-    for b in (1, 1000):
-        assert out[f"latency_compact_b{b}_ms_p98"] > 0
+    m = hand_pruned()
+    out, c = compact.measure(m, torch.rand(1000, 784), "p98")
     assert out["compact_width_l1_p98"] == 2 and out["flops_compact_p98"] == 60
     assert all(k.endswith("_p98") for k in out)
+    lat, _ = latency.measure(m, torch.rand(1000, 784), "p98", others={"compact": c})
+    for b in (1, 1000):
+        assert lat[f"latency_compact_b{b}_ms_p98"] > 0

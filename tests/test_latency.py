@@ -37,6 +37,26 @@ def test_measure_reports_every_metric_and_bbb_ensemble():
     assert out["size_csr_bytes_p50"] < out["size_dense_bytes_p50"] * 1.1
 
 
+def test_forwards_are_timed_side_by_side(monkeypatch):
+    """Every round calls each forward once, in the same order, after each forward's warm-up."""
+    calls = []
+    clock = iter(range(10**6))
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: next(clock) * 1e-3)  # 1 ms per reading
+    ms = latency.medians_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                            budget_s=0.0, min_reps=4, warmup=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 4
+    assert ms == pytest.approx({"a": 1.0, "b": 1.0})  # two clock readings per call, 1 ms apart
+
+
+def test_other_forwards_are_timed_beside_dense_only_if_they_agree_with_it():
+    m = pruned("sgd", 0.9)
+    x = torch.rand(1000, 784)
+    out, _ = latency.measure(m, x, "p90", others={"same": m.forward})
+    assert out["latency_same_b1000_ms_p90"] > 0 and out["latency_same_b1_ms_p90"] > 0
+    with pytest.raises(AssertionError):
+        latency.measure(m, x, "p90", others={"off": lambda xb: m(xb) + 1e-2})
+
+
 def _hold(path, seconds, started):
     with latency.exclusive(path):
         started.set()
