@@ -5,7 +5,7 @@ units: an input pixel no kept weight reads, a hidden unit whose outgoing weights
 feeds nothing), a hidden unit whose incoming weights are all pruned (its output is the constant
 relu(b_j), so W_next[:, j] relu(b_j) moves into the next layer's bias). Removing one such unit can
 strand another (its inputs lose their last reader, its readers their last input), so the removal
-runs to a fixed point. What is left is a dense MLP with an input gather that computes the same
+runs to a fixed point. What is left is a dense MLP reading a window of the input that computes the same
 logits as the pruned model's deterministic prediction (Method.predict: the forward pass on
 point_weights() in eval mode, where dropout is the identity), with fewer rows and columns.
 Units are removed from the weights alone, never from data (a unit that is live but never fires
@@ -28,13 +28,19 @@ from .methods import Method
 
 
 class CompactMLP(nn.Module):
-    """x [B, 784] -> logits [B, 10]: gather the live input features, then y = h W_i^T + b_i per layer,
-    ReLU after all but the last. Weights are buffers (`weight_i`, `bias_i`, `index`): an inference
-    model, exported as its state dict. `dense_widths` are the pruned model's widths, for the ratios."""
+    """x [B, 784] -> logits [B, 10]: the first layer reads the window x[:, lo:hi] of inputs that holds
+    every live one, in place; then y = h W_i^T + b_i per layer, ReLU after all but the last. Weights are
+    buffers (`weight_i`, `bias_i`, `index`: the live inputs): an inference model, exported as its state
+    dict. `dense_widths` are the pruned model's widths, for the ratios.
+    Why a window and not a gather of the live inputs: the gather copies every live pixel of the batch,
+    which at these widths costs more than multiplying the few dead pixels inside the window (whose
+    columns of weight_0 are zero), and MNIST's dead pixels are mostly the border (docs/performance.md)."""
 
     def __init__(self, index: Tensor, layers: list[tuple[Tensor, Tensor]], dense_widths: list[int]):
         super().__init__()
         self.register_buffer("index", index)
+        self.lo = int(index[0]) if len(index) else 0
+        self.hi = int(index[-1]) + 1 if len(index) else 0
         for i, (w, b) in enumerate(layers):
             self.register_buffer(f"weight_{i}", w.contiguous())
             self.register_buffer(f"bias_{i}", b.contiguous())
@@ -44,7 +50,7 @@ class CompactMLP(nn.Module):
         return [(getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}")) for i in range(self.n_layers)]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.index_select(1, self.index)
+        h = x[:, self.lo:self.hi]
         for i, (w, b) in enumerate(self.layers()):
             h = F.linear(h, w, b)
             if i < self.n_layers - 1:
@@ -53,7 +59,7 @@ class CompactMLP(nn.Module):
 
     @property
     def widths(self) -> list[int]:
-        """Compacted widths, input first: [live inputs, h1, ..., 10]."""
+        """Compacted widths, input first: [live inputs, h1, ..., 10] (weight_0 has hi - lo columns)."""
         return [len(self.index), *(w.shape[0] for w, _ in self.layers())]
 
 
@@ -89,8 +95,12 @@ def compact(model: Method) -> CompactMLP:
                 alive[a] &= ~unread
                 changed = True
     keep = [*alive, torch.ones(ws[-1].shape[0], dtype=torch.bool, device=ws[-1].device)]
+    index = keep[0].nonzero().squeeze(1)
+    keep[0] = torch.zeros_like(keep[0])  # the input window: from the first live input to the last
+    if len(index):
+        keep[0][index[0]:index[-1] + 1] = True
     layers = [(ws[i][keep[i + 1]][:, keep[i]], bs[i][keep[i + 1]]) for i in range(n_layers)]
-    return CompactMLP(keep[0].nonzero().squeeze(1), layers, model.sizes).eval()
+    return CompactMLP(index, layers, model.sizes).eval()
 
 
 def flops(widths: list[int]) -> int:
@@ -107,7 +117,7 @@ def stats(model: Method, c: CompactMLP) -> dict[str, float]:
     out = {f"compact_width_l{i}": float(n) for i, n in enumerate(c.widths[:-1])}  # l0: live inputs
     out.update(params_dense=float(model.n_params),
                params_nonzero=float(nnz_w + sum(int((b != 0).sum()) for _, b in layers)),
-               params_compact=float(sum(w.numel() + b.numel() for w, b in c.layers())),
+               params_compact=float(flops(c.widths) // 2 + sum(c.widths[1:])),  # live inputs, not the window
                flops_dense=float(flops(model.sizes)), flops_nonzero=float(2 * nnz_w), flops_compact=float(flops(c.widths)))
     return out
 

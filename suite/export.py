@@ -9,8 +9,10 @@ seed), compacts it, and writes into DIR (default export/<run id>):
                          takes fewer bytes (more than a third zeros), as CSR: weight_i.values (float32),
                          weight_i.col (int16 below 32768 inputs, else int32), weight_i.rowptr (int32);
                          bias_i [out]
-  model_pNN.json         input_index (the pixels read, 0..783), widths, provenance and counts
-  model_pNN.onnx         the same network with the input gather: x [N, 784] -> logits [N, 10],
+  model_pNN.json         input_window [lo, hi): the pixels layer 0 reads (0..783; pixels inside
+                         it that no weight reads have zero columns), input_index (the live
+                         pixels), widths (live inputs, units), layer_shapes, provenance, counts
+  model_pNN.onnx         the same network with the input window: x [N, 784] -> logits [N, 10],
                          dense compacted weights, checked against torch with onnxruntime
                          (max abs difference <= 1e-5)
 Inputs are as in training: the 28x28 image, row-major, as pixel / 255 in [0, 1]. Outputs are
@@ -29,20 +31,21 @@ Loader without this project (numpy only):
         t = {k: np.frombuffer(raw, kind[v["dtype"]], int(np.prod(v["shape"])), 8 + n + v["data_offsets"][0])
              .reshape(v["shape"]) for k, v in head.items() if k != "__metadata__"}
         meta = json.load(open(stem + ".json"))
-        widths, last = meta["widths"], len(meta["widths"]) - 2
+        (lo, hi), shapes = meta["input_window"], meta["layer_shapes"]
+        last = len(shapes) - 1
 
         def weight(i):  # dense [out, in], from CSR where the file stores it so
             if f"weight_{i}" in t:
                 return t[f"weight_{i}"]
-            w = np.zeros((widths[i + 1], widths[i]), np.float32)
-            rows = np.repeat(np.arange(widths[i + 1]), np.diff(t[f"weight_{i}.rowptr"]))
+            w = np.zeros(shapes[i], np.float32)
+            rows = np.repeat(np.arange(shapes[i][0]), np.diff(t[f"weight_{i}.rowptr"]))
             w[rows, t[f"weight_{i}.col"]] = t[f"weight_{i}.values"]
             return w
 
         ws = [weight(i) for i in range(last + 1)]
 
         def predict(x):  # x: float32 [N, 784] -> logits [N, 10]
-            h = x[:, meta["input_index"]]
+            h = x[:, lo:hi]
             for i in range(last + 1):
                 h = h @ ws[i].T + t[f"bias_{i}"]
                 h = np.maximum(h, 0) if i < last else h
@@ -158,7 +161,9 @@ def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Pat
     for i, (w, b) in enumerate(c.layers()):
         tensors.update(stored(w, f"weight_{i}"), **{f"bias_{i}": b})
     save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
-    Path(f"{stem}.json").write_text(json.dumps({**meta, "input_index": c.index.tolist(), "widths": c.widths}, indent=1))
+    Path(f"{stem}.json").write_text(json.dumps({**meta, "input_window": [c.lo, c.hi], "input_index": c.index.tolist(),
+                                               "widths": c.widths, "layer_shapes": [list(w.shape) for w, _ in c.layers()]},
+                                              indent=1))
     return [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]
 
 

@@ -43,10 +43,10 @@ def test_safetensors_stores_sparse_layers_as_csr_and_the_loader_reads_both(tmp_p
     from suite.compact import CompactMLP
     g = torch.Generator().manual_seed(0)
     w0 = torch.randn(6, 5, generator=g) * (torch.rand(6, 5, generator=g) < 0.2)  # 80 % zeros: CSR
+    w0[0, 0], w0[:, 2] = 1.0, 0.0    # live pixels 3, 4, 6, 7 (pixel 5, inside the window, is dead)
     w1 = torch.randn(10, 6, generator=g)                                          # dense: kept dense
-    w0[0, 0] = 1.0  # at least one nonzero
-    c = CompactMLP(torch.tensor([3, 7, 100, 500, 783]), [(w0, torch.randn(6, generator=g)),
-                                                         (w1, torch.randn(10, generator=g))], [784, 50, 10])
+    c = CompactMLP(torch.tensor([3, 4, 6, 7]), [(w0, torch.randn(6, generator=g)),
+                                                (w1, torch.randn(10, generator=g))], [784, 50, 10])
     stem = tmp_path / "m"
     export.write_safetensors(c, {}, stem)
     from safetensors.torch import load_file
@@ -55,9 +55,10 @@ def test_safetensors_stores_sparse_layers_as_csr_and_the_loader_reads_both(tmp_p
     nnz = int((w0 != 0).sum())  # 6 bytes per kept weight (float32 + int16 column) + 4 per row pointer
     assert 4 * nnz + 2 * nnz + 4 * 7 < 4 * w0.numel()
     x = torch.rand(20, 784, generator=g)
-    h = torch.relu(x[:, [3, 7, 100, 500, 783]] @ w0.T + c.bias_0) @ w1.T + c.bias_1  # by hand
+    h = torch.relu(x[:, [3, 4, 5, 6, 7]] @ w0.T + c.bias_0) @ w1.T + c.bias_1  # by hand
     got = docstring_loader()(str(stem))(x.numpy())
     assert np.abs(got - h.numpy()).max() <= 1e-5
+    assert json.loads(stem.with_suffix(".json").read_text())["input_window"] == [3, 8]
 
 
 @pytest.mark.slow
@@ -88,4 +89,6 @@ def test_export_of_a_logged_run_reproduces_the_pruned_model(method, mnist, tmp_p
     assert np.abs(got_np - want.numpy()).max() <= 1e-5
     meta = json.loads(stem.with_suffix(".json").read_text())
     assert meta["run_id"] == run_id and meta["widths"][-1] == 10 and len(meta["input_index"]) == meta["widths"][0]
+    lo, hi = meta["input_window"]
+    assert lo == meta["input_index"][0] and hi == meta["input_index"][-1] + 1 and meta["layer_shapes"][0][1] == hi - lo
     assert stem.with_suffix(".safetensors").stat().st_size < 4 * model.n_params  # smaller than the dense weights
