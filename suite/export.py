@@ -122,13 +122,18 @@ def load_run(run_id: str, uri: str, dst: Path) -> tuple[TrialConfig, Method, int
         cfg = from_dict(json.loads((folder / "config.json").read_text()), where=f"run {run_id} config.json")
     except ConfigError as e:
         raise ExportError(f"{e} (a plug-in method: set $BPB_PLUGINS as when the run was made)") from e
-    if cfg.protocol == "finetune":
-        raise ExportError(f"run {run_id} used protocol=finetune: model.pt holds the model before fine-tuning "
-                          "and the fine-tuned weights of each level are not logged, so its pruned model "
-                          "cannot be rebuilt; export a oneshot or natural run.")
     model = methods.build(cfg.replace(compile=False))
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     return cfg, model.eval(), (folder / "model.pt").stat().st_size
+
+
+def check_rebuildable(cfg: TrialConfig, level: float | str, run_id: str) -> None:
+    """A level its protocol retrains (finetune, gradual, iterative) cannot be exported: model.pt is the
+    model before retraining, and the retrained weights of each level are not logged."""
+    if cfg.protocol_cls.retrains(level):
+        raise ExportError(f"run {run_id} used protocol={cfg.protocol}, which retrains level {prune.level_tag(level)}: "
+                          "model.pt holds the model before retraining and the retrained weights are not logged, "
+                          "so that pruned model cannot be rebuilt; export a oneshot or natural run (or level 0).")
 
 
 def pruned_at(model: Method, cfg: TrialConfig, level: float | str) -> Method:
@@ -189,6 +194,7 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     require(formats)
     with tempfile.TemporaryDirectory() as d:
         cfg, model, pt_bytes = load_run(run_id, uri, Path(d))
+    check_rebuildable(cfg, level, run_id)
     m = pruned_at(model, cfg, level)
     c = compact.compact(m)
     x = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0))
