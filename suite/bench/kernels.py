@@ -73,13 +73,14 @@ def svd_kernels(x, y, hidden: tuple[int, ...] = HIDDEN) -> list[Kernel]:
     with torch.no_grad():
         var, kl, *saved = fwd(theta, ls, in_kl)
     g_var, g_kl = torch.randn_like(var), torch.ones(())
-    leaf = theta.clone().requires_grad_()
-    nll = F.cross_entropy(model(xb, leaf, var), yb)
+    # both leaves, as in training: the backward then holds the variance product's weight gradient too
+    leaves = theta.clone().requires_grad_(), var.clone().requires_grad_()
+    nll = F.cross_entropy(model(xb, *leaves), yb)
     no_grad = torch.no_grad()
     parts = [("terms fwd", no_grad(lambda: fwd(theta, ls, in_kl))),
              ("terms bwd", no_grad(lambda: bwd(g_var, g_kl, theta, var, *saved, in_kl))),
-             ("matmuls fwd", lambda: F.cross_entropy(model(xb, leaf, var), yb)),
-             ("matmuls bwd", lambda: torch.autograd.grad(nll, leaf, retain_graph=True)),
+             ("matmuls fwd", lambda: F.cross_entropy(model(xb, *leaves), yb)),
+             ("matmuls bwd", lambda: torch.autograd.grad(nll, leaves, retain_graph=True)),
              ("optimizer", opt.step), ("step", step)]
     return [("Sparse VD", k, f) for k, f in parts]
 
