@@ -91,7 +91,8 @@ def reference_passes(n: int) -> list[Kernel]:
     return [("ref", f"{op} pass", lambda op=op: getattr(torch, op)(v)) for op in ("exp", "log", "log1p")]
 
 
-def breakdown(x, y, rounds: int, steps: int, hidden: tuple[int, ...] = HIDDEN) -> dict[str, dict[str, dict[str, float | None]]]:
+def breakdown(x, y, rounds: int, steps: int,
+              hidden: tuple[int, ...] = HIDDEN) -> dict[str, dict[str, dict[str, float | None]]]:
     """{method: {kernel: {ms, share, x_exp}}}: median ms of each kernel (interleaved rounds), its share
     of the method's step, and how many plain exp passes over the same number of floats it costs, for
     hidden layers of widths `hidden`. "other" is the step minus its kernels (batch gather, autograd,
