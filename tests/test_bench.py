@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from suite import latency
 from suite.bench import __main__ as cli
-from suite.bench import inference, kernels, machine, peers, processes, race, targets
+from suite.bench import inference, kernels, machine, peers, processes, race, targets, widths
+from suite.config import GRID_DIR
 
 # /proc/cpuinfo of a 2-core KVM guest (the machine of docs/performance.md), trimmed: two processors
 XEON = """processor\t: 0
@@ -40,8 +42,8 @@ CPU part\t: 0xd40
 
 def test_cli_defaults_and_a_removed_flag_is_an_error():
     args = cli.parser().parse_args([])
-    assert (args.rounds, args.steps, args.samples, args.threads, args.isolation, args.processes) == (
-        15, 15, 1, None, False, None)
+    assert (args.rounds, args.steps, args.samples, args.threads, args.isolation, args.processes, args.widths) == (
+        15, 15, 1, None, False, None, None)
     assert args.json == "bench_results/bench.json"
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--batched-seeds"])
@@ -52,6 +54,57 @@ def test_processes_below_two_is_one_clear_error(capsys):
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--processes", "1"])
     assert "--processes: 1: a range over processes needs at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [
+    ("100,x", "--widths: 'x' is not a width: give positive integers separated by commas"),
+    ("100,0", "--widths: '0' is not a width"),
+    ("100,-5", "--widths: '-5' is not a width"),
+    ("100,,400", "--widths: '' is not a width"),
+    ("400,100,400", "--widths: 400,100,400: a width is repeated; give each width once"),
+])
+def test_a_bad_widths_value_is_one_clear_error(value, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--widths", value])
+    assert message in capsys.readouterr().err
+
+
+def test_widths_are_parsed_in_order_and_scaling_is_the_scaling_grids_widths(capsys):
+    assert cli.parser().parse_args(["--widths", "1200, 100,400"]).widths == [1200, 100, 400]
+    grid = yaml.safe_load((GRID_DIR / "scaling.yaml").read_text())["grid"]["hidden"]
+    assert all(len(h) == 2 and h[0] == h[1] for h in grid)  # two hidden layers of one width
+    assert cli.parser().parse_args(["--widths", "scaling"]).widths == sorted(h[0] for h in grid)
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--widths", "100", "--processes", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_widths_table_has_one_row_per_width_with_the_ratios_of_the_medians(monkeypatch):
+    """Fake steps advance a fake clock by known durations per width and method; each row's ms are the
+    medians of those durations and its ratios their quotients, worked out by hand below."""
+    clock = [0.0]
+    ms = {(7, "sgd"): [1.0, 3.0, 2.0, 1.5], (7, "bbb"): [2.0, 2.6, 9.0, 2.2], (7, "sparse_vd"): [3.1, 2.9, 3.3, 8.0],
+          (30, "sgd"): [4.0, 4.4, 3.9, 20.0], (30, "bbb"): [13.0, 12.0, 11.0, 12.5],
+          (30, "sparse_vd"): [15.0, 14.0, 16.0, 13.0]}
+
+    def fake_ours(method, x, y, samples, hidden):
+        assert samples == 1 and hidden[0] == hidden[1]
+        durations = iter([0.0] * 10 + ms[hidden[0], method])  # the warm-up first
+
+        def step():
+            clock[0] += next(durations) / 1000
+        return step
+    monkeypatch.setattr(widths, "ours", fake_ours)
+    monkeypatch.setattr(race.time, "perf_counter", lambda: clock[0])
+    rows = widths.race_widths(None, None, [30, 7], rounds=2, steps=2, samples=1)
+    assert [r["width"] for r in rows] == [30, 7]
+    # medians of four: the mean of the middle two
+    for r, (sgd, bbb, svd) in zip(rows, [(4.2, 12.25, 14.5), (1.75, 2.4, 3.2)]):
+        assert (r["sgd_ms"], r["bbb_ms"], r["sparse_vd_ms"]) == pytest.approx((sgd, bbb, svd))
+        assert r["bbb_over_sgd"] == pytest.approx(bbb / sgd) and r["sparse_vd_over_sgd"] == pytest.approx(svd / sgd)
+    # 784-w-w-10 weights and biases, counted by hand
+    assert [r["n_params"] for r in rows] == [784 * 30 + 30 + 30 * 30 + 30 + 30 * 10 + 10,
+                                             784 * 7 + 7 + 7 * 7 + 7 + 7 * 10 + 10]
 
 
 def test_cpuinfo_gives_the_first_processors_identity_and_its_vector_flags():
@@ -183,6 +236,24 @@ def test_processes_mode_writes_the_spread_and_the_machine(tmp_path, monkeypatch,
     assert "<-- varies" in printed and "WARNING: load average 99.0" in printed
 
 
+def test_widths_mode_writes_the_table_and_the_kernels_at_the_narrowest_and_widest(tmp_path, monkeypatch, capsys):
+    rows = [{"width": w, "n_params": 1, "sgd_ms": 1.0, "bbb_ms": 2.0, "sparse_vd_ms": 3.0, "bbb_over_sgd": 2.0,
+             "sparse_vd_over_sgd": 3.0} for w in (400, 100, 1200)]
+    broken_down = []
+    monkeypatch.setattr(cli, "mnist", lambda root: (None, None))
+    monkeypatch.setattr(cli, "race_widths", lambda x, y, ws, *a: [r for r in rows if r["width"] in ws])
+    monkeypatch.setattr(cli, "breakdown", lambda *a, hidden: broken_down.append(hidden) or _table(5.0, 1.0))
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    out = tmp_path / "w.json"
+    assert cli.main(["--widths", "400,100,1200", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["widths"] == rows and broken_down == [(100, 100), (1200, 1200)]
+    assert set(d["kernel_breakdown_by_width"]) == {"100", "1200"} and d["samples"] == 1
+    assert {"cpu_model", "cpu_family", "cpu_model_number", "vector_isa", "load_average", "denormals_flushed"} <= set(d)
+    printed = capsys.readouterr().out
+    assert "WARNING: load average 99.0" in printed and "width 1200: BBB / SGD = 2.00, Sparse VD / SGD = 3.00" in printed
+
+
 @pytest.mark.slow
 def test_the_kernel_table_runs_in_fresh_processes():
     tables = processes.in_processes(2, None, rounds=1, steps=1, threads=1)
@@ -217,3 +288,14 @@ def test_a_tiny_run_writes_every_section_of_the_json(tmp_path, capsys):
     assert d["threads"] == 1 and d["samples"] == 1
     printed = capsys.readouterr().out
     assert "RATIOS: ours BBB / ours SGD = " in printed
+
+
+@pytest.mark.slow
+def test_a_tiny_widths_run_writes_a_row_per_width_and_the_kernels_at_both_ends(tmp_path):
+    out = tmp_path / "widths.json"
+    assert cli.main(["--widths", "8,4", "--rounds", "1", "--steps", "1", "--threads", "1", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [r["width"] for r in d["widths"]] == [8, 4]
+    assert all(r["sgd_ms"] > 0 and r["bbb_over_sgd"] == r["bbb_ms"] / r["sgd_ms"] for r in d["widths"])
+    assert set(d["kernel_breakdown_by_width"]) == {"4", "8"}
+    assert set(d["kernel_breakdown_by_width"]["4"]) == {"SGD", "BBB", "Sparse VD", "ref"}

@@ -1,7 +1,8 @@
 """`python -m suite.bench`: training steps side by side (ours, plain PyTorch, the textbook BBB, the
 peers), the per-kernel breakdown, dense vs sparse inference, the speed targets; prints the tables and
 writes them as JSON, with the machine they ran on. `--processes N` instead times the per-kernel table
-in N fresh processes. Method and figures: docs/performance.md."""
+in N fresh processes; `--widths W,W,...` instead races ours SGD, BBB and Sparse VD at each hidden width.
+Method and figures: docs/performance.md."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ from .processes import in_processes, print_spread, spread
 from .race import race
 from .steps import loader_batches, mnist, ours, plain_sgd, tensor_batches, tutorial_bbb
 from .targets import speed_targets
+from .widths import print_table, race_widths, scaling_widths, static_shapes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,9 +37,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", default="bench_results/bench.json", help="where to write the results")
     ap.add_argument("--isolation", action="store_true",
                     help="also measure whether concurrent trials' latency phases disturb each other (with/without the node lock)")
-    ap.add_argument("--processes", type=processes, default=None, metavar="N",
-                    help="instead, time the per-kernel table in N >= 2 fresh processes, one after another, "
-                         "and report each kernel's median and range over them")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--processes", type=processes, default=None, metavar="N",
+                      help="instead, time the per-kernel table in N >= 2 fresh processes, one after another, "
+                           "and report each kernel's median and range over them")
+    mode.add_argument("--widths", type=widths, default=None, metavar="W,W,...",
+                      help="instead, race ours SGD, BBB and Sparse VD with two hidden layers of each width "
+                           "(784-W-W-10), e.g. 100,400,1200; 'scaling' takes the scaling grid's widths")
     return ap
 
 
@@ -46,6 +52,21 @@ def processes(value: str) -> int:
     if n < 2:
         raise argparse.ArgumentTypeError(f"{n}: a range over processes needs at least 2 (e.g. --processes 5)")
     return n
+
+
+def widths(value: str) -> list[int]:
+    """'100,400,1200' -> [100, 400, 1200]; 'scaling' -> the scaling grid's widths."""
+    if value.strip() == "scaling":
+        return scaling_widths()
+    parts = [p.strip() for p in value.split(",")]
+    bad = [p for p in parts if not p.isdigit() or int(p) < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a width: give positive integers separated by commas "
+                                         "(e.g. --widths 100,400,1200) or 'scaling'")
+    out = [int(p) for p in parts]
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"{value}: a width is repeated; give each width once")
+    return out
 
 
 def load_warning(load: float, cores: int | None) -> str:
@@ -65,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
     if args.processes:
         return main_processes(args, root)
+    if args.widths:
+        return main_widths(args, root, flushed)
     x, y = mnist(root)
     s = args.samples
     for peer, why in missing_peers().items():
@@ -140,6 +163,38 @@ def main_processes(args: argparse.Namespace, root: Path) -> int:
     out.write_text(json.dumps({"kernel_processes": sp, "varying_kernels": varies, "processes": args.processes,
                                "rounds": args.rounds, "steps": args.steps, **machine, "load_average": load}, indent=1))
     print(f"\nwrote {out}")
+    return 0
+
+
+def main_widths(args: argparse.Namespace, root: Path, flushed: bool) -> int:
+    """--widths: ours SGD, BBB and Sparse VD at each width in one race, then the per-kernel table at
+    the narrowest and the widest width (where the growth of the ratios shows)."""
+    x, y = mnist(root)
+    machine, load = {**describe(), "denormals_flushed": flushed}, [os.getloadavg()[0]]
+    print(header(machine))
+    print(f"load average {load[0]:.1f}; widths {', '.join(map(str, args.widths))} x 3 methods x {args.rounds} rounds "
+          f"x {args.steps} steps, {args.samples} sample")
+    if warning := load_warning(load[0], machine["cores"]):
+        print(warning)
+    ends = sorted({min(args.widths), max(args.widths)})
+    with static_shapes(len(args.widths)):
+        rows = race_widths(x, y, args.widths, args.rounds, args.steps, args.samples)
+        print_table(rows)
+        tables = {}
+        for w in ends:
+            tables[str(w)] = breakdown(x, y, args.rounds, args.steps, hidden=(w, w))
+            print(f"\nper-kernel breakdown at width {w}:", end="")
+            print_breakdown(tables[str(w)], machine)
+    load.append(os.getloadavg()[0])
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"widths": rows, "kernel_breakdown_by_width": tables, "rounds": args.rounds,
+                               "steps": args.steps, "samples": args.samples, **machine, "load_average": load},
+                              indent=1))
+    print(f"\nwrote {out}")
+    print("RATIOS: " + "; ".join(f"width {r['width']}: BBB / SGD = {r['bbb_over_sgd']:.2f}, Sparse VD / SGD = "
+                                 f"{r['sparse_vd_over_sgd']:.2f}" for r in rows)
+          + f"; load average {load[0]:.1f} -> {load[1]:.1f} on {machine['cores']} cores")
     return 0
 
 

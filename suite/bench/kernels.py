@@ -15,17 +15,17 @@ from ..config import TrialConfig
 from ..methods import build as build_model
 from ..methods import sparse_vd
 from .race import race
-from .steps import B, ours_model, train_step
+from .steps import HIDDEN, B, ours_model, train_step
 
 Kernel = tuple[str, str, Callable[[], object]]  # (method, kernel, callable timing that kernel alone)
 FLAG_X_EXP = 8.0  # an elementwise kernel costing more than this many exp passes is flagged
 NOT_ELEMENTWISE = ("step", "matmuls fwd", "matmuls bwd", "other")
 
 
-def _ours_parts(method: str, x, y):
+def _ours_parts(method: str, x, y, hidden: tuple[int, ...]):
     """Model and optimiser as trials build them (compiled, 1 sample), with gradients set by one real
     step, a fixed batch, and the full training step on that same model."""
-    model, opt = ours_model(method)
+    model, opt = ours_model(method, hidden=hidden)
     step = train_step(model, opt, x, y)
     step()
     return model, opt, x[:B], y[:B], step
@@ -39,16 +39,16 @@ def _matmuls(model, xb, yb, flat: Tensor) -> list[tuple[str, Callable[[], object
             ("matmuls bwd", lambda: torch.autograd.grad(nll, leaf, retain_graph=True))]
 
 
-def sgd_kernels(x, y) -> list[Kernel]:
-    model, opt, xb, yb, step = _ours_parts("sgd", x, y)
+def sgd_kernels(x, y, hidden: tuple[int, ...] = HIDDEN) -> list[Kernel]:
+    model, opt, xb, yb, step = _ours_parts("sgd", x, y, hidden)
     parts = [*_matmuls(model, xb, yb, model.theta), ("optimizer", opt.step), ("step", step)]
     return [("SGD", k, f) for k, f in parts]
 
 
-def bbb_kernels(x, y) -> list[Kernel]:
+def bbb_kernels(x, y, hidden: tuple[int, ...] = HIDDEN) -> list[Kernel]:
     """BBB's step in its kernels: weight noise, fused sample + KL forward and backward, the matmuls on
     the sampled weights, Adam over mu and rho."""
-    model, opt, xb, yb, step = _ours_parts("bbb", x, y)
+    model, opt, xb, yb, step = _ours_parts("bbb", x, y, hidden)
     fwd, bwd, noise = kernels.kl_kernels(True)
     mu, rho, n = model.mu.detach(), model.rho.detach(), model.n_params
     key = kernels.weight_noise_key(mu.device)
@@ -64,22 +64,23 @@ def bbb_kernels(x, y) -> list[Kernel]:
     return [("BBB", k, f) for k, f in parts]
 
 
-def svd_kernels(x, y) -> list[Kernel]:
+def svd_kernels(x, y, hidden: tuple[int, ...] = HIDDEN) -> list[Kernel]:
     """Sparse VD's step in its kernels: the fused per-weight terms (variance, KL) forward and backward,
     the matmuls with local reparameterisation, Adam over theta and log sigma^2."""
-    model, opt, xb, yb, step = _ours_parts("sparse_vd", x, y)
+    model, opt, xb, yb, step = _ours_parts("sparse_vd", x, y, hidden)
     fwd, bwd = sparse_vd.vd_kernels(True)
     theta, ls, in_kl = model.theta.detach(), model.log_sigma2.detach(), model.is_weight
     with torch.no_grad():
         var, kl, *saved = fwd(theta, ls, in_kl)
     g_var, g_kl = torch.randn_like(var), torch.ones(())
-    leaf = theta.clone().requires_grad_()
-    nll = F.cross_entropy(model(xb, leaf, var), yb)
+    # both leaves, as in training: the backward then holds the variance product's weight gradient too
+    leaves = theta.clone().requires_grad_(), var.clone().requires_grad_()
+    nll = F.cross_entropy(model(xb, *leaves), yb)
     no_grad = torch.no_grad()
     parts = [("terms fwd", no_grad(lambda: fwd(theta, ls, in_kl))),
              ("terms bwd", no_grad(lambda: bwd(g_var, g_kl, theta, var, *saved, in_kl))),
-             ("matmuls fwd", lambda: F.cross_entropy(model(xb, leaf, var), yb)),
-             ("matmuls bwd", lambda: torch.autograd.grad(nll, leaf, retain_graph=True)),
+             ("matmuls fwd", lambda: F.cross_entropy(model(xb, *leaves), yb)),
+             ("matmuls bwd", lambda: torch.autograd.grad(nll, leaves, retain_graph=True)),
              ("optimizer", opt.step), ("step", step)]
     return [("Sparse VD", k, f) for k, f in parts]
 
@@ -90,12 +91,14 @@ def reference_passes(n: int) -> list[Kernel]:
     return [("ref", f"{op} pass", lambda op=op: getattr(torch, op)(v)) for op in ("exp", "log", "log1p")]
 
 
-def breakdown(x, y, rounds: int, steps: int) -> dict[str, dict[str, dict[str, float | None]]]:
+def breakdown(x, y, rounds: int, steps: int,
+              hidden: tuple[int, ...] = HIDDEN) -> dict[str, dict[str, dict[str, float | None]]]:
     """{method: {kernel: {ms, share, x_exp}}}: median ms of each kernel (interleaved rounds), its share
-    of the method's step, and how many plain exp passes over the same number of floats it costs.
-    "other" is the step minus its kernels (batch gather, autograd, zero_grad)."""
-    n = build_model(TrialConfig(method="sgd")).n_params
-    table = [*sgd_kernels(x, y), *bbb_kernels(x, y), *svd_kernels(x, y), *reference_passes(n)]
+    of the method's step, and how many plain exp passes over the same number of floats it costs, for
+    hidden layers of widths `hidden`. "other" is the step minus its kernels (batch gather, autograd,
+    zero_grad)."""
+    n = build_model(TrialConfig(method="sgd", hidden=hidden)).n_params
+    table = [*sgd_kernels(x, y, hidden), *bbb_kernels(x, y, hidden), *svd_kernels(x, y, hidden), *reference_passes(n)]
     ms = race({f"{m}/{k}": f for m, k, f in table}, rounds, steps, warmup=5)
     ms = {(m, k): t for (m, _, k), t in ((key.partition("/"), t) for key, t in ms.items())}
     methods = {m: [k for m2, k, _ in table if m2 == m and k != "step"] for m, _, _ in table}

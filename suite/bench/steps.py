@@ -16,6 +16,7 @@ from ..methods import build as build_model
 from ..train import make_optimizer
 
 B, LR = 100, 1e-4
+HIDDEN = TrialConfig.hidden  # the suite's default widths (500, 500): the main race's and the peers'
 PRIOR = (0.5, 1.0, math.exp(-6))  # BBB's scale-mixture prior (pi, sigma1, sigma2), the suite's default
 Step = Callable[[], None]
 Batches = Callable[[], tuple]
@@ -28,9 +29,9 @@ def mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(a.x_train, dtype=torch.float32).reshape(60000, -1) / 255, torch.tensor(a.y_train, dtype=torch.int64)
 
 
-def ours_model(method: str, samples: int = 1, compile: bool = True):
+def ours_model(method: str, samples: int = 1, compile: bool = True, hidden: tuple[int, ...] = HIDDEN):
     """The suite's model and optimiser for a method, as a trial builds them."""
-    cfg = TrialConfig(method=method, train_samples=samples, compile=compile)
+    cfg = TrialConfig(method=method, train_samples=samples, compile=compile, hidden=hidden)
     model = build_model(cfg)
     return model.train(), make_optimizer(cfg, model)
 
@@ -48,8 +49,8 @@ def train_step(model, opt, x, y) -> Step:
     return step
 
 
-def ours(method: str, x, y, samples: int = 1, compile: bool = True) -> Step:
-    return train_step(*ours_model(method, samples, compile), x, y)
+def ours(method: str, x, y, samples: int = 1, compile: bool = True, hidden: tuple[int, ...] = HIDDEN) -> Step:
+    return train_step(*ours_model(method, samples, compile, hidden), x, y)
 
 
 def tensor_batches(x, y) -> Batches:
