@@ -65,8 +65,9 @@ class RandSign(Method):
 def test_the_shipped_grids_keep_their_78_released_keys():
     want = json.loads((DATA / "grid_keys_v1.json").read_text())
     got = {g: [t.grid_key() for t in load_grid(g).trials] for g in want}
-    assert sum(map(len, got.values())) == 78
-    assert got == want
+    assert sum(map(len, want.values())) == 78
+    for g, keys in want.items():  # a grid may gain points (scaling gained Sparse VD and L0); none changes its key
+        assert set(keys) <= set(got[g]), f"{g}: {sorted(set(keys) - set(got[g]))} changed"
 
 
 def test_new_fields_enter_the_key_only_when_set():
