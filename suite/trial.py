@@ -228,7 +228,7 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor
         out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
                                  None if samples is None else samples[:, :n], samples_ood))
     out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
-    shape, small = compact.measure(m, x, tag)
+    shape, small = compact.measure(m, tag)
     lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small})
     return {**out, **lat, **shape}, info
 

@@ -99,7 +99,7 @@ def test_every_method_compacts_to_its_own_prediction(method, kw, level):
 
 def test_measure_names_every_metric_with_the_level():
     m = hand_pruned()
-    out, c = compact.measure(m, torch.rand(1000, 784), "p98")
+    out, c = compact.measure(m, "p98")
     assert out["compact_width_l1_p98"] == 2 and out["flops_compact_p98"] == 60
     assert all(k.endswith("_p98") for k in out)
     lat, _ = latency.measure(m, torch.rand(1000, 784), "p98", others={"compact": c})
