@@ -13,7 +13,8 @@ seed), compacts it, and writes into DIR (default export/<run id>):
                          it that no weight reads have zero columns), input_index (the live
                          pixels), widths (live inputs, units), layer_shapes, provenance, counts
   model_pNN.onnx         the same network with the input window: x [N, 784] -> logits [N, 10],
-                         dense compacted weights, checked against torch with onnxruntime
+                         dense compacted weights, hidden widths padded with zero units to a multiple
+                         of 16 as in CompactMLP's forward, checked against torch with onnxruntime
                          (max abs difference <= 1e-5)
 Inputs are as in training: the 28x28 image, row-major, as pixel / 255 in [0, 1]. Outputs are
 logits; softmax gives the probabilities of the deterministic prediction (Method.predict).

@@ -40,6 +40,20 @@ def test_hand_masks_give_the_hand_counted_widths_and_the_same_logits():
     assert [s[f"compact_width_l{i}"] for i in range(3)] == [3, 2, 2]
 
 
+def test_the_forward_pads_hidden_widths_to_whole_registers_and_keeps_the_logits():
+    g = torch.Generator().manual_seed(0)
+    w0, w1, w2 = (torch.randn(o, i, generator=g) for o, i in [(67, 5), (49, 67), (10, 49)])
+    b0, b1, b2 = (torch.randn(o, generator=g) for o in (67, 49, 10))
+    c = compact.CompactMLP(torch.tensor([3, 4, 5, 6, 7]), [(w0, b0), (w1, b1), (w2, b2)], [784, 300, 100, 10])
+    run = [(getattr(c, f"_run_weight_{i}"), getattr(c, f"_run_bias_{i}")) for i in range(3)]
+    assert [tuple(w.shape) for w, _ in run] == [(80, 5), (64, 80), (10, 64)]  # 67 -> 80, 49 -> 64
+    assert c.widths == [5, 67, 49, 10]
+    assert set(c.state_dict()) == {"index", *(f"{k}_{i}" for i in range(3) for k in ("weight", "bias"))}  # unpadded
+    x = torch.rand(8, 784, generator=g)
+    by_hand = torch.relu(torch.relu(x[:, 3:8] @ w0.T + b0) @ w1.T + b1) @ w2.T + b2
+    assert (c(x) - by_hand).abs().max() <= 1e-5
+
+
 def test_a_unit_with_live_inputs_but_no_reader_is_removed():
     m = hand_pruned()
     c = compact.compact(m)
