@@ -1,17 +1,18 @@
-"""Ray Tune adapter: one Tune trial per grid point, per-epoch checkpoints, MLflow logging on the driver.
+"""Ray Tune adapter: one Tune trial per grid point, a resume state per epoch, MLflow logging on the driver.
 
 Where logging happens: on the driver, from the results the trials report (a Tune Callback).
 Why: workers on other nodes need no route to the tracking store or credentials for it; a sqlite
 store gets exactly one writer (no "database is locked" with many concurrent trials); and a trial
 that dies mid-way cannot leave a half-logged run behind, since the driver marks it FAILED.
 
-Resumability, two layers:
-  - within a sweep, Ray's FailureConfig retries a crashed trial (or one whose node died) from its
-    last tune.Checkpoint (written every epoch);
-  - across sweeps (the driver was killed), every trial also keeps its latest state at
-    <storage>/<experiment>/resume/<grid_key>/state.pt, so re-running the same command resumes each
-    unfinished grid point at the epoch it reached. The file is removed once the run is FINISHED.
-  Training reseeds per epoch (train.epoch_seed), so a resumed trial gives the same numbers.
+Resumability: every trial keeps its latest state at <storage>/<experiment>/resume/<grid_key>/state.pt,
+written once per epoch, and every start of a trial resumes from it: a retry within a sweep (Ray's
+FailureConfig restarts a crashed trial, or one whose node died, on any node that sees the storage
+path) and a new sweep after the driver was killed (re-running the same command). The file is removed
+once the run is FINISHED. Ray gets no per-epoch checkpoint: it would write the same state a second
+time to the same storage path, which is what saturates first at scale (docs/scale.md). Its one
+checkpoint per trial carries the final artifacts to the driver.
+Training reseeds per epoch (train.epoch_seed), so a resumed trial gives the same numbers.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Before ray is imported: no usage reporting; no per-trial result.json/CSV/TensorBoard files (MLflow
-# is the record); our callback prints progress instead of Ray's tables; per-epoch checkpoints are the
-# design, not a misconfiguration to warn about.
+# is the record); our callback prints progress instead of Ray's tables; a report every epoch (and the
+# experiment snapshots it brings) is the design, not a misconfiguration to warn about.
 for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
                ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")):
     os.environ.setdefault(_k, _v)
@@ -54,16 +55,10 @@ def _load_state(path: Path) -> dict | None:
 
 
 def _latest_state(rdir: Path) -> dict | None:
-    """The furthest-trained of: Ray's checkpoint for this trial (a retry) and the resume file."""
-    states = [_load_state(rdir / STATE)]
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            states.append(_load_state(Path(d) / STATE))
-    states = [s for s in states if s is not None]
-    # a state of another grid point (its grid_key differs: e.g. a folder copied by hand) is never used
-    states = [s for s in states if s.get("grid_key") == rdir.name]
-    return max(states, key=lambda s: s.get("progress", len(s["history"])), default=None)
+    """The trial's resume state, if any; a state of another grid point (its grid_key differs: e.g. a
+    folder copied by hand) is never used."""
+    state = _load_state(rdir / STATE)
+    return state if state is not None and state.get("grid_key") == rdir.name else None
 
 
 def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
@@ -87,12 +82,7 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
         tmp = rdir / f".{STATE}.tmp"
         torch.save(s, tmp)
         os.replace(tmp, rdir / STATE)  # atomic: a kill mid-write keeps the previous epoch's state
-        # Ray gets its own copy: it persists (and may clean up) what it is handed, while the resume
-        # file must outlive the trial's process; a 2.6-5 MB copy per epoch is noise next to an epoch.
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(rdir / STATE, Path(d) / STATE)
-            tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from,
-                         "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+        tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from, "node_id": node})
 
     partner = arrays.get(PARTNER[cfg.dataset]) if config["evaluate"] else None  # a search gets no test images
     result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"],
@@ -171,7 +161,7 @@ class SweepCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.keys:  # a retry after a failure keeps its MLflow run
-            self._say(f"{self.rows[self.keys[trial.trial_id]].name} restarted from its last checkpoint")
+            self._say(f"{self.rows[self.keys[trial.trial_id]].name} restarted from its resume state")
             return
         cfg = from_dict(trial.config["trial"])
         key = self.keys[trial.trial_id] = cfg.grid_key()

@@ -156,6 +156,8 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, mnist):
     assert p.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(p.pid, signal.SIGKILL)  # the driver and everything it started
     p.wait()
+    # mid-training, each epoch's state was written once: the resume file, no Ray checkpoint copy
+    assert not list((tmp_path / "ray_results").rglob("checkpoint_*"))
     time.sleep(2)
     r = cli(args, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

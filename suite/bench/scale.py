@@ -110,10 +110,11 @@ def folder_bytes(path: Path) -> int:
 
 
 def storage_report(root: Path) -> dict:
-    """Bytes per Tune trial folder under a storage path, finished (its last checkpoint is the run's
-    artifacts) or not (its last checkpoints are training states), and per resume state."""
+    """Bytes per Tune trial folder under a storage path, finished (its checkpoint holds the run's
+    artifacts, model.pt among them) or not (no checkpoint yet; or, from code that checkpointed every
+    epoch, training states), and per resume state."""
     folders = [d for d in root.glob("*/*") if d.is_dir() and TRIAL_DIR.match(d.name)]
-    unfinished = {d for d in folders if any(d.glob("checkpoint_*/state.pt"))}
+    unfinished = {d for d in folders if not any(d.glob("checkpoint_*/model.pt"))}
     sizes = {"finished_trial_folder_bytes": [folder_bytes(d) for d in folders if d not in unfinished],
              "unfinished_trial_folder_bytes": [folder_bytes(d) for d in unfinished],
              "resume_state_bytes": [f.stat().st_size for f in root.glob("*/resume/*/state.pt")]}
