@@ -36,8 +36,8 @@ class CompactMLP(nn.Module):
     columns of weight_0 are zero), and MNIST's dead pixels are mostly the border (docs/performance.md).
     The forward runs on copies whose hidden widths are padded with zero units to a multiple of PAD
     floats (zero rows, zero bias, so ReLU gives 0, and zero columns in the next layer): the same
-    logits, and the GEMM kernels work in whole vector registers (a width of 67 took 1.2-1.4x the time
-    of 72 or 80 at batch 1000, docs/performance.md). The state dict keeps the unpadded weights."""
+    logits, and the GEMM kernels work in whole vector registers, which was faster at batch 1000 at
+    every width measured (docs/performance.md). The state dict keeps the unpadded weights."""
 
     PAD = 16  # floats in one AVX-512 register, two AVX2 ones
 
