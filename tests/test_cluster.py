@@ -107,6 +107,16 @@ def test_sweep_on_autoscaling_cluster_from_zero_workers(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_cluster_yaml_validates_like_ray_up():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    config = prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
+    validate_config(config)
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    assert any("pip install -e" in c for c in config["setup_commands"])
+    assert_store_in_postgres(config, "--host 0.0.0.0")
+
+
 def test_onprem_config_validates_like_ray_up():
     from ray.autoscaler._private.util import prepare_config, validate_config
     raw = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
@@ -116,6 +126,33 @@ def test_onprem_config_validates_like_ray_up():
     node_type = config["available_node_types"][config["head_node_type"]]
     assert node_type["min_workers"] == node_type["max_workers"] == len(raw["provider"]["worker_ips"])
     start = " ".join(config["head_start_ray_commands"])
-    assert "mlflow server" in start and "--host 127.0.0.1" in start and "--num-cpus=0" in start
+    assert "--num-cpus=0" in start
+    assert_store_in_postgres(config, "--host 127.0.0.1")
     assert any("pip install -q -e" in c for c in config["setup_commands"])
     assert any("venv" in c for c in config["setup_commands"])
+
+
+def assert_store_in_postgres(config: dict, host: str) -> None:
+    """The head's tracking server keeps its store in PostgreSQL on the shared volume, never sqlite there."""
+    start = " ".join(config["head_start_ray_commands"])
+    assert f"python -m suite.tracking_server {host} --port 5000" in start and "--data /mnt/shared/pgdata" in start
+    assert "sqlite" not in start
+    assert any("[cluster]" in c and "pip install" in c for c in config["head_setup_commands"])
+
+
+def test_tracking_server_takes_the_newest_installed_postgresql(monkeypatch):
+    from suite import tracking_server
+    monkeypatch.setattr(tracking_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tracking_server.glob, "glob", lambda pattern: ["/usr/lib/postgresql/9/bin/pg_ctl",
+                                                       "/usr/lib/postgresql/15/bin/pg_ctl"])
+    assert tracking_server.pg_bin() == Path("/usr/lib/postgresql/15/bin")  # 15 > 9 as numbers, not as text
+
+
+def test_tracking_server_without_postgresql_says_how_to_install_it(monkeypatch, tmp_path):
+    from suite import tracking_server
+    monkeypatch.setattr(tracking_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tracking_server.glob, "glob", lambda pattern: [])
+    with pytest.raises(SystemExit) as e:
+        tracking_server.main(["--data", str(tmp_path / "pg"), "--artifacts", str(tmp_path / "art")])
+    assert "PostgreSQL's server is not installed" in str(e.value) and "apt-get install -y postgresql" in str(e.value)
+    assert not (tmp_path / "pg").exists()  # nothing created before the error

@@ -233,17 +233,6 @@ def test_multinode_spread_and_worker_loss(tmp_path, mnist):
         cluster.shutdown()
 
 
-def test_cluster_yaml_validates_like_ray_up():
-    from ray.autoscaler._private.util import prepare_config, validate_config
-    root = Path(__file__).resolve().parent.parent
-    config = prepare_config(yaml.safe_load((root / "cluster.yaml").read_text()))
-    validate_config(config)
-    head = config["available_node_types"][config["head_node_type"]]
-    assert head["resources"] == {"CPU": 0}
-    assert any("mlflow server" in c for c in config["head_start_ray_commands"])
-    assert any("pip install -e" in c for c in config["setup_commands"])
-
-
 def test_eta_counts_ended_trials_as_done_and_expects_asha_stops_in_a_search(tmp_path):
     """An ASHA-stopped recipe has nothing left to train; in a search a pending recipe is expected to
     run as many epochs as the ended ones did on average, not the whole budget."""
