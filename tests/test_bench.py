@@ -299,3 +299,26 @@ def test_a_tiny_widths_run_writes_a_row_per_width_and_the_kernels_at_both_ends(t
     assert all(r["sgd_ms"] > 0 and r["bbb_over_sgd"] == r["bbb_ms"] / r["sgd_ms"] for r in d["widths"])
     assert set(d["kernel_breakdown_by_width"]) == {"4", "8"}
     assert set(d["kernel_breakdown_by_width"]["4"]) == {"SGD", "BBB", "Sparse VD", "ref"}
+
+
+def test_compact_mode_times_nets_that_compute_the_window_forward(tmp_path, capsys):
+    """--compact: the padded and unpadded nets it times compute the same logits as a plain forward over
+    the input window with their unpadded weights, and the JSON holds one row per width."""
+    from suite.bench import compacted
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 784, generator=gen)
+    for padded in (False, True):
+        net = compacted.compacted(67, padded, torch.Generator().manual_seed(2))
+        h = x[:, 67:748]
+        for k, (w, b) in enumerate(net.layers()):
+            h = h @ w.T + b
+            h = h.clamp_min(0) if k < 2 else h
+        torch.testing.assert_close(net(x), h, rtol=1e-5, atol=1e-4)
+        assert net._run_weight_0.shape[0] == (80 if padded else 67)  # 67 units pad to 5 x 16
+    out = tmp_path / "c.json"
+    assert cli.main(["--compact", "60,67", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["compact"]
+    assert [r["width"] for r in rows] == [60, 67]
+    for r in rows:
+        assert r["padded_speedup"] == pytest.approx(r["dense_ms"] / r["padded_ms"])
+    assert "681-67-49-10" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """`python -m suite.bench`: training steps side by side (ours, plain PyTorch, the textbook BBB, the
 peers), the per-kernel breakdown, dense vs sparse inference, the speed targets; prints the tables and
 writes them as JSON, with the machine they ran on. `--processes N` instead times the per-kernel table
-in N fresh processes; `--widths W,W,...` instead races ours SGD, BBB and Sparse VD at each hidden width.
+in N fresh processes; `--widths W,W,...` instead races ours SGD, BBB and Sparse VD at each hidden width;
+`--compact W,W,...` instead times the compacted forward against the dense one by first hidden width.
 Method and figures: docs/performance.md."""
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from .. import latency
 from ..data import default_data_dir
 from ..fpmode import flush_denormals
+from .compacted import print_table as print_compact
+from .compacted import race_compact
 from .inference import inference, isolation
 from .kernels import breakdown, print_breakdown
 from .machine import describe, header
@@ -44,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--widths", type=widths, default=None, metavar="W,W,...",
                       help="instead, race ours SGD, BBB and Sparse VD with two hidden layers of each width "
                            "(784-W-W-10), e.g. 100,400,1200; 'scaling' takes the scaling grid's widths")
+    mode.add_argument("--compact", type=widths, default=None, metavar="W,W,...",
+                      help="instead, time the compacted LeNet-300-100 forward of Sparse VD's natural-level shapes "
+                           "with W first-layer units (e.g. 52,60,64,66,80), unpadded and padded, against the dense "
+                           "forward at batch 1000")
     return ap
 
 
@@ -62,7 +69,7 @@ def widths(value: str) -> list[int]:
     bad = [p for p in parts if not p.isdigit() or int(p) < 1]
     if bad:
         raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a width: give positive integers separated by commas "
-                                         "(e.g. --widths 100,400,1200) or 'scaling'")
+                                         "(e.g. 100,400,1200) or 'scaling'")
     out = [int(p) for p in parts]
     if len(set(out)) != len(out):
         raise argparse.ArgumentTypeError(f"{value}: a width is repeated; give each width once")
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_processes(args, root)
     if args.widths:
         return main_widths(args, root, flushed)
+    if args.compact:
+        return main_compact(args)
     x, y = mnist(root)
     s = args.samples
     for peer, why in missing_peers().items():
@@ -195,6 +204,25 @@ def main_widths(args: argparse.Namespace, root: Path, flushed: bool) -> int:
     print("RATIOS: " + "; ".join(f"width {r['width']}: BBB / SGD = {r['bbb_over_sgd']:.2f}, Sparse VD / SGD = "
                                  f"{r['sparse_vd_over_sgd']:.2f}" for r in rows)
           + f"; load average {load[0]:.1f} -> {load[1]:.1f} on {machine['cores']} cores")
+    return 0
+
+
+def main_compact(args: argparse.Namespace) -> int:
+    """--compact: the compacted forward's speed-up over the dense one at each first-layer width."""
+    machine, load = describe(), [os.getloadavg()[0]]
+    print(header(machine))
+    print(f"load average {load[0]:.1f}; first-layer widths {', '.join(map(str, args.compact))}, batch 1000")
+    if warning := load_warning(load[0], machine["cores"]):
+        print(warning)
+    rows = race_compact(args.compact)
+    print_compact(rows)
+    load.append(os.getloadavg()[0])
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"compact": rows, **machine, "load_average": load}, indent=1))
+    print(f"\nwrote {out}")
+    print("RATIOS: " + "; ".join(f"width {r['width']}: {r['unpadded_speedup']:.2f}x unpadded, {r['padded_speedup']:.2f}x "
+                                 f"padded" for r in rows) + f"; load average {load[0]:.1f} -> {load[1]:.1f}")
     return 0
 
 
