@@ -326,3 +326,18 @@ def test_table_renderings_agree_and_escape():
     assert "acc <%>" in cells and "L<1>" in cells and "<x>" in cells          # escaped, so parsed back as text
     assert [c for row in page.tables[0] for c, cid in row if page.bold(cid)] == ["0.5000 ± 0.1000(n=3)"]
     assert "**0.5000 ± 0.1000 (n=3)**" in t.markdown() and "\\textbf{0.5000 $\\pm$ 0.1000 (n=3)}" in t.latex()
+
+
+def test_width_table_gives_each_cost_and_its_ratio_to_sgd_at_the_same_width():
+    df = pd.DataFrame({"label": ["SGD", "SGD", "BBB", "BBB", "SGD"], "label_order": [0.0, 0.0, 1.0, 1.0, 0.0],
+                       "baseline": [True, True, False, False, True],
+                       "hidden": ["[100, 100]", "[400, 400]", "[100, 100]", "[400, 400]", "[100, 100]"],
+                       "train_wall_s": [3.0, 6.0, 9.0, 30.0, 9.0], "epochs": [3] * 5,
+                       "step_time_ms": [1.0, 4.0, 2.5, 12.0, 3.0]})
+    t = tables.width_table(df, "step_time_ms")
+    # SGD at 100 units: mean of 1.0 and 3.0 = 2.0; BBB 2.5 / 2.0 = 1.25x; at 400: 12 / 4 = 3x
+    assert t.cells.to_dict("index") == {"SGD": {"100": "2.00", "400": "4.00"},
+                                        "BBB": {"100": "2.50 (1.25×)", "400": "12.00 (3.00×)"}}
+    epoch = tables.width_table(df, "time_per_epoch_s")  # train_wall_s / epochs: SGD (1 + 3) / 2 = 2 s at 100
+    assert epoch.cells.loc["BBB", "100"] == "3.00 (1.50×)" and epoch.cells.loc["SGD", "400"] == "2.00"
+    assert tables.width_table(df[df.hidden == "[100, 100]"], "step_time_ms").empty  # one width: no table

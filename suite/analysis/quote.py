@@ -46,6 +46,7 @@ KINDS = {
     "inference": (("dataset",), lambda df, ds: tables.cost_table(df, ds, tables.INFERENCE_COST)),
     "compression": (("dataset",), lambda df, ds: tables.compression_table(df, ds)[0]),
     "speedup": (("dataset",), payoff.speedup_table),
+    "width": (("cost",), tables.width_table),
 }
 LEVEL_METRICS = {**tables.LEVEL_TABLES, **tables.TRUST_TABLES}
 SYNTAX = "<!-- table: RUNS.parquet KIND ARGS [rows=A,B] [columns=X,Y] -->"
@@ -118,6 +119,8 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
     given = dict(zip(names, values))
     if "metric" in given and given["metric"] not in LEVEL_METRICS:
         raise SpecError(f"{where}: no level table of {given['metric']!r}; metrics: {', '.join(LEVEL_METRICS)}.")
+    if "cost" in given and given["cost"] not in tables.WIDTH_METRICS:
+        raise SpecError(f"{where}: no width table of {given['cost']!r}; costs: {', '.join(tables.WIDTH_METRICS)}.")
     path = (block.path.parent / file).resolve()
     if path not in runs:
         try:
@@ -125,11 +128,12 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
         except AnalysisError as e:
             raise SpecError(f"{where}: {e} (the path is relative to the markdown file's folder)") from None
     df = runs[path]
-    if given["dataset"] not in set(df.dataset):
+    if "dataset" in given and given["dataset"] not in set(df.dataset):
         raise SpecError(f"{where}: {file} has no dataset {given['dataset']!r}; it has {', '.join(sorted(set(df.dataset)))}.")
     t = builder(df, *values)
     if t.empty:
-        raise SpecError(f"{where}: {file} has no run that logged a {kind} table for {given['dataset']}.")
+        about = f" for {given['dataset']}" if "dataset" in given else " (runs of one width only)"
+        raise SpecError(f"{where}: {file} has no run that logged a {kind} table{about}.")
     t = select(t, filters, where)
     text = t.markdown()
     note = [tables.COLLAPSED_NOTE, ""] if tables.DAGGER in text else []

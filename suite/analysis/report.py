@@ -153,12 +153,26 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
         if not inference.empty:
             sec.subsections.append(Section("Inference cost", [Block("table", table=inference.write(tdir, f"inference_{ds}"))]))
         sections.append(sec)
+    if scaled := width_blocks(df, tdir):
+        sections.append(Section("Cost vs width", scaled))
     sections.append(compression_section(exp, out))
     sections.append(payoff_section(exp, out))
     sections.append(trust_section(exp, out))
     sections.append(reference_section(df, tdir))
     sections.append(plot_section(exp, out))
     return intro, sections
+
+
+def width_blocks(df: pd.DataFrame, tdir: Path) -> list[Block]:
+    """The scaling grid's tables: each cost metric per method and width, with its ratio to SGD's."""
+    blocks = []
+    for metric, (what, _digits) in tables.WIDTH_METRICS.items():
+        t = tables.width_table(df, metric)
+        if not t.empty:
+            blocks += [text(f"**{what[0].upper() + what[1:]}** by hidden width (two layers), mean over seeds; in "
+                            "brackets the ratio to SGD's at the same width.", note=True),
+                       Block("table", table=t.write(tdir, f"width_{metric}"))]
+    return blocks
 
 
 def footnote(df: pd.DataFrame, ds: str) -> list[Block]:

@@ -206,6 +206,37 @@ def cost_table(df: pd.DataFrame, dataset: str, columns=TRAINING_COST) -> Table:
     return Table(pd.DataFrame.from_dict(rows, orient="index").dropna(axis=1, how="all"))
 
 
+# the scaling grid's per-width columns: (metric, what it is, digits)
+WIDTH_METRICS = {"step_time_ms": ("median ms per training step", 2), "time_per_epoch_s": ("seconds per epoch", 2),
+                 "peak_mem_mb": ("peak memory added by training, MB", 0)}
+
+
+def widths(df: pd.DataFrame) -> pd.Series:
+    """The first hidden layer's width of each run ("[400, 400]" -> 400)."""
+    return df.hidden.map(lambda h: int(str(h).strip("[]").split(",")[0]) if pd.notna(h) else np.nan)
+
+
+def width_table(df: pd.DataFrame, metric: str) -> Table:
+    """Per label and hidden width (the scaling grid's runs): the metric, mean over seeds, and beside it
+    the ratio to SGD's at the same width, so how a method's cost grows against SGD's reads along a row.
+    Empty unless the runs span more than one width."""
+    d = df.copy()
+    d["width"], d["time_per_epoch_s"] = widths(d), d["train_wall_s"] / d["epochs"]
+    if d.width.nunique() < 2 or metric not in d:
+        return Table(pd.DataFrame())
+    means = d.groupby(["label", "width"])[metric].mean().unstack()
+    base = means.loc[baseline_label(d)] if baseline_label(d) in means.index else None
+    digits = WIDTH_METRICS[metric][1]
+    cells = pd.DataFrame(index=[lb for lb in ordered_labels(d) if lb in means.index], columns=means.columns, dtype=object)
+    for label in cells.index:
+        for w in cells.columns:
+            v = means.at[label, w]
+            ratio = f" ({v / base[w]:.2f}×)" if base is not None and label != baseline_label(d) and pd.notna(v) else ""
+            cells.at[label, w] = "-" if pd.isna(v) else f"{v:.{digits}f}{ratio}"
+    cells.columns = [str(w) for w in cells.columns]
+    return Table(cells)
+
+
 def error_target(df: pd.DataFrame, dataset: str) -> tuple[float, str]:
     """(error bar, how it was set) for the compression table of a dataset."""
     kind, value = ERROR_TARGETS.get(dataset, DEFAULT_TARGET)
