@@ -169,8 +169,8 @@ def width_blocks(df: pd.DataFrame, tdir: Path) -> list[Block]:
     for metric, (what, _digits) in tables.WIDTH_METRICS.items():
         t = tables.width_table(df, metric)
         if not t.empty:
-            blocks += [text(f"**{what[0].upper() + what[1:]}** by hidden width (two layers), mean over seeds; in "
-                            "brackets the ratio to SGD's at the same width.", note=True),
+            blocks += [text(f"**{what[0].upper() + what[1:]}** by the first hidden layer's width, mean over the runs "
+                            "(seeds, datasets); in brackets the ratio to the baseline's at the same width.", note=True),
                        Block("table", table=t.write(tdir, f"width_{metric}"))]
     return blocks
 

@@ -217,9 +217,9 @@ def widths(df: pd.DataFrame) -> pd.Series:
 
 
 def width_table(df: pd.DataFrame, metric: str) -> Table:
-    """Per label and hidden width (the scaling grid's runs): the metric, mean over seeds, and beside it
-    the ratio to SGD's at the same width, so how a method's cost grows against SGD's reads along a row.
-    Empty unless the runs span more than one width."""
+    """Per label and first hidden width (the scaling grid's runs): the metric, mean over the runs, and
+    beside it the ratio to the baseline label's (SGD's) at the same width, so how a method's cost grows
+    against SGD's reads along a row. Empty unless the runs span more than one width."""
     d = df.copy()
     d["width"], d["time_per_epoch_s"] = widths(d), d["train_wall_s"] / d["epochs"]
     if d.width.nunique() < 2 or metric not in d:
