@@ -17,7 +17,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from . import compression, payoff, references, trust  # noqa: E402
 from .load import DATASET_NAMES, NAT, Experiment, by_level, level_key, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
-from .tables import epochs_text, level_name  # noqa: E402
+from .tables import epochs_text, level_name, widths  # noqa: E402
 
 
 def palette(df: pd.DataFrame) -> dict[str, str]:
@@ -333,9 +333,8 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
     """Time per epoch vs width (scaling grid) and sweep throughput vs concurrent workers."""
     df = exp.runs.copy()
     paths = []
-    widths = df.hidden.dropna().map(lambda h: int(str(h).strip("[]").split(",")[0]))
-    if widths.nunique() > 1:
-        df["width"] = widths
+    df["width"] = widths(df)
+    if df.width.nunique() > 1:
         df["time_per_epoch_s"] = df.train_wall_s / df.epochs
         panels = [("time_per_epoch_s", "seconds per epoch (incl. validation)"),
                   ("step_time_ms", "ms per training step (median)"), ("peak_mem_mb", "peak memory added by training (MB)"),

@@ -225,13 +225,14 @@ def width_table(df: pd.DataFrame, metric: str) -> Table:
     if d.width.nunique() < 2 or metric not in d:
         return Table(pd.DataFrame())
     means = d.groupby(["label", "width"])[metric].mean().unstack()
-    base = means.loc[baseline_label(d)] if baseline_label(d) in means.index else None
+    base_label = baseline_label(d)
+    base = means.loc[base_label] if base_label in means.index else None
     digits = WIDTH_METRICS[metric][1]
     cells = pd.DataFrame(index=[lb for lb in ordered_labels(d) if lb in means.index], columns=means.columns, dtype=object)
     for label in cells.index:
         for w in cells.columns:
             v = means.at[label, w]
-            ratio = f" ({v / base[w]:.2f}×)" if base is not None and label != baseline_label(d) and pd.notna(v) else ""
+            ratio = f" ({v / base[w]:.2f}×)" if base is not None and label != base_label and pd.notna(v) else ""
             cells.at[label, w] = "-" if pd.isna(v) else f"{v:.{digits}f}{ratio}"
     cells.columns = [str(w) for w in cells.columns]
     return Table(cells)
