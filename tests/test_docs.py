@@ -3,8 +3,8 @@
 Commands are the lines of fenced code blocks that start with `python -m suite.` (a line continuing
 another command, e.g. inside `ray job submit ... \\`, is part of that command, not one of its own).
 Each runs from an empty folder against an empty MLflow store, cut down so it finishes in seconds:
-grids and searches with `--dry-run`, one trial with tiny sizes, the report against a store that
-lacks the experiment or a runs file that is not there (it must fail with its own one-line error,
+grids and searches with `--dry-run` (a grid file named by path is the repository's), one trial
+with tiny sizes, the report against a store that lacks the experiment or a runs file that is not there (it must fail with its own one-line error,
 which it reaches only after its flags parsed; so must runs-file export / import and the model
 export, which need a store or a file with runs), the bench with `--help` (every flag shown must be
 one it lists).
@@ -106,6 +106,8 @@ def test_documented_command_runs(page, argv, tmp_path):
     if module in ("suite.run", "suite.search"):
         if "--export-grid" in argv:
             argv = _with_value(argv, "--export-grid", str(tmp_path / "exported.yaml"))
+        if "--grid" in argv and argv[argv.index("--grid") + 1].endswith(".yaml"):   # a grid file in the repository
+            argv = _with_value(argv, "--grid", str(ROOT / argv[argv.index("--grid") + 1]))
         r = _run(argv if "--dry-run" in argv else [*argv, "--dry-run"], tmp_path, uri)
         assert r.returncode == 0, f"{page}: {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
         assert " pending" in r.stdout, "the dry run lists the expanded points, none finished in an empty store"
