@@ -4,10 +4,10 @@ Commands are the lines of fenced code blocks that start with `python -m suite.` 
 another command, e.g. inside `ray job submit ... \\`, is part of that command, not one of its own).
 Each runs from an empty folder against an empty MLflow store, cut down so it finishes in seconds:
 grids and searches with `--dry-run` (a grid file named by path is the repository's), one trial
-with tiny sizes, the report against a store that lacks the experiment or a runs file that is not there (it must fail with its own one-line error,
-which it reaches only after its flags parsed; so must runs-file export / import and the model
-export, which need a store or a file with runs), the bench with `--help` (every flag shown must be
-one it lists).
+with tiny sizes, the report against a store that lacks the experiment or a runs file that is not
+there (it must fail with its own one-line error, which it reaches only after its flags parsed; so
+must runs-file export / import and the model export, which need a store or a file with runs), the
+bench with `--help` (every flag shown must be one it lists).
 """
 import json
 import os
