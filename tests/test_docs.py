@@ -80,6 +80,15 @@ def test_readme_is_short_and_its_links_exist():
     assert not missing
 
 
+def test_the_grid_table_counts_every_shipped_grid():
+    """docs/grids.md's trial counts are the expansions of the grid files, and every grid is listed."""
+    from suite.config import load_grid
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| (\d+) \|", (ROOT / "docs" / "grids.md").read_text(), re.M))
+    shipped = {p.stem for p in (ROOT / "suite" / "grids").glob("*.yaml")}
+    assert set(rows) == shipped
+    assert {g: len(load_grid(g).trials) for g in shipped} == {g: int(n) for g, n in rows.items()}
+
+
 def test_every_page_is_in_the_site_navigation():
     nav = set(re.findall(r":\s*([\w-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M))
     assert {p.name for p in PAGES[1:]} <= nav
