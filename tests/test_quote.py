@@ -110,6 +110,8 @@ def test_a_changed_number_fails_check_naming_the_block(folder, capsys):
     ("other.parquet level test_acc mnist", "no runs file"),
     ("runs.parquet width memory", "no width table of 'memory'; costs: step_time_ms, time_per_epoch_s, peak_mem_mb"),
     ("runs.parquet width step_time_ms", "has no run that logged a width table (runs of one width only)"),
+    ("runs.parquet concurrency", "has no run that logged a concurrency table (no --concurrency sweep level finished)"),
+    ("runs.parquet concurrency 2", "concurrency takes no arguments; got 2"),
 ])
 def test_a_bad_spec_is_one_error_naming_its_line_before_anything_is_written(folder, capsys, spec, error):
     path = readme(folder, SPEC, spec)

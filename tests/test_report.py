@@ -328,6 +328,25 @@ def test_table_renderings_agree_and_escape():
     assert "**0.5000 ± 0.1000 (n=3)**" in t.markdown() and "\\textbf{0.5000 $\\pm$ 0.1000 (n=3)}" in t.latex()
 
 
+def test_concurrency_table_gives_each_levels_throughput_speedup_and_efficiency():
+    # two levels of 3 trials: at 1, 600 s of wall (18 trials/hour); at 2, 400 s (27 trials/hour), so
+    # 27 / 18 = 1.5x and 1.5 / 2 = 75 % of linear; slots busy = the trials' own time / (wall x concurrency):
+    # 600 / (600 x 1) = 100 %, 720 / (400 x 2) = 90 %; an interrupted level (no throughput) and a run
+    # outside any sweep are left out
+    df = pd.DataFrame({"run_id": list("abcdefgh"), "sweep": ["s-c1"] * 3 + ["s-c2"] * 3 + ["s-c4", ""],
+                       "concurrency": ["1"] * 3 + ["2"] * 3 + ["4", None],
+                       "sweep_trials_per_hour": [18.0] * 3 + [27.0] * 3 + [np.nan, np.nan],
+                       "sweep_wall_s": [600.0] * 3 + [400.0] * 3 + [np.nan, np.nan],
+                       "total_wall_s": [100.0, 300.0, 200.0, 250.0, 200.0, 270.0, 50.0, 10.0]})
+    t = tables.concurrency_table(df)
+    assert t.cells.to_dict("records") == [
+        {"concurrent trials": "1", "sweep": "s-c1", "trials": "3", "wall (s)": "600", "trials / hour": "18.0",
+         "speed-up": "1.00×", "efficiency": "100%", "median trial (s)": "200.0", "slots busy": "100%"},
+        {"concurrent trials": "2", "sweep": "s-c2", "trials": "3", "wall (s)": "400", "trials / hour": "27.0",
+         "speed-up": "1.50×", "efficiency": "75%", "median trial (s)": "250.0", "slots busy": "90%"}]
+    assert tables.concurrency_table(df[df.sweep == ""]).empty
+
+
 def test_width_table_gives_each_cost_and_its_ratio_to_sgd_at_the_same_width():
     df = pd.DataFrame({"label": ["SGD", "SGD", "BBB", "BBB", "SGD"], "label_order": [0.0, 0.0, 1.0, 1.0, 0.0],
                        "baseline": [True, True, False, False, True],

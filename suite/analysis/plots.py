@@ -17,7 +17,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from . import compression, payoff, references, trust  # noqa: E402
 from .load import DATASET_NAMES, NAT, Experiment, by_level, level_key, npz_artifact, ordered_datasets, ordered_labels  # noqa: E402
-from .tables import epochs_text, level_name, widths  # noqa: E402
+from .tables import concurrency_frame, epochs_text, level_name, widths  # noqa: E402
 
 
 def palette(df: pd.DataFrame) -> dict[str, str]:
@@ -348,19 +348,14 @@ def scaling(exp: Experiment, out: Path) -> list[Path]:
                    title=ylabel.split(" (")[0].capitalize() + " vs width")
             ax.legend(title="method")
         paths.append(_save(fig, out / "scaling_width.png"))
-    # a sweep interrupted before its level finished has no throughput yet: it is left out
-    sw = df[df.concurrency.notna() & (df.sweep != "")] if "sweep_trials_per_hour" in df else df.iloc[:0]
-    sw = sw[sw.sweep_trials_per_hour.notna()] if not sw.empty else sw
-    if not sw.empty:
-        agg = []
-        for (_sweep, conc), g in sw.groupby(["sweep", "concurrency"]):
-            agg.append({"concurrency": int(conc), "trials_per_hour": float(g["sweep_trials_per_hour"].iloc[0])})
-        a = pd.DataFrame(agg).sort_values("concurrency")
+    a = concurrency_frame(df)
+    if not a.empty:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.plot(a.concurrency, a.trials_per_hour, marker="o", label="measured")
         base = a.trials_per_hour.iloc[0] / a.concurrency.iloc[0]
         ax.plot(a.concurrency, base * a.concurrency, ls=":", color="grey", label="linear scaling")
-        ax.set(title="Sweep throughput vs concurrent trials", xlabel="concurrent trials", ylabel="trials per hour")
+        ax.set(title="Sweep throughput vs concurrent trials", xlabel="concurrent trials", ylabel="trials per hour",
+               xticks=sorted(a.concurrency.unique()))
         ax.legend()
         paths.append(_save(fig, out / "scaling_concurrency.png"))
     return paths

@@ -47,6 +47,7 @@ KINDS = {
     "compression": (("dataset",), lambda df, ds: tables.compression_table(df, ds)[0]),
     "speedup": (("dataset",), payoff.speedup_table),
     "width": (("cost",), tables.width_table),
+    "concurrency": ((), tables.concurrency_table),
 }
 LEVEL_METRICS = {**tables.LEVEL_TABLES, **tables.TRUST_TABLES}
 SYNTAX = "<!-- table: RUNS.parquet KIND ARGS [rows=A,B] [columns=X,Y] -->"
@@ -115,7 +116,8 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
     file, kind, values = args[0], args[1], args[2:]
     names, builder = KINDS[kind]
     if len(values) != len(names):
-        raise SpecError(f"{where}: {kind} takes {' '.join(n.upper() for n in names)}; got {' '.join(values) or 'nothing'}.")
+        takes = " ".join(n.upper() for n in names) or "no arguments"
+        raise SpecError(f"{where}: {kind} takes {takes}; got {' '.join(values) or 'nothing'}.")
     given = dict(zip(names, values))
     if "metric" in given and given["metric"] not in LEVEL_METRICS:
         raise SpecError(f"{where}: no level table of {given['metric']!r}; metrics: {', '.join(LEVEL_METRICS)}.")
@@ -132,7 +134,8 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
         raise SpecError(f"{where}: {file} has no dataset {given['dataset']!r}; it has {', '.join(sorted(set(df.dataset)))}.")
     t = builder(df, *values)
     if t.empty:
-        about = f" for {given['dataset']}" if "dataset" in given else " (runs of one width only)"
+        about = (f" for {given['dataset']}" if "dataset" in given else " (runs of one width only)" if kind == "width"
+                 else " (no --concurrency sweep level finished)")
         raise SpecError(f"{where}: {file} has no run that logged a {kind} table{about}.")
     t = select(t, filters, where)
     text = t.markdown()

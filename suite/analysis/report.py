@@ -119,7 +119,8 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
     sweeps = sorted(s for s in df.sweep.unique() if s)
     if sweeps:
         intro.append(f"This experiment holds {len(sweeps)} concurrency sweeps ({', '.join(sweeps)}) of the same grid: the tables "
-                     "pool their repeated runs of each grid point; see the throughput plot.")
+                     "pool their repeated runs of each grid point; the throughput of each level is under "
+                     "'Throughput vs concurrent trials'.")
     clash = df.groupby(["dataset", "label", "seed"]).grid_key.nunique()
     if not sweeps and (clash > 1).any():
         intro.append("Note: some cells pool grid points that differ in more than the seed (e.g. epochs or width); "
@@ -155,6 +156,15 @@ def build_sections(exp: Experiment, out: Path, against: Experiment | None = None
         sections.append(sec)
     if scaled := width_blocks(df, tdir):
         sections.append(Section("Cost vs width", scaled))
+    if not (levels := tables.concurrency_table(df)).empty:
+        sections.append(Section("Throughput vs concurrent trials", [
+            Block("table", table=levels.write(tdir, "concurrency")),
+            text("Each level of the `--concurrency` sweep trained the whole grid with that many trials at once. "
+                 "Speed-up = trials per hour / the lowest level's; efficiency = speed-up / the added concurrency "
+                 "(1 = linear scaling); median trial = the median run's own total_wall_s, which grows when trials "
+                 "share cores, memory bandwidth and caches; slots busy = the runs' total_wall_s summed / (wall x "
+                 "concurrent trials), the rest being worker start-up, the driver, and slots idle while the last "
+                 "trials finish.", note=True)]))
     sections.append(compression_section(exp, out))
     sections.append(payoff_section(exp, out))
     sections.append(trust_section(exp, out))

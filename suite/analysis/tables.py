@@ -238,6 +238,42 @@ def width_table(df: pd.DataFrame, metric: str) -> Table:
     return Table(cells)
 
 
+def concurrency_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per level of a `--concurrency` sweep, by concurrent trials: its finished trials, wall time
+    and trials per hour (logged by the driver on every run of the level), the speed-up over the lowest
+    level, the efficiency (speed-up / added concurrency: 1 = linear), the median trial's own
+    total_wall_s (how much each trial slows when it shares the machine) and the share of the level's
+    slot time (wall x concurrency) spent inside trials (the rest: worker start-up, the driver, and slots
+    idle at the end while the last trials finish). A level interrupted before it finished logged no
+    throughput and is left out."""
+    if "sweep_trials_per_hour" not in df or "concurrency" not in df:
+        return pd.DataFrame()
+    d = df[(df.sweep != "") & df.concurrency.notna() & df.sweep_trials_per_hour.notna()]
+    if d.empty:
+        return pd.DataFrame()
+    a = (d.groupby("sweep").agg(concurrency=("concurrency", lambda c: int(c.iloc[0])), trials=("run_id", "size"),
+                                wall_s=("sweep_wall_s", "first"), trials_per_hour=("sweep_trials_per_hour", "first"),
+                                trial_s=("total_wall_s", "median"), busy_s=("total_wall_s", "sum"))
+         .sort_values(["concurrency", "sweep"]).reset_index())
+    low = a.iloc[0]
+    a["speedup"] = a.trials_per_hour / low.trials_per_hour
+    a["efficiency"] = a.speedup / (a.concurrency / low.concurrency)
+    a["busy"] = a.busy_s / (a.wall_s * a.concurrency)
+    return a
+
+
+def concurrency_table(df: pd.DataFrame) -> Table:
+    """The `--concurrency` sweep's levels as a table (concurrency_frame)."""
+    a = concurrency_frame(df)
+    if a.empty:
+        return Table(pd.DataFrame())
+    cells = pd.DataFrame({"concurrent trials": a.concurrency.astype(str), "sweep": a.sweep, "trials": a.trials.astype(str),
+                          "wall (s)": a.wall_s.map("{:.0f}".format), "trials / hour": a.trials_per_hour.map("{:.1f}".format),
+                          "speed-up": a.speedup.map("{:.2f}×".format), "efficiency": a.efficiency.map("{:.0%}".format),
+                          "median trial (s)": a.trial_s.map("{:.1f}".format), "slots busy": a.busy.map("{:.0%}".format)})
+    return Table(cells, index=False)
+
+
 def error_target(df: pd.DataFrame, dataset: str) -> tuple[float, str]:
     """(error bar, how it was set) for the compression table of a dataset."""
     kind, value = ERROR_TARGETS.get(dataset, DEFAULT_TARGET)
