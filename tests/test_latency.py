@@ -48,6 +48,32 @@ def test_forwards_are_timed_side_by_side(monkeypatch):
     assert ms == pytest.approx({"a": 1.0, "b": 1.0})  # two clock readings per call, 1 ms apart
 
 
+def test_dense_forward_is_timed_on_weights_computed_before_the_timing(monkeypatch):
+    """L0's point weights are theta times a gate computed from log alpha; a deployed dense net
+    stores them, so no timed forward may compute them again (at batch 1 that was most of the call)."""
+    m = pruned("l0", 0.5)
+    state = {"timing": False, "computed_while_timing": 0}
+    point_weights = type(m).point_weights
+
+    def counted(self):
+        state["computed_while_timing"] += state["timing"]
+        return point_weights(self)
+
+    def timing(fns, device, **kw):
+        state["timing"] = True
+        try:
+            return medians_ms(fns, device, **kw)
+        finally:
+            state["timing"] = False
+
+    medians_ms = latency.medians_ms
+    monkeypatch.setattr(type(m), "point_weights", counted)
+    monkeypatch.setattr(latency, "medians_ms", timing)
+    out, _ = latency.measure(m, torch.rand(1000, 784), "p50")
+    assert out["latency_dense_b1_ms_p50"] > 0
+    assert state["computed_while_timing"] == 0
+
+
 def test_other_forwards_are_timed_beside_dense_only_if_they_agree_with_it():
     m = pruned("sgd", 0.9)
     x = torch.rand(1000, 784)
