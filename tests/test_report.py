@@ -168,6 +168,24 @@ def test_compression_is_weights_only_from_per_layer_sparsity(lenet):
     assert "counts pruned biases" in bar and t.cells.compression.str.endswith(" *").any()
 
 
+def test_compression_counts_the_point_estimate_where_the_compaction_metrics_say_it(lenet):
+    """L0's logged sparsities come from one sampled-gate forward, which closes more weights than the
+    deterministic net whose accuracy is shown; flops_nonzero / flops_dense (2 per weight) count that net."""
+    exp, _ = lenet
+    runs = exp.runs.copy()
+    nat = runs["test_acc_nat"].notna()
+    runs.loc[nat, "flops_dense_nat"] = 2.0 * sum(SIZES)
+    runs.loc[nat, "flops_nonzero_nat"] = 2.0 * 20_000          # 20k of 266.2k weights left
+    lv = compression.levels(runs)
+    assert lv[lv.level == "nat"].compression.to_numpy() == pytest.approx(sum(SIZES) / 20_000)  # 13.31x
+    cell = tables.level_table(runs, "test_acc", "mnist").cells.loc["Sparse VD", "natural"]
+    assert cell.endswith(f"@ {1 - 20_000 / sum(SIZES):.1%} sparse (n=3)")                 # 92.5 %, not 97.9 %
+    assert 1 - 20_000 / sum(SIZES) < np.dot(SIZES, NAT_LAYERS) / sum(SIZES)
+    # the measured-sparsity table shows what was measured (on a sample), not the nominal level
+    runs.loc[nat, "sparsity_p50"] = 0.61
+    assert tables.level_table(runs, "sparsity", "mnist").cells.loc["Sparse VD", "50 %"].startswith("0.6100 ± 0.0000")
+
+
 def test_compression_table_finds_the_highest_level_under_the_bar(lenet):
     exp, _ = lenet
     t, bar = tables.compression_table(exp.runs, "mnist")

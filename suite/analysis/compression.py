@@ -1,10 +1,12 @@
 """Compression ratio of each pruned level: dense weights / nonzero weights, weights only (biases are not
 counted, as in Han et al. 2015 Table 1 and Molchanov et al. 2017 Table 1's |W| / |W != 0|).
 
-Exact when the run logged the measured per-layer weight sparsities `sparsity_l{i}_<level>` (layers
-weighted by their sizes 784 x h1, h1 x h2, ..., hL x 10 from the `hidden` param); otherwise it falls
-back to the overall `sparsity_<level>`, which also counts biases when the run pruned them (flagged in
-`exact`).
+Counted on the point-estimate net the accuracy is measured on: from `flops_nonzero_<level>` /
+`flops_dense_<level>` (2 FLOPs per weight, so exactly nonzero / dense weights) where logged. Older runs:
+from the per-layer weight sparsities `sparsity_l{i}_<level>` (layers weighted by their sizes 784 x h1,
+h1 x h2, ..., hL x 10 from the `hidden` param), measured on one weight sample (the same zeros as the
+point estimate for every method but L0, load.weights_removed), else the overall `sparsity_<level>`,
+which also counts biases when the run pruned them (flagged in `exact`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def layer_sizes(hidden: str) -> list[int]:
 
 def _nonzero_fraction(run: pd.Series, level: str) -> tuple[float, bool]:
     """(fraction of weights left, exact?) of one run at one level (pNN or nat)."""
+    flops = run.get(f"flops_nonzero_{level}", np.nan) / run.get(f"flops_dense_{level}", np.nan)
+    if not np.isnan(flops):
+        return float(flops), True
     sizes = layer_sizes(run["hidden"])
     per_layer = [run.get(f"sparsity_l{i}_{level}", np.nan) for i in range(1, len(sizes) + 1)]
     if not np.isnan(per_layer).any():

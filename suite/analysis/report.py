@@ -298,9 +298,9 @@ def compression_section(exp: Experiment, out: Path) -> Section:
     df, sec = exp.runs, Section("Compression")
     figs = {p.stem.removeprefix("error_vs_compression_"): p
             for p in plots.error_vs_compression(exp, out / "plots", error_bars(df))}
-    sec.blocks.append(text("Compression ratio = dense weights / nonzero weights of the network the forward pass uses, "
-                           "weights only (biases not counted), from the measured per-layer sparsities where logged. "
-                           "Final-epoch numbers."))
+    sec.blocks.append(text("Compression ratio = dense weights / nonzero weights of the network whose accuracy is "
+                           "shown (the point estimate), weights only (biases not counted), counted by the compaction "
+                           "metrics where logged, else from the measured per-layer sparsities. Final-epoch numbers."))
     for ds in ordered_datasets(df):
         t, bar = tables.compression_table(df, ds)
         if t.empty:

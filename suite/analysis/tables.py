@@ -23,7 +23,10 @@ LEVEL_TABLES = {
     "test_nll_mc": ("Ensemble test NLL", "Monte Carlo ensemble, nats per example", False),
     "test_ece": ("Test ECE", "expected calibration error, 15 bins", False),
     "test_ece_mc": ("Ensemble test ECE", "Monte Carlo ensemble, expected calibration error, 15 bins", False),
-    "sparsity": ("Measured sparsity", "fraction of zeros among the weights the forward pass multiplies with", None),
+    "sparsity": ("Measured sparsity",
+                 ("fraction of zeros among the weights one forward pass multiplies with, on a weight sample for "
+                  "stochastic methods (L0's sampled gates close more weights than its deterministic net, "
+                  "whose count the Compression section uses)"), None),
 }
 # the uncertainty section's level tables (suite/ood.py): OOD = the other dataset's test images
 TRUST_TABLES = {
@@ -164,7 +167,7 @@ def level_table(df: pd.DataFrame, metric: str, dataset: str) -> Table:
     if s.empty:
         return Table(pd.DataFrame())
     # a natural-level cell also says which sparsity the method chose (not needed in the sparsity table itself)
-    nat_sp = d.groupby("label")["sparsity_nat"].mean() if "sparsity_nat" in d and metric != "sparsity" else {}
+    nat_sp = long[long.level == NAT].groupby("label")["sparsity"].mean() if metric != "sparsity" else {}
     dead = collapsed_cells(d, long, ["label", "level"])
     s["cell"] = [cell(m, sd, n, note=" ".join(filter(None, (f"@ {nat_sp[lab]:.1%} sparse" if lv == NAT and lab in nat_sp
                                                             else "", DAGGER if dead[(lab, lv)] else ""))))
