@@ -43,7 +43,7 @@ def rebuilt(tmp_path_factory) -> dict[Path, Path]:
 
 
 def test_every_results_folder_with_a_runs_file_is_checked():
-    assert {p.name for p in GRIDS} >= {"full", "lenet", "scaling"}
+    assert {p.name for p in GRIDS} >= {"full", "lenet", "scaling", "tuned"}
 
 
 @pytest.mark.parametrize("folder", GRIDS, ids=[p.name for p in GRIDS])
