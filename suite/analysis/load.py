@@ -204,9 +204,9 @@ def by_level(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame(columns=[*keep, "level", "sparsity", metric])
     long = df.melt(id_vars=keep, value_vars=list(cols), var_name="col", value_name=metric).dropna(subset=[metric])
     long["level"] = long["col"].map(cols)
-    nominal = long["level"].map(lambda lv: np.nan if lv == NAT else int(lv[1:]) / 100)
-    measured = long["run_id"].map(pd.Series(weights_removed(df, NAT).to_numpy(), index=df["run_id"]))
     if metric != "sparsity":
+        nominal = long["level"].map(lambda lv: np.nan if lv == NAT else int(lv[1:]) / 100)
+        measured = long["run_id"].map(pd.Series(weights_removed(df, NAT).to_numpy(), index=df["run_id"]))
         long["sparsity"] = nominal.where(long["level"] != NAT, measured)
     return long.drop(columns="col")
 
