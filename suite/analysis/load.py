@@ -11,6 +11,7 @@ so like-for-like checks can compare any of them.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tempfile
@@ -180,24 +181,37 @@ def level_key(level: str) -> float:
     return np.inf if level == NAT else int(level[1:])
 
 
-def weights_removed(df: pd.DataFrame, level: str) -> pd.Series:
-    """Per run (df's rows): fraction of zero weights, biases not counted, of the point-estimate net
-    evaluated at `level`, the net test_acc_* is measured on: 1 - flops_nonzero / flops_dense
-    (suite.compact counts 2 FLOPs per weight). Runs without those metrics fall back to the measured
-    `sparsity_<level>`, which is taken on one weight sample: the same zeros for every method but L0,
-    whose sampled gates close more weights than its deterministic ones (up to 16 points more in
-    results/lenet/)."""
-    nonzero, dense, sampled = (f"flops_nonzero_{level}", f"flops_dense_{level}", f"sparsity_{level}")
-    fallback = df[sampled] if sampled in df else pd.Series(np.nan, index=df.index)
-    if nonzero not in df or dense not in df:
-        return fallback
-    return (1 - df[nonzero] / df[dense]).fillna(fallback)
+IN_FEATURES, CLASSES = 784, 10  # both datasets are 28 x 28 grey images of 10 classes
+
+
+def layer_sizes(hidden: str) -> list[int]:
+    """Weights per linear layer of 784-hidden...-10, from the `hidden` param (a JSON list)."""
+    dims = [IN_FEATURES, *json.loads(hidden), CLASSES]
+    return [a * b for a, b in zip(dims, dims[1:])]
+
+
+def weights_left(run: pd.Series, level: str) -> tuple[float, bool]:
+    """(fraction of weights left, biases not counted; exact?) of one run at one level (pNN or nat), in
+    the point-estimate net the accuracy is measured on: flops_nonzero / flops_dense where logged
+    (suite.compact counts 2 FLOPs per weight). Older runs: the per-layer `sparsity_l{i}_<level>`
+    weighted by layer size, else the overall `sparsity_<level>`, which counts biases when the run
+    pruned them (exact False). Both are measured on one weight sample: the point estimate's zeros for
+    every method but L0, whose sampled gates close more weights (up to 16 points in results/lenet/)."""
+    flops = run.get(f"flops_nonzero_{level}", np.nan) / run.get(f"flops_dense_{level}", np.nan)
+    if not np.isnan(flops):
+        return float(flops), True
+    sizes = layer_sizes(run["hidden"])
+    per_layer = [run.get(f"sparsity_l{i}_{level}", np.nan) for i in range(1, len(sizes) + 1)]
+    if not np.isnan(per_layer).any():
+        return float(np.dot(sizes, 1 - np.asarray(per_layer)) / sum(sizes)), True
+    biases = str(run.get("param.prune_biases", "False")).lower() == "true"
+    return 1 - float(run.get(f"sparsity_{level}", np.nan)), not biases
 
 
 def by_level(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Long format of a per-level metric: one row per run and level. `level` is pNN or nat; `sparsity`
-    is the nominal fraction for pNN and, for nat, the run's weights_removed at its natural level
-    (for metric 'sparsity' itself: the measured values, not replaced)."""
+    is the nominal fraction for pNN and, for nat, the fraction of weights the run's natural level
+    removed (weights_left); for metric 'sparsity' itself the measured values are kept."""
     cols = {c: m["level"] for c in df.columns if (m := LEVEL.match(c)) and m["metric"] == metric}
     keep = ["run_id", "label", "dataset", "seed"]
     if not cols:
@@ -206,8 +220,9 @@ def by_level(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     long["level"] = long["col"].map(cols)
     if metric != "sparsity":
         nominal = long["level"].map(lambda lv: np.nan if lv == NAT else int(lv[1:]) / 100)
-        measured = long["run_id"].map(pd.Series(weights_removed(df, NAT).to_numpy(), index=df["run_id"]))
-        long["sparsity"] = nominal.where(long["level"] != NAT, measured)
+        runs = df.set_index("run_id")
+        nat = {r: 1 - weights_left(runs.loc[r], NAT)[0] for r in long.loc[long["level"] == NAT, "run_id"].unique()}
+        long["sparsity"] = nominal.where(long["level"] != NAT, long["run_id"].map(nat))
     return long.drop(columns="col")
 
 
