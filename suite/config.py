@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from .methods import METHODS, Params
-from .protocols import PROTOCOLS
+from .params import Params
+from .registry import METHODS, PROTOCOLS
 
 DATASETS = ("mnist", "fmnist")
 OPTIMIZERS = ("adam", "sgd")
@@ -51,6 +51,12 @@ V1_KEY_DEFAULTS = {
 RELEASED_KEY_DEFAULTS = {
     "sparse_vd": {"kl_warmup": []},  # Molchanov et al.'s warm-up became the default (it collapsed without)
 }
+# The retraining protocols' settings were common fields, with these defaults, until protocols owned
+# their settings: the key still compares against them, and a config written then (which carries all
+# of them under every protocol, e.g. a run's config.json) still loads: under a protocol that does not
+# own a setting, its released value is accepted and dropped, any other value is an error, as it was.
+RELEASED_PROTOCOL_SETTINGS = {"finetune_epochs": 0, "finetune_lr": None, "gradual_epochs": [], "gradual_interval": 100,
+                              "iterative_fraction": 0.5, "rewind_epoch": -1}
 
 
 class ConfigError(ValueError):
@@ -59,11 +65,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, init=False)
 class TrialConfig:
-    """One grid point: the fields every method shares, plus the method's own settings (`params`).
+    """One grid point: the fields every method shares, plus the method's own settings (`params`) and
+    the protocol's (`protocol_params`).
 
     Built from flat keys, as in YAML and on the command line: TrialConfig(method="bbb", prior_pi=0.25)
-    routes prior_pi to BBB's params; a setting of another method is an error naming its owner.
-    Method settings read as attributes too (cfg.prior_pi is cfg.params.prior_pi)."""
+    routes prior_pi to BBB's params, TrialConfig(protocol="finetune", finetune_epochs=10) routes
+    finetune_epochs to the protocol's; a setting of another method or protocol is an error naming its
+    owner. Settings read as attributes too (cfg.prior_pi is cfg.params.prior_pi)."""
 
     method: str = "sgd"
     """Training method: sgd (deterministic MLP, with dropout if dropout > 0), bbb (Bayes by Backprop), or any registered method."""
@@ -102,19 +110,7 @@ class TrialConfig:
     val_sparsities: tuple[float, ...] = ()
     """Levels also pruned and evaluated on the validation split after every epoch (val_acc_pNN; what a recipe search selects on)."""
     protocol: str = "oneshot"
-    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat); gradual: retrain while the mask tightens (Zhu & Gupta 2017); iterative: prune and retrain in rounds (Han et al. 2015)."""
-    finetune_epochs: int = 0
-    """Retraining epochs per level (protocols finetune, gradual) or per pruning round (iterative); >= 1 there, 0 otherwise."""
-    finetune_lr: float | None = None
-    """Learning rate of retraining (constant) under finetune, gradual and iterative; None = lr."""
-    gradual_epochs: tuple[int, ...] = ()
-    """Protocol gradual: [a, b], the sparsity rises on Zhu & Gupta's cubic schedule from the start of retraining epoch a to the end of epoch b."""
-    gradual_interval: int = 100
-    """Protocol gradual: optimizer steps between mask updates (Zhu & Gupta's Delta t)."""
-    iterative_fraction: float = 0.5
-    """Protocol iterative: fraction of the remaining weights pruned per round (a level's last round stops at the level)."""
-    rewind_epoch: int = -1
-    """Protocol iterative: after every prune reset the kept weights to those after training epoch r (0 = the initialisation; Frankle et al. 2019); -1 = no rewinding."""
+    """oneshot: prune the trained model at each level; finetune: retrain each pruned copy with its mask held; natural: oneshot plus the level the method chooses itself (nat); gradual: retrain while the mask tightens (Zhu & Gupta 2017); iterative: prune and retrain in rounds (Han et al. 2015); or any registered protocol."""
     val_size: int = 10000
     """Validation examples held out of the 60k training set; 0 validates on the test set (as the study did)."""
     train_subset: int = 0
@@ -129,40 +125,39 @@ class TrialConfig:
     """Runtime: dataset cache directory ('' = $BPB_DATA_DIR or ~/.cache/bayes-prune-bench). Not part of the grid_key."""
     params: Params = field(default_factory=Params)
     """The method's own settings (its Params dataclass), given as flat keys."""
+    protocol_params: Params = field(default_factory=Params)
+    """The protocol's own settings (its Params dataclass), given as flat keys."""
 
     def __init__(self, **flat):
-        method = flat.get("method", "sgd")
-        if isinstance(method, str) and method not in METHODS:
-            _fail("method", method, " | ".join(METHODS))
-        cls = METHODS.get(method, METHODS["sgd"])
+        method, protocol = flat.get("method", "sgd"), flat.get("protocol", "oneshot")
+        for name, value, registry in (("method", method, METHODS), ("protocol", protocol, PROTOCOLS)):
+            if not isinstance(value, str) or value not in registry:
+                _fail(name, value, " | ".join(registry))
+        cls, proto = METHODS[method], PROTOCOLS[protocol]
+        given = {k: flat.pop(k) for k in ("params", "protocol_params") if k in flat}
+        own = {k: flat.pop(k) for k in list(flat) if k in settings(cls)}
+        own_protocol = {k: flat.pop(k) for k in list(flat) if k in settings(proto)}
+        for k in [k for k in flat if k not in FIELDS]:
+            _refuse_setting(k, flat.pop(k), method, protocol)
         own_defaults = cls.field_defaults  # a method's default for a common field (Sparse VD: lr 1e-3)
-        given = flat.pop("params", None)
-        own = {k: flat.pop(k) for k in list(flat) if k in PARAM_FIELDS[method]}
-        for k in flat:
-            if k not in FIELDS:
-                owners = [m for m, names in PARAM_FIELDS.items() if k in names]
-                if owners:
-                    raise ConfigError(f"{k} is a setting of method {' / '.join(owners)}, not of method={method!r}: "
-                                      f"remove it or use --method {owners[0]}.")
-                check_keys([k], "config")
         for f in dataclasses.fields(self):
-            if f.name != "params":
+            if f.name not in ("params", "protocol_params"):
                 v = flat.get(f.name, own_defaults.get(f.name, f.default))
                 object.__setattr__(self, f.name, _coerce(f.name, v, _HINTS[f.name]) if f.name in flat else v)
-        if given is not None and not own:
-            params = given
-        else:
-            hints = typing.get_type_hints(cls.Params)
-            params = cls.Params(**{k: _coerce(k, v, hints[k]) for k, v in own.items()})
-        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "params", given.get("params") if "params" in given and not own
+                           else _make(cls.Params, own))
+        object.__setattr__(self, "protocol_params", given.get("protocol_params")
+                           if "protocol_params" in given and not own_protocol else _make(proto.Params, own_protocol))
         validate(self)
 
     def __getattr__(self, name: str):
-        # only reached for names that are not TrialConfig fields: the method's own settings
-        params = self.__dict__.get("params")
-        if params is not None and name in PARAM_FIELDS.get(self.__dict__.get("method"), ()):
-            return getattr(params, name)
-        raise AttributeError(f"TrialConfig of method {self.__dict__.get('method')!r} has no setting {name!r}")
+        # only reached for names that are not TrialConfig fields: the method's and the protocol's own settings
+        for part in ("params", "protocol_params"):
+            params = self.__dict__.get(part)
+            if params is not None and name in settings(type(params)):
+                return getattr(params, name)
+        raise AttributeError(f"TrialConfig of method {self.__dict__.get('method')!r} and protocol "
+                             f"{self.__dict__.get('protocol')!r} has no setting {name!r}")
 
     @property
     def method_cls(self):
@@ -187,9 +182,11 @@ class TrialConfig:
         return self.epochs + self.protocol_cls.extra_epochs(self)
 
     def to_dict(self) -> dict:
-        """Flat plain data: the common fields and the method's settings (YAML / CLI / MLflow params)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
-        d.update({f.name: getattr(self.params, f.name) for f in dataclasses.fields(self.params)})
+        """Flat plain data: the common fields, the method's and the protocol's settings (YAML / CLI /
+        MLflow params)."""
+        d = {k: getattr(self, k) for k in FIELDS}
+        for part in (self.params, self.protocol_params):
+            d.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def replace(self, **changes) -> TrialConfig:
@@ -201,7 +198,7 @@ class TrialConfig:
         RELEASED_KEY_DEFAULTS)."""
         flat = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
         d = {k: flat.get(k, v) for k, v in V1_KEY_DEFAULTS.items()}
-        base = {**DEFAULTS[self.method], **RELEASED_KEY_DEFAULTS.get(self.method, {})}
+        base = key_defaults(self.method, self.protocol)
         d.update({k: v for k, v in flat.items() if k not in V1_KEY_DEFAULTS and v != base[k]})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -227,37 +224,68 @@ class TrialConfig:
         return tags
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig) if f.name != "params"}
+FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig) if f.name not in ("params", "protocol_params")}
 _HINTS = {**typing.get_type_hints(TrialConfig)}
-PARAM_FIELDS = {name: {f.name for f in dataclasses.fields(cls.Params)} for name, cls in METHODS.items()}
 
 
-def _defaults(cls) -> dict:
-    """Every flat field's default for a method, as plain data (for the grid-key rule)."""
+def settings(plugin) -> dict[str, dataclasses.Field]:
+    """A method's or protocol's own settings (the fields of its Params), or those of a Params class.
+    Read from the registered classes at every call, so a plug-in registered late is seen."""
+    params = plugin if dataclasses.is_dataclass(plugin) else plugin.Params
+    return {f.name: f for f in dataclasses.fields(params)}
+
+
+def _make(params_cls, flat: dict) -> Params:
+    hints = typing.get_type_hints(params_cls)
+    return params_cls(**{k: _coerce(k, v, hints[k]) for k, v in flat.items()})
+
+
+def _owners(key: str) -> tuple[list[str], list[str]]:
+    """The methods and the protocols that have a setting of this name."""
+    return ([m for m, c in METHODS.items() if key in settings(c)], [p for p, c in PROTOCOLS.items() if key in settings(c)])
+
+
+def _refuse_setting(key: str, value, method: str, protocol: str) -> None:
+    """A flat key that is neither a common field nor a setting of this method or protocol: an error
+    naming its owner, except a released protocol setting at its released value (RELEASED_PROTOCOL_SETTINGS)."""
+    methods, protocols = _owners(key)
+    if methods:
+        raise ConfigError(f"{key} is a setting of method {' / '.join(methods)}, not of method={method!r}: "
+                          f"remove it or use --method {methods[0]}.")
+    if key in RELEASED_PROTOCOL_SETTINGS and protocols:
+        released = RELEASED_PROTOCOL_SETTINGS[key]
+        v = _coerce(key, value, typing.get_type_hints(PROTOCOLS[protocols[0]].Params)[key])
+        if (list(v) if isinstance(v, tuple) else v) != released:  # a setting the protocol would silently ignore
+            _fail(key, v, f"{_show(released)} with protocol={protocol} "
+                          f"(only {' | '.join(protocols)} use{'s' if len(protocols) == 1 else ''} it)")
+        return
+    if protocols:
+        raise ConfigError(f"{key} is a setting of protocol {' / '.join(protocols)}, not of protocol={protocol!r}: "
+                          f"remove it or use --protocol {protocols[0]}.")
+    check_keys([key], "config")
+
+
+def key_defaults(method: str, protocol: str = "oneshot") -> dict:
+    """The value of every flat field that leaves it out of the grid key (ARCHITECTURE.md, "Grid
+    keys"): the default as released, as plain data."""
+    cls = METHODS[method]
     wrong = sorted(set(cls.field_defaults) - set(FIELDS) | set(cls.field_defaults) & set(RUNTIME_FIELDS))
     if wrong:
         raise ConfigError(f"method {cls.name}: field_defaults {wrong} are not common, non-runtime TrialConfig fields.")
     d = {f.name: f.default for f in FIELDS.values()}
-    d.update({f.name: f.default for f in dataclasses.fields(cls.Params)}, **cls.field_defaults)
+    for plugin in (PROTOCOLS[protocol], cls):
+        d.update({k: f.default for k, f in settings(plugin).items()})
+    d.update(cls.field_defaults, **RELEASED_PROTOCOL_SETTINGS, **RELEASED_KEY_DEFAULTS.get(method, {}))
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-DEFAULTS = {name: _defaults(cls) for name, cls in METHODS.items()}
-
-
-def refresh_registry() -> None:
-    """Re-read the registry after a method was registered at run time (e.g. in a test or a plug-in)."""
-    PARAM_FIELDS.update({name: {f.name for f in dataclasses.fields(cls.Params)} for name, cls in METHODS.items()})
-    DEFAULTS.update({name: _defaults(cls) for name, cls in METHODS.items()})
 
 
 def field_docs(cls=None) -> dict[str, str]:
     """The one-line docstring under each field of a dataclass (default: TrialConfig and every
-    registered method's Params), for --help and the README."""
+    registered method's and protocol's Params), for --help and the README."""
     if cls is None:
         out = field_docs(TrialConfig)
-        for m in METHODS.values():
-            out.update({k: v for k, v in field_docs(m.Params).items() if k not in out})
+        for plugin in (*METHODS.values(), *PROTOCOLS.values()):
+            out.update({k: v for k, v in field_docs(plugin.Params).items() if k not in out})
         return out
     out = {}
     for klass in reversed(cls.__mro__):
@@ -282,6 +310,7 @@ def validate(c: TrialConfig) -> None:
         if getattr(c, name) not in allowed:
             _fail(name, getattr(c, name), " | ".join(allowed) + (f" for method={c.method}" if name == "pruner" else ""))
     c.params.check(_fail)
+    c.protocol_params.check(_fail)
     positive = ("epochs", "batch_size", "train_samples", "test_samples")
     for name in positive:
         if getattr(c, name) < 1:
@@ -290,21 +319,13 @@ def validate(c: TrialConfig) -> None:
         _fail("hidden", list(c.hidden), "a non-empty list of positive widths, e.g. [500, 500]")
     if not c.lr > 0:
         _fail("lr", c.lr, "a number > 0")
-    if c.finetune_lr is not None and not c.finetune_lr > 0:
-        _fail("finetune_lr", c.finetune_lr, "a number > 0, or null for lr")
     if not 0 <= c.momentum < 1 or (c.momentum > 0 and c.optimizer != "sgd"):
         _fail("momentum", c.momentum, "a number in [0, 1), and 0 unless optimizer=sgd")
     if not c.weight_decay >= 0:
         _fail("weight_decay", c.weight_decay, "a number >= 0")
     if not 0 <= c.lr_decay_start <= c.epochs:
         _fail("lr_decay_start", c.lr_decay_start, f"0 (constant) or an epoch in 1..epochs={c.epochs}")
-    proto = c.protocol_cls
-    for name in sorted({f for p in PROTOCOLS.values() for f in p.fields} - set(proto.fields)):
-        if getattr(c, name) != FIELDS[name].default:  # a setting the protocol would silently ignore
-            users = [p for p, k in PROTOCOLS.items() if name in k.fields]
-            _fail(name, getattr(c, name), f"{_show(FIELDS[name].default)} with protocol={c.protocol} "
-                                          f"(only {' | '.join(users)} use{'s' if len(users) == 1 else ''} it)")
-    proto.check(c, _fail)
+    c.protocol_cls.check(c, _fail)
     if not 0 <= c.seed < 2 ** 31:
         _fail("seed", c.seed, "an integer in [0, 2^31)")
     if not c.sparsities or any(not 0.0 <= p <= 1.0 for p in c.sparsities):
@@ -367,8 +388,10 @@ def _coerce(name: str, value, hint=None):
 
 
 def all_keys() -> list[str]:
-    """Every flat key a config may hold: the common fields and every registered method's settings."""
-    return [*FIELDS, *sorted(set().union(*PARAM_FIELDS.values()) - set(FIELDS))]
+    """Every flat key a config may hold: the common fields, then every registered method's and
+    protocol's settings."""
+    own = [k for plugin in (*METHODS.values(), *PROTOCOLS.values()) for k in settings(plugin)]
+    return [*FIELDS, *sorted(set(own) - set(FIELDS))]
 
 
 def check_keys(keys, where: str) -> None:
@@ -423,10 +446,10 @@ def _expand(where: str, fixed: dict, axes: dict, overrides: dict) -> tuple[list[
     for values in itertools.product(*(axes[k] for k in names)):
         chosen = dict(zip(names, values))
         point = {**fixed, **chosen, **overrides}
-        method = point.get("method", "sgd")
-        if method not in METHODS:
-            from_dict(point, where)  # raises the error naming the registered methods
-        own = set(FIELDS) | PARAM_FIELDS[method]
+        method, protocol = point.get("method", "sgd"), point.get("protocol", "oneshot")
+        if method not in METHODS or protocol not in PROTOCOLS:
+            from_dict(point, where)  # raises the error naming the registered methods or protocols
+        own = {*FIELDS, *settings(METHODS[method]), *settings(PROTOCOLS[protocol])}
         foreign = [k for k in names if k not in own and chosen[k] != axes[k][0]]
         if foreign:
             dropped.append({**chosen, "reason": f"{foreign[0]} does not apply to method {method}"})
@@ -462,18 +485,19 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
         for k, v in axes.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{path.name}: grid axis {k!r} must be a non-empty list of values, got {v!r}.")
-            if k not in FIELDS:  # a method's setting: type-check every value, also where a method skips it
-                owner = next(m for m, names in PARAM_FIELDS.items() if k in names)
+            if k not in FIELDS:  # a setting: type-check every value, also where a method or protocol skips it
+                methods, protocols = _owners(k)
+                owner = METHODS[methods[0]] if methods else PROTOCOLS[protocols[0]]
                 for value in v:
-                    _coerce(k, value, typing.get_type_hints(METHODS[owner].Params)[k])
+                    _coerce(k, value, typing.get_type_hints(owner.Params)[k])
         t, d = _expand(path.name, fixed, axes, overrides or {})
         trials += t
         dropped += d
-    methods_used = {t.method for t in trials}
+    used = [METHODS[m] for m in sorted({t.method for t in trials})] + [PROTOCOLS[p] for p in sorted({t.protocol for t in trials})]
     for k in fixed:
-        if k not in FIELDS and not any(k in PARAM_FIELDS[m] for m in methods_used):
-            raise ConfigError(f"{path.name}: fixed key {k!r} applies to none of the grid's methods "
-                              f"({', '.join(sorted(methods_used))}); remove it or add its method.")
+        if k not in FIELDS and not any(k in settings(c) for c in used):
+            raise ConfigError(f"{path.name}: fixed key {k!r} applies to none of the grid's methods and protocols "
+                              f"({', '.join(c.name for c in used)}); remove it or add its method or protocol.")
     keys = [t.grid_key() for t in trials]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{path.name}: the grid repeats a point (same config twice); remove the duplicate values.")
@@ -481,8 +505,9 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
 
 
 def field_table() -> str:
-    """The README's field table (markdown), generated from the docstrings: common fields, then each
-    method's own settings. `python -m suite.config` prints it; a test keeps the README in sync."""
+    """The README's field table (markdown), generated from the docstrings: common fields, each
+    method's own settings, then the protocols' settings (once each, with every protocol that has it).
+    `python -m suite.config` prints it; a test keeps docs/fields.md in sync."""
     docs = field_docs(TrialConfig)
     rows = ["| field | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{k}` | `{_show(FIELDS[k].default)}` | {docs[k]} |" for k in FIELDS]
@@ -493,6 +518,10 @@ def field_table() -> str:
             rows += [f"| `{k}` ({name}) | `{_show(v)}` | {pdocs[k]} |" for k, v in own.items()]
         rows += [f"| `{k}` ({name}) | `{_show(v)}` | {name}'s own default of the common field `{k}`. |"
                  for k, v in cls.field_defaults.items()]
+    for k in dict.fromkeys(k for c in PROTOCOLS.values() for k in settings(c)):
+        protocols = _owners(k)[1]
+        params = PROTOCOLS[protocols[0]].Params
+        rows.append(f"| `{k}` ({', '.join(protocols)}) | `{_show(settings(params)[k].default)}` | {field_docs(params)[k]} |")
     return "\n".join(rows)
 
 

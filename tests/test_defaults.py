@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from suite import collapse, tracking
-from suite.config import DEFAULTS, GRID_DIR, RELEASED_KEY_DEFAULTS, TrialConfig, load_grid
+from suite.config import GRID_DIR, TrialConfig, key_defaults, load_grid
 from suite.space import load_space
 from suite.trial import run_trial, summary
 
@@ -39,11 +39,13 @@ def test_old_explicit_default_keeps_its_released_key_and_new_default_gets_its_ow
 
 def test_every_later_default_is_hashed_against_its_released_value():
     """A later field enters the key when it differs from its released default: changing a default
-    without listing its released value in RELEASED_KEY_DEFAULTS would silently move keys."""
+    without listing its released value in RELEASED_KEY_DEFAULTS (or, for a protocol's setting,
+    RELEASED_PROTOCOL_SETTINGS) would silently move keys."""
     released = json.loads((DATA / "key_defaults_released.json").read_text())
     for method, fields in released.items():
-        key_defaults = {**DEFAULTS[method], **RELEASED_KEY_DEFAULTS.get(method, {})}
-        assert {k: key_defaults[k] for k in fields} == fields, method
+        for protocol in ("oneshot", "finetune", "gradual", "iterative"):
+            base = key_defaults(method, protocol)
+            assert {k: base[k] for k in fields} == fields, (method, protocol)
 
 
 def test_no_shipped_grid_or_space_point_changes_its_key():

@@ -17,8 +17,16 @@ from suite.protocols.iterative import round_targets
 from suite.trial import run_trial
 
 PLUGIN = '''
+from dataclasses import dataclass
+
 from suite import prune
-from suite.protocols import Protocol, register
+from suite.protocols import Params, Protocol, register
+
+
+@dataclass(frozen=True)
+class InverseParams(Params):
+    inverse_top: bool = True
+    """Prune the highest scores first (false: the lowest, as oneshot does)."""
 
 
 @register
@@ -26,10 +34,12 @@ class Inverse(Protocol):
     """Prunes the highest-scoring weights first: the sanity floor of a score."""
 
     name, order = "inverse", 90.0
+    Params = InverseParams
     label_suffix = " inverted"
 
     def mask(self, level):
-        return prune.keep_mask(-self.score, self.allowed, level, self.cfg.prune_scope, self.model)
+        sign = -1 if self.cfg.inverse_top else 1
+        return prune.keep_mask(sign * self.score, self.allowed, level, self.cfg.prune_scope, self.model)
 '''
 
 
@@ -78,8 +88,15 @@ def test_a_protocol_is_one_file_plus_registration(mnist):
         assert inv.metrics["test_acc_p00"] == one.metrics["test_acc_p00"]  # nothing pruned: the same model
         # pruning the largest weights first destroys what magnitude pruning keeps
         assert inv.metrics["test_acc_p90"] < one.metrics["test_acc_p90"] - 0.2
+        # its own setting: a flat key routed to its Params, in the key, refused under other protocols
+        low = run_trial(tiny(protocol="inverse", inverse_top="false"), arrays=mnist)
+        assert low.config.protocol_params == namespace["InverseParams"](inverse_top=False)
+        assert low.metrics["test_acc_p90"] == one.metrics["test_acc_p90"]  # lowest first: oneshot's mask
+        assert low.config.grid_key() != inv.config.grid_key() == tiny(protocol="inverse", inverse_top=True).grid_key()
+        with pytest.raises(ConfigError, match="inverse_top is a setting of protocol inverse, not of protocol='oneshot'"):
+            tiny(inverse_top=False)
     finally:
-        PROTOCOLS.pop("inverse", None)
+        PROTOCOLS.unregister("inverse")
     with pytest.raises(ConfigError, match="protocol='inverse' is invalid"):
         TrialConfig(protocol="inverse")
 
@@ -136,7 +153,12 @@ def test_the_cubic_schedule_by_hand():
     cfg = tiny(protocol="gradual", finetune_epochs=3, gradual_epochs=[2, 3], gradual_interval=10)
     assert PROTOCOLS["gradual"].schedule(cfg, 0.8) == pytest.approx({30: 0.4625, 40: 0.7, 50: 0.7875, 60: 0.8})
     assert cfg.total_epochs == 1 + 3
-    with pytest.raises(ConfigError, match="gradual_epochs=\\[\\] is invalid"):
+    # the default span is the first 60 % of retraining, rounded up: [1, ceil(1.8)] here, [1, 30] of 50
+    assert tiny(protocol="gradual", finetune_epochs=3, gradual_interval=10).gradual_epochs == (1, 2)
+    assert tiny(protocol="gradual", finetune_epochs=50).gradual_epochs == (1, 30)
+    with pytest.raises(ConfigError, match="gradual_epochs=\\[0, 2\\] is invalid"):
+        tiny(protocol="gradual", finetune_epochs=3, gradual_epochs=[0, 2])
+    with pytest.raises(ConfigError, match="gradual_interval=100 is invalid"):  # 40 steps in [1, 2] here
         tiny(protocol="gradual", finetune_epochs=3)
     with pytest.raises(ConfigError, match="gradual_interval=41 is invalid"):
         tiny(protocol="gradual", finetune_epochs=3, gradual_epochs=[2, 3], gradual_interval=41)

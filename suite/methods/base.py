@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..params import Params
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -44,15 +46,6 @@ def make_layout(sizes: list[int]) -> list[Segment]:
             segs.append(Segment(i, is_bias, pos, shape))
             pos += math.prod(shape)
     return segs
-
-
-@dataclass(frozen=True)
-class Params:
-    """A method's own settings (none here). Subclasses: one field per setting, each with a one-line
-    docstring below it (it becomes --help and docs/fields.md's field table), and a check() for ranges."""
-
-    def check(self, fail) -> None:
-        """Range checks; fail(field, value, allowed) raises the ConfigError."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import Prior, kl_kernels, sample_and_kl, softplus, weight_noise_key
+from . import register
 from .base import KLParams, Method
-from .registry import register
 
 
 @dataclass(frozen=True)

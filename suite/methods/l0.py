@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import register
 from .base import KLParams, Method
-from .registry import register
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1   # temperature and stretch interval (Louizos et al. 2018, sec. 4)
 _OPEN_SHIFT = BETA * math.log(-GAMMA / ZETA)  # P(z != 0) = sigmoid(log alpha - beta log(-gamma / zeta)), eq. 12

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import register
 from .base import Method, Params
-from .registry import register
 
 # Colours of the study's methods (kept from the first reports so figures stay comparable).
 _DROPOUT_COLORS = {0.5: "#ff7f0e", 0.75: "#2ca02c", 0.9: "#9467bd"}

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import compile_kernel, exp32, log32
+from . import register
 from .base import KLParams, Method
-from .registry import register
 
 # -KL(q || log-uniform prior) ~= k1 sigmoid(k2 + k3 log alpha) - 0.5 log1p(e^-log alpha) - k1
 # (Molchanov et al. 2017, eq. 14; maximum absolute error about 0.009 according to the paper).

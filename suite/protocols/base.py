@@ -2,8 +2,9 @@
 trained model at each before it is evaluated.
 
 A protocol is a Protocol subclass registered with @register in its own file (ARCHITECTURE.md,
-"How to add a protocol"). `protocol` stays a plain string field of TrialConfig, so grid keys do not
-depend on this code; config validation asks the registry. One instance runs one trial's sweep.
+"How to add a protocol"), with its settings in its own Params dataclass, as a method has. `protocol`
+stays a plain string field of TrialConfig, so grid keys do not depend on this code; config
+validation asks the registry. One instance runs one trial's sweep.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import prune, train
+from ..params import Params
 
 if TYPE_CHECKING:
     from ..config import TrialConfig
@@ -33,7 +35,7 @@ class Protocol:
 
     name: ClassVar[str]                        # registry name, the `protocol` grid value
     order: ClassVar[float] = 100.0             # position in listings (errors, --help)
-    fields: ClassVar[tuple[str, ...]] = ()     # TrialConfig fields it reads; under other protocols they must keep their defaults
+    Params: ClassVar[type[Params]] = Params    # its own settings (flat keys, read as cfg.<setting>)
     label_suffix: ClassVar[str] = ""           # appended to the method's label (run tag `label`)
     order_offset: ClassVar[float] = 0.0        # added to the method's label_order (run tag `label_order`)
     baseline_color: ClassVar[str | None] = None  # colour of the baseline method under this protocol (None: its own)
@@ -52,7 +54,8 @@ class Protocol:
     # -- configuration (no model needed)
     @classmethod
     def check(cls, cfg: TrialConfig, fail) -> None:
-        """Checks of the protocol's own fields and of the method it needs; fail(field, value, allowed) raises."""
+        """Checks that need more than the protocol's own settings (Params.check has those): the
+        method, the levels, the training epochs; fail(field, value, allowed) raises."""
 
     @classmethod
     def levels(cls, cfg: TrialConfig) -> list[float | str]:
@@ -83,6 +86,12 @@ class Protocol:
         """The model evaluated at level number i (never self.model itself) and metrics of the
         protocol's own; progress is the level's entry in the trial state when it retrains."""
         return prune.pruned_copy(self.model, keep), {}
+
+    def model_epochs(self, level: float | str, progress: dict) -> int:
+        """The epochs behind the model evaluated at `level`, counted from what was trained: training
+        proper plus the epochs of the level's own retraining phase (its `progress` history). A
+        protocol whose levels build on each other's models adds theirs (iterative)."""
+        return self.cfg.epochs + len(progress.get("history", ()))
 
     def tighten(self, m: Method, sparsity: float, rewind: dict | None = None) -> None:
         """Prune m further, to `sparsity`, by the score of its current weights, and hold that mask:
@@ -124,19 +133,3 @@ class Protocol:
                 self.on_epoch({**log, "epoch": self.cfg.epochs + done}, self.state)
         with torch.enable_grad():
             return train.train(m, opt, self.data, self.cfg, progress["history"], after_epoch, phase)
-
-
-PROTOCOLS: dict[str, type[Protocol]] = {}
-
-
-def register(cls: type[Protocol]) -> type[Protocol]:
-    """Class decorator: make `cls` available as `protocol: <cls.name>` in configs and grids."""
-    if cls.name in PROTOCOLS and PROTOCOLS[cls.name] is not cls:
-        raise ValueError(f"protocol {cls.name!r} is registered twice "
-                         f"({PROTOCOLS[cls.name].__qualname__}, {cls.__qualname__})")
-    PROTOCOLS[cls.name] = cls
-    # listed (errors, --help) in the protocols' own `order`, whatever order their files are imported in
-    ordered = sorted(PROTOCOLS.values(), key=lambda c: (c.order, c.name))
-    PROTOCOLS.clear()
-    PROTOCOLS.update({c.name: c for c in ordered})
-    return cls

@@ -6,12 +6,30 @@ Resumable per level. Metrics: the fine-tuned model's; oneshot_{acc,nll,ece}_pNN 
 before fine-tuning and finetune_val_acc_pNN its last validation accuracy."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import metrics, prune
-from .base import Protocol, register
+from . import Params, register
+from .base import Protocol
+
+
+@dataclass(frozen=True)
+class RetrainParams(Params):
+    """The settings of every protocol that retrains (finetune, gradual, iterative)."""
+
+    finetune_epochs: int = 0
+    """Retraining epochs per level (finetune, gradual) or per pruning round (iterative): >= 1, no default (the grid's budget)."""
+    finetune_lr: float | None = None
+    """Learning rate of retraining (constant); None = lr."""
+
+    def check(self, fail) -> None:
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            fail("finetune_lr", self.finetune_lr, "a number > 0, or null for lr")
 
 
 def check_retraining(cfg, fail) -> None:
-    """What every protocol that retrains needs: at least one retraining epoch per level or round."""
+    """At least one retraining epoch per level or round. No default: the papers give no retraining
+    budget for these nets, and the comparison depends on it, so a grid states it."""
     if cfg.finetune_epochs < 1:
         fail("finetune_epochs", cfg.finetune_epochs, f"an integer >= 1 with protocol={cfg.protocol}")
 
@@ -24,7 +42,7 @@ def retrain_lr(cfg) -> float:
 @register
 class Finetune(Protocol):
     name, order = "finetune", 10.0
-    fields = ("finetune_epochs", "finetune_lr")
+    Params = RetrainParams
     label_suffix, order_offset, baseline_color = " + fine-tune", 0.5, "#17becf"
 
     @classmethod

@@ -4,8 +4,12 @@ mask is recomputed every gradual_interval steps from the method's score on the c
 (magnitude, SNR for BBB, log alpha for Sparse VD, ...), the sparsity rising on the cubic schedule
     s_k = s_f (1 - (1 - k / n)^3),   k = 1..n,   n = floor(span / gradual_interval)
 over the steps from the start of epoch a to the end of epoch b (gradual_epochs [a, b]); training
-then continues at the final mask s_f. A pruned weight stays pruned (held: exactly 0 in the forward
-pass, zero gradient) and its Adam moments are zeroed when it is pruned, so they stay 0.
+then continues at the final mask s_f. Zhu & Gupta prune while the learning rate is still high and
+let the net recover at the final sparsity; by default the sparsity rises over the first 60 % of
+retraining ([1, ceil(0.6 finetune_epochs)], as the suite's LeNet recipe [1, 30] of 50), with a mask
+update every 100 steps (their Delta t; they found 100 to 1000 steps alike). A pruned weight stays
+pruned (held: exactly 0 in the forward pass, zero gradient) and its Adam moments are zeroed when it
+is pruned, so they stay 0.
 
 One model per level, each from the trained model, as Zhu & Gupta train one model per target
 sparsity: the levels stay independent (like finetune's, at the same retraining budget) and each is
@@ -13,11 +17,25 @@ resumable. Cost: finetune_epochs per level > 0."""
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
 import torch
 
-from .base import register
-from .finetune import Finetune, retrain_lr
+from . import register
+from .finetune import Finetune, RetrainParams, retrain_lr
+
+
+@dataclass(frozen=True)
+class GradualParams(RetrainParams):
+    gradual_epochs: tuple[int, ...] = ()
+    """[a, b]: Zhu & Gupta's cubic rise from the start of retraining epoch a to the end of b; [] = [1, ceil(0.6 N)]."""
+    gradual_interval: int = 100
+    """Optimizer steps between mask updates (Zhu & Gupta's Delta t)."""
+
+    def __post_init__(self):
+        if not self.gradual_epochs and self.finetune_epochs >= 1:  # the default span, spelled out (it is in the key)
+            object.__setattr__(self, "gradual_epochs", (1, math.ceil(0.6 * self.finetune_epochs)))
 
 
 def cubic_levels(final: float, n: int) -> list[float]:
@@ -28,7 +46,7 @@ def cubic_levels(final: float, n: int) -> list[float]:
 @register
 class Gradual(Finetune):  # a finetune whose mask tightens during retraining: same levels, same cost
     name, order = "gradual", 30.0
-    fields = ("finetune_epochs", "finetune_lr", "gradual_epochs", "gradual_interval")
+    Params = GradualParams
     label_suffix, order_offset, baseline_color = " + gradual", 0.6, "#393b79"
 
     @classmethod

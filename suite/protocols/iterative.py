@@ -9,9 +9,25 @@ rewinding. Cost: finetune_epochs per round; round_targets says how many rounds e
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-from .base import Protocol, register
-from .finetune import check_retraining, retrain_lr
+from .. import prune
+from . import register
+from .base import Protocol
+from .finetune import RetrainParams, check_retraining, retrain_lr
+
+
+@dataclass(frozen=True)
+class IterativeParams(RetrainParams):
+    iterative_fraction: float = 0.5
+    """Fraction of the remaining weights pruned per round (a level's last round stops at the level)."""
+    rewind_epoch: int = -1
+    """Reset the kept weights after every prune to those after training epoch r (0: init; Frankle et al. 2019); -1: none."""
+
+    def check(self, fail) -> None:
+        super().check(fail)
+        if not 0 < self.iterative_fraction < 1:
+            fail("iterative_fraction", self.iterative_fraction, "a fraction in (0, 1)")
 
 
 def round_targets(levels: list[float], fraction: float) -> list[list[float]]:
@@ -30,7 +46,7 @@ def round_targets(levels: list[float], fraction: float) -> list[list[float]]:
 @register
 class Iterative(Protocol):
     name, order = "iterative", 40.0
-    fields = ("finetune_epochs", "finetune_lr", "iterative_fraction", "rewind_epoch")
+    Params = IterativeParams
     label_suffix, order_offset, baseline_color = " + iterative", 0.7, "#637939"
 
     @classmethod
@@ -39,8 +55,6 @@ class Iterative(Protocol):
         if list(cfg.sparsities) != sorted(cfg.sparsities) or max(cfg.sparsities) >= 1:
             fail("sparsities", list(cfg.sparsities), "ascending levels below 1 with protocol=iterative "
                                                      "(one model passes them in order)")
-        if not 0 < cfg.iterative_fraction < 1:
-            fail("iterative_fraction", cfg.iterative_fraction, "a fraction in (0, 1)")
         if not -1 <= cfg.rewind_epoch <= cfg.epochs:
             fail("rewind_epoch", cfg.rewind_epoch, f"-1 (no rewinding) or an epoch in 0..epochs={cfg.epochs}")
 
@@ -62,6 +76,11 @@ class Iterative(Protocol):
     def watch_training(cls, cfg, epoch, model, store) -> None:
         if epoch == cfg.rewind_epoch:
             store["rewind"] = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+    def model_epochs(self, level, progress) -> int:
+        # one model passes the levels: its epochs are those of every earlier level's rounds too
+        earlier = [p for p in self.cfg.sparsities if self.retrains(p) and p < level]
+        return super().model_epochs(level, progress) + sum(len(self.store[prune.level_tag(p)]["history"]) for p in earlier)
 
     def prune_level(self, i, level, keep, progress):
         if not self.retrains(level):

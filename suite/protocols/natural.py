@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..methods import METHODS
-from .base import PROTOCOLS, Protocol, register
+from ..registry import METHODS, PROTOCOLS
+from . import register
+from .base import Protocol
 
 
 @register

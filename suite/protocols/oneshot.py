@@ -2,7 +2,8 @@
 retraining (the original study's protocol); the interface's defaults are exactly this."""
 from __future__ import annotations
 
-from .base import Protocol, register
+from . import register
+from .base import Protocol
 
 
 @register
