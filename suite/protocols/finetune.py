@@ -6,7 +6,8 @@ Resumable per level. Metrics: the fine-tuned model's; oneshot_{acc,nll,ece}_pNN 
 before fine-tuning and finetune_val_acc_pNN its last validation accuracy."""
 from __future__ import annotations
 
-from .. import metrics, prune
+from .. import prune
+from ..evaluate import metrics
 from .base import Protocol, register
 
 
