@@ -236,9 +236,9 @@ def load_data(rt: Runtime, pending: list[TrialConfig], select: str | None) -> di
     """Every dataset the pending trials use, loaded once (shared via Ray's object store) and before
     Ray starts. A search selects on validation data only: its trials never receive the test split.
     Otherwise trials also get their out-of-distribution images, the partner dataset's test split
-    (suite.ood.PARTNER): a partner no pending trial trains on comes with empty training arrays."""
+    (suite.evaluate.ood.PARTNER): a partner no pending trial trains on comes with empty training arrays."""
     from .data import DataError, load_arrays
-    from .ood import PARTNER
+    from .evaluate.ood import PARTNER
     used = {t.dataset for t in pending}
     ood_only = set() if select is not None else {PARTNER[d] for d in used} - used
     try:

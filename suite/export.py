@@ -1,4 +1,4 @@
-"""Export a finished run's pruned model as the small dense network it is (suite.compact).
+"""Export a finished run's pruned model as the small dense network it is (suite.evaluate.compact).
 
     python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors]
 
@@ -59,7 +59,7 @@ would need, per kept weight, its noise as well (BBB: sigma; Sparse VD: alpha the
 log alpha), a compaction mask over weights whose mean or noise is nonzero and no folding of
 input-less units (BBB's biases are random too), and a predictor that draws n weight samples and
 averages n softmax outputs: about n times the compacted forward plus n draws of every kept weight
-(suite.latency's latency_mc_bB_ms measures that on the dense model). It is not exported here.
+(suite.evaluate.latency's latency_mc_bB_ms measures that on the dense model). It is not exported here.
 """
 from __future__ import annotations
 
@@ -72,8 +72,9 @@ from pathlib import Path
 
 import torch
 
-from . import compact, methods, preflight, prune, tracking
+from . import methods, preflight, prune, tracking
 from .config import ConfigError, TrialConfig, from_dict
+from .evaluate import compact
 from .methods import Method
 
 FORMATS = ("safetensors", "onnx")

@@ -37,8 +37,8 @@ from ray import tune  # noqa: E402
 from . import collapse, tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
+from .evaluate.ood import PARTNER  # noqa: E402
 from .fpmode import flush_denormals  # noqa: E402
-from .ood import PARTNER  # noqa: E402
 from .prune import level_tag  # noqa: E402
 from .trial import run_trial, write_artifacts  # noqa: E402
 

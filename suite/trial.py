@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import collapse, compact, latency, methods, metrics, ood, prune
+from . import collapse, methods, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
+from .evaluate.level import curve_levels, evaluate_level, histograms, level_seed, probes, weight_std
+from .evaluate.ood import PARTNER
 from .fpmode import flush_denormals
 from .methods import Method
 from .protocols.base import OnEpoch
-from .train import epoch_seed, fit_epochs, make_optimizer, train
+from .train import fit_epochs, make_optimizer, train
 
 
 @dataclass
@@ -108,7 +110,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     """Train, then evaluate every level of cfg.protocol (suite/protocols/); pure in cfg.
     evaluate=False stops after training (a recipe search: it selects on validation metrics only and
     never touches the test split). ood_images: the out-of-distribution test images, uint8
-    [N, 28, 28] (the x_test of dataset ood.PARTNER[cfg.dataset]); None: loaded here, before
+    [N, 28, 28] (the x_test of dataset evaluate.ood.PARTNER[cfg.dataset]); None: loaded here, before
     training, so a missing dataset fails before any work is done (not needed when evaluate=False).
 
     Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
@@ -125,7 +127,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
                        cfg.val_size, cfg.train_subset, cfg.seed, device)
     if evaluate:
         if ood_images is None:
-            ood_images = load_arrays(ood.PARTNER[cfg.dataset], cfg.data_dir or None).x_test
+            ood_images = load_arrays(PARTNER[cfg.dataset], cfg.data_dir or None).x_test
         x_ood = images(ood_images, device)
     model = methods.build(cfg).to(device)
     opt = make_optimizer(cfg, model)
@@ -177,68 +179,12 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
 
 
-# Cost control: out-of-distribution detection and the rotation shift use the first PROBE_IMAGES images
-# (OOD: that many of each dataset, so AUPR's chance level is 0.5; shift: of the test split, rotated
-# once per trial) and the shift uses the point prediction only: the full sets, or a Monte Carlo
-# ensemble at every angle, would each add more than a fifth to a trial's evaluation time, while
-# 2000 images put the standard error of an accuracy below 1.2 points. Per-angle shift metrics are
-# logged at two levels only, the least and the most pruned (the curves a reader compares), the means
-# at every level: ~40 shift metrics per trial of ~10 levels instead of ~200.
-PROBE_IMAGES = 2000
-
-
-@dataclass(frozen=True)
-class Probes:
-    """What every level is evaluated on besides the test split, built once per trial (probes())."""
-
-    x_ood: torch.Tensor | None          # [PROBE_IMAGES, 784] out-of-distribution inputs, or None: no OOD metrics
-    rotated: dict[float, torch.Tensor]  # angle -> the first PROBE_IMAGES test images rotated by it
-    y_rotated: torch.Tensor             # their labels
-
-
-def probes(x: torch.Tensor, y: torch.Tensor, x_ood: torch.Tensor | None) -> Probes:
-    """The probes of a test split x, y [N, 784], [N] and of out-of-distribution inputs (or None)."""
-    return Probes(None if x_ood is None else x_ood[:PROBE_IMAGES],
-                  ood.rotations(x[:PROBE_IMAGES]), y[:PROBE_IMAGES])
-
-
-@torch.no_grad()
-def evaluate_level(m: Method, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor, tag: str, probe: Probes,
-                   shift_curve: bool = True):
-    """One pruned model: accuracy, NLL, ECE (and their Monte Carlo ensemble versions), sparsity as
-    the forward pass sees it (overall and per layer), out-of-distribution detection (scores of the
-    first PROBE_IMAGES test images against probe.x_ood), accuracy / NLL / ECE under rotation (per
-    angle if shift_curve, their means always), latency, size and compaction (suite/compact.py).
-    Returns (metrics, info)."""
-    m.eval()
-    probs = m.predict(x)
-    out = {f"test_{k}_{tag}": v for k, v in metrics.classification(probs, y).items()}
-    # stochastic methods: measured on a *sampled* forward, zero only if a pruned weight's noise is 0 too
-    sparsity, per_layer = prune.measured_sparsity(m, x[:100], cfg.prune_biases, m.sample())
-    out[f"sparsity_{tag}"] = sparsity
-    out.update({f"sparsity_l{j + 1}_{tag}": s for j, s in enumerate(per_layer)})
-    samples = samples_ood = None
-    if m.has_mc:  # one Monte Carlo ensemble: its mean is predict_mc (same draws), its spread scores OOD inputs
-        inputs = [x] if probe.x_ood is None else [x, probe.x_ood]
-        samples, *rest = ood.mc_samples_on(m, inputs, cfg.test_samples)
-        samples_ood = rest[0] if rest else None
-        out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(samples.mean(0), y).items()})
-    if probe.x_ood is not None:
-        n = len(probe.x_ood)
-        out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
-                                 None if samples is None else samples[:, :n], samples_ood))
-    out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
-    shape, small = compact.measure(m, tag)
-    lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small})
-    return {**out, **lat, **shape}, info
-
-
 @torch.no_grad()
 def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[str, dict] | None = None,
                     on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None,
                     x_ood: torch.Tensor | None = None):
     """The pruning sweep on the test split: every level of the protocol gets its model (a pruned
-    copy, retrained if the protocol says so) and is evaluated (x_ood: out-of-distribution inputs,
+    copy, retrained if the protocol says so) and is evaluated (suite.evaluate.level; x_ood: out-of-distribution inputs,
     [N, 784] on the model's device). `store` holds the resumable progress and the finished results
     of the levels that retrain. Returns (metrics, info, artifacts)."""
     x, y = data.x_test, data.y_test
@@ -248,8 +194,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
     out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
     masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
     thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
-    numeric = [p for p, _, _ in masks if not isinstance(p, str)]
-    curves = {min(numeric), max(numeric)} if numeric else set()  # PROBE_IMAGES' comment
+    curves = curve_levels(p for p, _, _ in masks)
     probe = probes(x, y, x_ood)
     for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)
@@ -259,28 +204,17 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             # reseed per level, before its work and again before its evaluation: the Monte Carlo
             # predictions depend neither on how training (or retraining) used the RNG nor on how many
             # timed repetitions the previous level's latency phase happened to run
-            torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
+            torch.manual_seed(level_seed(cfg.seed, i))
             m, own = proto.prune_level(i, p, keep, progress)
-            torch.manual_seed(epoch_seed(cfg.seed, 10_000 + i))
+            torch.manual_seed(level_seed(cfg.seed, i))
             level, level_info = evaluate_level(m, cfg, x, y, tag, probe, p in curves)
             done = {"metrics": {**own, **level}, "info": level_info}
             if proto.retrains(p):  # kept, without weights, so a resumed trial does not redo the level
                 store[tag] = done = {"history": progress.get("history", []), **done}
         out.update(done["metrics"])
         info.update(done["info"])
-    weights = torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])
-    out["weight_std"] = float(weights.std())
-    artifacts = {"weights_hist.npz": {
-        "edges": metrics.WEIGHT_EDGES, "counts": metrics.histogram(weights, metrics.WEIGHT_EDGES),
-        "sparsities": np.array(cfg.sparsities), "score_thresholds": np.array(thresholds)}}
-    if "snr" in model.scores:
-        snr = torch.cat([model.score("snr")[s.start:s.end] for s in model.layout if not s.is_bias])
-        artifacts["snr_hist.npz"] = {
-            "edges_db": metrics.SNR_DB_EDGES, "counts": metrics.histogram(metrics.snr_db(snr), metrics.SNR_DB_EDGES),
-            "sparsities": np.array(cfg.sparsities),
-            "thresholds_db": np.array([metrics.threshold_db(t) if cfg.resolved_pruner == "snr" else np.nan
-                                       for t in thresholds])}
-    return out, info, artifacts
+    out["weight_std"] = weight_std(model)
+    return out, info, histograms(model, cfg, thresholds)
 
 
 def summary(r: TrialResult) -> str:

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from suite import latency
 from suite.bench import __main__ as cli
 from suite.bench import inference, kernels, machine, peers, processes, race, targets, widths
 from suite.config import GRID_DIR
+from suite.evaluate import latency
 
 # /proc/cpuinfo of a 2-core KVM guest (the machine of docs/performance.md), trimmed: two processors
 XEON = """processor\t: 0

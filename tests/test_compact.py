@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from suite import compact, latency, prune
+from suite import prune
 from suite.config import TrialConfig
+from suite.evaluate import compact, latency
 from suite.methods import METHODS, build
 
 

@@ -53,7 +53,7 @@ def test_levels_a_protocol_retrains_are_refused(protocol, level, ok):
 
 
 def test_safetensors_stores_sparse_layers_as_csr_and_the_loader_reads_both(tmp_path):
-    from suite.compact import CompactMLP
+    from suite.evaluate.compact import CompactMLP
     g = torch.Generator().manual_seed(0)
     w0 = torch.randn(6, 5, generator=g) * (torch.rand(6, 5, generator=g) < 0.2)  # 80 % zeros: CSR
     w0[0, 0], w0[:, 2] = 1.0, 0.0    # live pixels 3, 4, 6, 7 (pixel 5, inside the window, is dead)

@@ -4,8 +4,9 @@ import time
 import pytest
 import torch
 
-from suite import latency, prune
+from suite import prune
 from suite.config import TrialConfig
+from suite.evaluate import latency
 from suite.methods import build
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn import metrics as sk  # the second implementation; installed with mlflow, not used by suite/
 
-from suite import metrics, ood
 from suite.config import TrialConfig
+from suite.evaluate import metrics, ood
 from suite.methods import build
 
 # in-distribution (negative) and OOD (positive) scores with one tie across the classes

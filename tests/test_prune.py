@@ -4,8 +4,8 @@ import torch
 
 from suite import prune
 from suite.config import TrialConfig
+from suite.evaluate.metrics import accuracy
 from suite.methods import build
-from suite.metrics import accuracy
 
 
 def small(method, **kw):

@@ -1,17 +1,20 @@
 """What compression buys and what it costs in trust, wired into every level of a trial
-(trial.evaluate_level): compaction, out-of-distribution detection, rotation shift."""
+(suite.evaluate.level.evaluate_level): compaction, out-of-distribution detection, rotation shift."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from suite import compact, methods, metrics, ood
+from suite import methods
 from suite.config import TrialConfig
+from suite.data import images
 from suite.driver import Runtime, load_data
+from suite.evaluate import compact, metrics, ood
+from suite.evaluate.level import PROBE_IMAGES, evaluate_state
 from suite.export import pruned_at
 from suite.prune import level_tag
 from suite.train import epoch_seed
-from suite.trial import PROBE_IMAGES, run_trial
+from suite.trial import run_trial
 
 HIDDEN = 32
 # by hand for 784-32-10: weights + biases, and 2 FLOPs per weight
@@ -128,6 +131,36 @@ def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(method, trials, 
             ref = metrics.classification(m.predict_mc(x, r.config.test_samples), y)
         tag = level_tag(p)
         assert {k: r.metrics[f"test_{k}_mc_{tag}"] for k in ref} == ref
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_the_stored_weights_at_the_protocols_masks_give_the_trials_metrics(method, trials, mnist, fmnist):
+    """evaluate_state on what a trial stores (model.pt: the trained state dict) and the keep masks its
+    protocol makes from it recomputes every level's metrics bit for bit, and weight_std; one level alone
+    too (it is seeded by its place among the trial's levels). latency_* are medians of wall-clock
+    time, so they are only required to be there."""
+    r = trials[method]
+    cfg = r.config
+    model = methods.build(cfg)
+    model.load_state_dict(r.state_dict)
+    proto = cfg.protocol_cls(cfg, model.eval(), None, {})
+    levels = proto.levels(cfg)
+    masks = {p: proto.mask(p)[0] for p in levels}
+    cpu = torch.device("cpu")
+    x, y, x_ood = images(mnist.x_test, cpu), torch.tensor(mnist.y_test, dtype=torch.int64), images(fmnist.x_test, cpu)
+    got, info = evaluate_state(cfg, r.state_dict, masks, x, y, x_ood)
+    logged = {k for k in r.metrics if k.endswith(tuple("_" + level_tag(p) for p in levels))} | {"weight_std"}
+    assert set(got) == logged
+    assert set(info) <= set(r.info)
+
+    def values(m: dict, keys) -> dict:
+        return {k: m[k] for k in keys if not k.startswith("latency_")}
+    assert values(got, got) == values(r.metrics, got)
+    last = levels[-1]
+    alone, _ = evaluate_state(cfg, r.state_dict, {last: masks[last]}, x, y, x_ood)
+    assert values(alone, alone) == values(r.metrics, alone) and len(alone) > 1
+    with pytest.raises(ValueError, match="not levels of protocol"):
+        evaluate_state(cfg, r.state_dict, {0.33: masks[levels[0]]}, x, y)
 
 
 def test_trials_get_the_partner_datasets_test_images_but_a_search_does_not(tmp_path: Path):

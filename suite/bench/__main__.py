@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .. import latency
 from ..data import default_data_dir
+from ..evaluate import latency
 from ..fpmode import flush_denormals
 from .compacted import print_table as print_compact
 from .compacted import race_compact

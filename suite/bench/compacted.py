@@ -3,7 +3,7 @@
 Sparse VD's natural level on LeNet-300-100 compacts to a net that reads the 681-pixel window its live
 inputs span, then about 60-67 and 49 units (results/lenet). Its speed-up over the dense 784-300-100-10
 forward depends on those shapes, not on the weights' values, so random weights of the same shapes
-measure it at any first-layer width: suite.compact.CompactMLP as shipped (hidden widths padded to
+measure it at any first-layer width: suite.evaluate.compact.CompactMLP as shipped (hidden widths padded to
 CompactMLP.PAD) and unpadded, beside the dense forward, batch 1000, in side-by-side rounds
 (latency.medians_ms). The padding and its figures: docs/performance.md.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import latency
-from ..compact import CompactMLP
+from ..evaluate import latency
+from ..evaluate.compact import CompactMLP
 
 DENSE = (784, 300, 100, 10)   # LeNet-300-100
 WINDOW = (67, 748)            # the input pixels Sparse VD's natural level keeps span 67..747 (MNIST, seed 0)

@@ -1,4 +1,4 @@
-"""Inference of a 90 %-pruned 784-500-500-10 MLP: dense vs sparse forward (suite.latency), and whether
+"""Inference of a 90 %-pruned 784-500-500-10 MLP: dense vs sparse forward (suite.evaluate.latency), and whether
 concurrent trials' latency phases disturb each other without the node lock."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import statistics
 
 import torch
 
-from .. import latency, prune
+from .. import prune
 from ..config import TrialConfig
+from ..evaluate import latency
 from ..methods import build as build_model
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import metrics, prune
+from .. import prune
+from ..evaluate import metrics
 from . import Params, register
 from .base import Protocol
 

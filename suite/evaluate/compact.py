@@ -14,7 +14,7 @@ on the test set stays).
 FLOPs per example count 2 per multiply-add of a weight matrix (a multiply and an add; bias adds
 and ReLUs, O(width), are left out). Blalock et al. 2020 ("What is the state of neural network
 pruning?") ask for this theoretical speed-up beside the compression ratio; ShrinkBench counts 1 per
-multiply-add, which gives the same ratios. Latency: suite.latency times the compacted
+multiply-add, which gives the same ratios. Latency: suite.evaluate.latency times the compacted
 MLP beside the dense and CSR forwards.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .methods import Method
+from ..methods import Method
 
 
 class CompactMLP(nn.Module):
@@ -144,7 +144,7 @@ def stats(model: Method, c: CompactMLP) -> dict[str, float]:
 @torch.no_grad()
 def measure(model: Method, tag: str) -> tuple[dict[str, float], CompactMLP]:
     """Compaction metrics of one pruned model at level `tag` (compact_width_l{i}, params_*, flops_*, each
-    suffixed _tag) and the compacted MLP; suite.latency.measure(others={"compact": c}) checks its
+    suffixed _tag) and the compacted MLP; suite.evaluate.latency.measure(others={"compact": c}) checks its
     logits against the model's forward at every timed batch size before timing it."""
     model.eval()
     c = compact(model)

@@ -29,7 +29,7 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
-from .methods import Method
+from ..methods import Method
 
 BATCHES = (1, 1000)
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

@@ -13,7 +13,7 @@ Smith and Gal 2018).
 Shift (Ovadia et al. 2019, "Can you trust your model's uncertainty?", rotated MNIST): test images
 rotated counter-clockwise by 0..180 degrees in 30 degree steps (ANGLES) with torchvision's rotate (bilinear,
 about the image centre, zero fill: the black background of inputs scaled to [0, 1]); accuracy, NLL
-and ECE per angle from suite.metrics.classification, and their mean over the angles.
+and ECE per angle from suite.evaluate.metrics.classification, and their mean over the angles.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import torchvision.transforms.functional as TF
 from scipy.stats import rankdata
 from torch import Tensor
 
+from ..methods import Method
 from . import metrics
-from .methods import Method
 
 ANGLES = tuple(range(0, 181, 30))  # 7 points per curve: a shift is timed at every level of every trial
 # the out-of-distribution images of a trial: the other dataset's test split (same 28x28 grey format,

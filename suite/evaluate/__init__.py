@@ -1,0 +1,14 @@
+"""Evaluation of a model at its pruning levels, apart from training: it runs at the end of a trial and
+on stored weights alike.
+
+    metrics.py  accuracy / NLL / ECE of predicted probabilities; weight and SNR histogram bins
+    ood.py      out-of-distribution detection (AUROC / AUPR of entropy scores) and rotation shift
+    compact.py  a pruned MLP as the small dense MLP it is: widths, parameters, FLOPs
+    latency.py  dense, CSR and compacted forwards timed side by side; sizes in bytes
+    level.py    one level's metrics (evaluate_level), its probes, the level seeds, the trained weights'
+                histograms, and evaluate_state: a stored state dict evaluated at given keep masks
+
+This file imports nothing: the protocols import evaluate.metrics while suite.methods registers them,
+and level.py imports suite.methods, so pulling level.py in here would close an import circle.
+Import the modules: `from suite.evaluate.level import evaluate_level`.
+"""

@@ -1,0 +1,150 @@
+"""One pruning level's metrics, for a model already at its level: at the end of a trial (the protocol
+made the model) or from stored weights (evaluate_state: a trained state dict and keep masks).
+
+Metric names are the MLflow contract (docs/mlflow.md); a level's metrics end in its tag
+(prune.level_tag: p90, nat). Every level is evaluated after torch.manual_seed(level_seed(seed, i)),
+i its position among the trial's levels, so its Monte Carlo numbers depend neither on how training
+used the RNG nor on how many timed repetitions the previous level's latency phase ran, and the same
+weights give the same metrics at the end of training and from storage.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import methods, prune
+from ..methods import Method
+from ..train import epoch_seed
+from . import compact, latency, metrics, ood
+
+if TYPE_CHECKING:  # config imports the protocols, which import this package's metrics
+    from ..config import TrialConfig
+
+# Cost control: out-of-distribution detection and the rotation shift use the first PROBE_IMAGES images
+# (OOD: that many of each dataset, so AUPR's chance level is 0.5; shift: of the test split, rotated
+# once per trial) and the shift uses the point prediction only: the full sets, or a Monte Carlo
+# ensemble at every angle, would each add more than a fifth to a trial's evaluation time, while
+# 2000 images put the standard error of an accuracy below 1.2 points. Per-angle shift metrics are
+# logged at two levels only, the least and the most pruned (the curves a reader compares), the means
+# at every level: ~40 shift metrics per trial of ~10 levels instead of ~200.
+PROBE_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What every level is evaluated on besides the test split, built once per trial (probes())."""
+
+    x_ood: Tensor | None          # [PROBE_IMAGES, 784] out-of-distribution inputs, or None: no OOD metrics
+    rotated: dict[float, Tensor]  # angle -> the first PROBE_IMAGES test images rotated by it
+    y_rotated: Tensor             # their labels
+
+
+def probes(x: Tensor, y: Tensor, x_ood: Tensor | None) -> Probes:
+    """The probes of a test split x, y [N, 784], [N] and of out-of-distribution inputs (or None)."""
+    return Probes(None if x_ood is None else x_ood[:PROBE_IMAGES],
+                  ood.rotations(x[:PROBE_IMAGES]), y[:PROBE_IMAGES])
+
+
+def level_seed(seed: int, i: int) -> int:
+    """The RNG seed of level number i of a trial with `seed` (its own stream, apart from training's)."""
+    return epoch_seed(seed, 10_000 + i)
+
+
+def curve_levels(levels: Iterable[float | str]) -> set[float]:
+    """The levels whose shift is logged per angle: the least and the most pruned (PROBE_IMAGES' comment)."""
+    numeric = [p for p in levels if not isinstance(p, str)]
+    return {min(numeric), max(numeric)} if numeric else set()
+
+
+@torch.no_grad()
+def evaluate_level(m: Method, cfg: TrialConfig, x: Tensor, y: Tensor, tag: str, probe: Probes,
+                   shift_curve: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+    """One pruned model: accuracy, NLL, ECE (and their Monte Carlo ensemble versions), sparsity as
+    the forward pass sees it (overall and per layer), out-of-distribution detection (scores of the
+    first PROBE_IMAGES test images against probe.x_ood), accuracy / NLL / ECE under rotation (per
+    angle if shift_curve, their means always), latency, size and compaction (compact.py).
+    Returns (metrics, info)."""
+    m.eval()
+    probs = m.predict(x)
+    out = {f"test_{k}_{tag}": v for k, v in metrics.classification(probs, y).items()}
+    # stochastic methods: measured on a *sampled* forward, zero only if a pruned weight's noise is 0 too
+    sparsity, per_layer = prune.measured_sparsity(m, x[:100], cfg.prune_biases, m.sample())
+    out[f"sparsity_{tag}"] = sparsity
+    out.update({f"sparsity_l{j + 1}_{tag}": s for j, s in enumerate(per_layer)})
+    samples = samples_ood = None
+    if m.has_mc:  # one Monte Carlo ensemble: its mean is predict_mc (same draws), its spread scores OOD inputs
+        inputs = [x] if probe.x_ood is None else [x, probe.x_ood]
+        samples, *rest = ood.mc_samples_on(m, inputs, cfg.test_samples)
+        samples_ood = rest[0] if rest else None
+        out.update({f"test_{k}_mc_{tag}": v for k, v in metrics.classification(samples.mean(0), y).items()})
+    if probe.x_ood is not None:
+        n = len(probe.x_ood)
+        out.update(ood.detection(probs[:n], m.predict(probe.x_ood), tag,
+                                 None if samples is None else samples[:, :n], samples_ood))
+    out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
+    shape, small = compact.measure(m, tag)
+    lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small})
+    return {**out, **lat, **shape}, info
+
+
+def _weights(model: Method) -> Tensor:
+    """The point weights of every weight matrix (biases left out), flat."""
+    return torch.cat([model.point_weights()[s.start:s.end] for s in model.layout if not s.is_bias])
+
+
+@torch.no_grad()
+def weight_std(model: Method) -> float:
+    """Standard deviation of the trained model's point weights (metric weight_std)."""
+    return float(_weights(model).std())
+
+
+@torch.no_grad()
+def histograms(model: Method, cfg: TrialConfig, thresholds: list[float]) -> dict[str, dict[str, np.ndarray]]:
+    """The trained model's histogram artifacts, npz name -> arrays: weights_hist.npz (point weights),
+    and snr_hist.npz for methods with an SNR score; thresholds: the score threshold of every numeric
+    level (prune.keep_mask), drawn over the histograms by the plots."""
+    out = {"weights_hist.npz": {
+        "edges": metrics.WEIGHT_EDGES, "counts": metrics.histogram(_weights(model), metrics.WEIGHT_EDGES),
+        "sparsities": np.array(cfg.sparsities), "score_thresholds": np.array(thresholds)}}
+    if "snr" in model.scores:
+        snr = torch.cat([model.score("snr")[s.start:s.end] for s in model.layout if not s.is_bias])
+        out["snr_hist.npz"] = {
+            "edges_db": metrics.SNR_DB_EDGES, "counts": metrics.histogram(metrics.snr_db(snr), metrics.SNR_DB_EDGES),
+            "sparsities": np.array(cfg.sparsities),
+            "thresholds_db": np.array([metrics.threshold_db(t) if cfg.resolved_pruner == "snr" else np.nan
+                                       for t in thresholds])}
+    return out
+
+
+@torch.no_grad()
+def evaluate_state(cfg: TrialConfig, state_dict: Mapping[str, Tensor], masks: Mapping[float | str, Tensor],
+                   x: Tensor, y: Tensor, x_ood: Tensor | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """A trained model evaluated at keep masks, as a trial evaluates its levels: the model cfg builds
+    (suite.methods.build) loads state_dict (the trained, unpruned model: a trial's model.pt) on x's
+    device; each level of `masks` (level -> bool [P] keep mask over the flat parameters, levels of
+    cfg's protocol) is a pruned copy (prune.pruned_copy) seeded with its position among the
+    protocol's levels and evaluated by evaluate_level on the test split x, y [N, 784], [N] with the
+    probes of x, y and x_ood (out-of-distribution inputs [M, 784], or None). Levels a protocol
+    retrains are evaluated as pruned, not retrained. Returns (metrics, info): every level's metrics
+    and weight_std, named as the trial logs them."""
+    levels = list(cfg.protocol_cls.levels(cfg))
+    unknown = [p for p in masks if p not in levels]
+    if unknown:
+        raise ValueError(f"levels {unknown} are not levels of protocol {cfg.protocol} here ({levels})")
+    model = methods.build(cfg)
+    model.load_state_dict(state_dict)
+    model = model.to(x.device).eval()
+    probe, curves = probes(x, y, x_ood), curve_levels(levels)
+    out, info = {"weight_std": weight_std(model)}, {}
+    for p, keep in masks.items():
+        m = prune.pruned_copy(model, keep)
+        torch.manual_seed(level_seed(cfg.seed, levels.index(p)))
+        level, level_info = evaluate_level(m, cfg, x, y, prune.level_tag(p), probe, p in curves)
+        out.update(level)
+        info.update(level_info)
+    return out, info
