@@ -144,9 +144,8 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         history, levels = list(resume["history"]), dict(resume.get("finetune", {}))
 
     def state() -> dict:
-        done = len(history) + sum(len(f.get("history", ())) for f in levels.values())
         return {"grid_key": cfg.grid_key(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "finetune": levels, "progress": done}
+                "history": history, "finetune": levels, "progress": epochs_trained(history, levels)}
 
     def after_epoch(log: dict) -> None:
         cfg.protocol_cls.watch_training(cfg, log["epoch"], model, levels)
@@ -175,8 +174,15 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     out.update(m)
     info.update(i)
     out["eval_wall_s"] = time.perf_counter() - t_eval
+    out["total_epochs"] = float(epochs_trained(history, levels))
     out["total_wall_s"] = time.perf_counter() - t_start + resumed
     return TrialResult(cfg, out, history, info, artifacts, {k: v.cpu() for k, v in model.state_dict().items()})
+
+
+def epochs_trained(history: list[dict], levels: dict[str, dict]) -> int:
+    """Every epoch the trial has trained: training proper plus each retraining phase of its levels
+    (counted from their histories, so a plug-in protocol's retraining counts too)."""
+    return len(history) + sum(len(f.get("history", ())) for f in levels.values())
 
 
 @torch.no_grad()
@@ -206,6 +212,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             # timed repetitions the previous level's latency phase happened to run
             torch.manual_seed(level_seed(cfg.seed, i))
             m, own = proto.prune_level(i, p, keep, progress)
+            own[f"model_epochs_{tag}"] = float(proto.model_epochs(p, progress))
             torch.manual_seed(level_seed(cfg.seed, i))
             level, level_info = evaluate_level(m, cfg, x, y, tag, probe, p in curves)
             done = {"metrics": {**own, **level}, "info": level_info}

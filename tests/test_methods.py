@@ -103,7 +103,7 @@ def test_a_registered_method_reaches_the_report(tmp_path, mnist):
     """The same plug-in registered in-process, logged to a real MLflow store, through analysis."""
     from mlflow.tracking import MlflowClient
 
-    from suite import config, tracking
+    from suite import tracking
     from suite.analysis import report
     from suite.analysis.load import load
     from suite.methods import METHODS

@@ -296,3 +296,18 @@ def test_a_plugin_loads_whichever_package_is_imported_first(first, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'inverse'" in out.stdout
+
+
+@pytest.mark.parametrize("protocol,extra,expected", [
+    # 1 training epoch; finetune / gradual: 2 retraining epochs per level > 0
+    ("finetune", {}, {"p00": 1, "p50": 3, "p90": 3, "total": 5}),
+    ("gradual", {"gradual_epochs": [1, 2], "gradual_interval": 10}, {"p00": 1, "p50": 3, "p90": 3, "total": 5}),
+    # iterative, half of what remains per round: 0.5 in 1 round, then 0.75, 0.875, 0.9 in 3, one model throughout
+    ("iterative", {"iterative_fraction": 0.5}, {"p00": 1, "p50": 1 + 2, "p90": 1 + 2 + 3 * 2, "total": 9}),
+])
+def test_the_trial_logs_the_epochs_behind_every_model(protocol, extra, expected, mnist):
+    torch.set_num_threads(1)
+    cfg = tiny(protocol=protocol, finetune_epochs=2, sparsities=(0.0, 0.5, 0.9), **extra)
+    m = run_trial(cfg, arrays=mnist).metrics
+    assert {t: m[f"model_epochs_{t}"] for t in ("p00", "p50", "p90")} | {"total": m["total_epochs"]} == expected
+    assert m["total_epochs"] == cfg.total_epochs  # what was trained is what the protocol planned

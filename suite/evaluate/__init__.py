@@ -8,7 +8,5 @@ on stored weights alike.
     level.py    one level's metrics (evaluate_level), its probes, the level seeds, the trained weights'
                 histograms, and evaluate_state: a stored state dict evaluated at given keep masks
 
-This file imports nothing: the protocols import evaluate.metrics while suite.methods registers them,
-and level.py imports suite.methods, so pulling level.py in here would close an import circle.
 Import the modules: `from suite.evaluate.level import evaluate_level`.
 """
