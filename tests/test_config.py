@@ -104,3 +104,17 @@ def test_unknown_grid_name_lists_the_shipped_ones():
 def test_shipped_grids_expand(name):
     g = load_grid(name)
     assert g.trials
+
+
+def test_a_config_written_before_protocols_owned_their_settings_still_loads():
+    """Every config.json logged before carries the six retraining settings under every protocol, at
+    their released values where the protocol did not use them: it loads to the same grid point."""
+    released = {"finetune_epochs": 0, "finetune_lr": None, "gradual_epochs": [], "gradual_interval": 100,
+                "iterative_fraction": 0.5, "rewind_epoch": -1}
+    old = {**TrialConfig(method="sparse_vd", protocol="natural").to_dict(), **released}
+    assert from_dict(old).grid_key() == TrialConfig(method="sparse_vd", protocol="natural").grid_key()
+    ft = {**TrialConfig(protocol="finetune", finetune_epochs=10).to_dict(), **{k: v for k, v in released.items()
+                                                                             if k not in ("finetune_epochs", "finetune_lr")}}
+    assert from_dict(ft).grid_key() == TrialConfig(protocol="finetune", finetune_epochs=10).grid_key()
+    with pytest.raises(ConfigError, match="rewind_epoch=2 is invalid: allowed -1 with protocol=finetune \\(only iterative uses it\\)"):
+        from_dict({**ft, "rewind_epoch": 2})
