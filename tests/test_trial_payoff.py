@@ -132,10 +132,10 @@ def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(method, trials, 
 
 def test_trials_get_the_partner_datasets_test_images_but_a_search_does_not(tmp_path: Path):
     rt = Runtime(tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=tmp_path)
-    arrays = load_data(rt, [tiny()], None)
+    arrays = load_data(rt, [tiny()], validation_only=False)
     assert set(arrays) == {"mnist", "fmnist"}
     assert len(arrays["fmnist"].x_test) == 10_000 and len(arrays["fmnist"].x_train) == 0
     assert len(arrays["mnist"].x_train) == 60_000
-    assert set(load_data(rt, [tiny()], "val_acc_mean")) == {"mnist"}
-    both = load_data(rt, [tiny(), tiny(dataset="fmnist")], None)
+    assert set(load_data(rt, [tiny()], validation_only=True)) == {"mnist"}
+    both = load_data(rt, [tiny(), tiny(dataset="fmnist")], validation_only=False)
     assert len(both["fmnist"].x_train) == 60_000 and len(both["mnist"].x_test) == 10_000
