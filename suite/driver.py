@@ -1,7 +1,8 @@
-"""The driver suite.run and suite.search share: what runs where (`Runtime`, `Job`), then one named
-step after another, cheapest first, so that bad input fails within seconds and before anything is
-created: quick checks -> finished grid points -> lock -> pending -> compilers and data -> Ray ->
-resources -> experiment -> sweep.
+"""The driver suite.run and suite.search share: where and how trials run (`Runtime`) and what runs
+(`Job`, `ScalingJob` or `SearchJob`), then one named step after another, cheapest first, so that bad
+input fails within seconds and before anything is created: quick checks -> finished grid points ->
+lock -> pending -> compilers and data -> Ray -> resources -> experiment -> sweep, which gets what the
+steps established as one `sweep.Setup`.
 """
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import fcntl
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import preflight
 from .config import DEVICES, ConfigError, TrialConfig
 from .preflight import PreflightError
+
+if TYPE_CHECKING:  # importing sweep imports ray: the quick checks come first
+    from .sweep import Row, Setup
 
 
 def add_runtime_options(ap: argparse.ArgumentParser, default_experiment: str) -> None:
@@ -86,37 +91,61 @@ def runtime_from(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Runti
 
 @dataclass(frozen=True)
 class Job:
-    """What to run: the grid points, the experiment they belong to, and how the sweep treats them."""
+    """What to run: the grid points and the experiment they belong to. A Job is a grid's run: each
+    pending point trains once. Its two other kinds are their own types, each with its own path in
+    run_job: ScalingJob (the whole grid once per concurrency level, timed) and SearchJob (recipes
+    trained rung by rung and ranked)."""
 
     trials: tuple[TrialConfig, ...]
     experiment: str
     title: str                                   # progress lines; a search's parent run is named after it
     rerun: bool = False                          # train finished grid points again, from scratch
-    concurrency: tuple[int, ...] = ()            # sweep-scaling mode: the whole grid once per level
-    tags: Mapping[str, str] = field(default_factory=dict)  # on every MLflow run
-    select: str | None = None                    # a search: trials train only, ranked by this metric (suite/halving.py)
-    grace_period: int = 1                        # a search's first rung: epochs before a trial may be stopped
-    parent: Mapping[str, str] | None = None      # tags of a parent run the trials' runs nest under
 
     def __post_init__(self):
         object.__setattr__(self, "trials", tuple(self.trials))
-        object.__setattr__(self, "concurrency", tuple(self.concurrency))
         if not self.experiment:
             raise ConfigError("the experiment name is empty: pass --experiment NAME.")
-        if any(not isinstance(k, int) or k < 1 for k in self.concurrency):
-            raise ConfigError(f"--concurrency={','.join(map(str, self.concurrency))!r} is invalid: use positive integers "
-                              "separated by commas, e.g. 1,2,4.")
-        if self.concurrency and self.select:
-            raise ConfigError("a recipe search cannot run in sweep-scaling mode (--concurrency): time the grid it exports.")
-        if self.grace_period < 1:
-            raise ConfigError(f"grace_period={self.grace_period} is invalid: an integer >= 1.")
 
     def pending(self, finished: set[str]) -> list[TrialConfig]:
         """The grid points to train, seed-major: an interrupted sweep already holds every method's
-        result for the first seeds. A concurrency sweep times the whole grid at every level, so
-        nothing counts as already done there."""
-        todo = self.trials if self.rerun or self.concurrency else [t for t in self.trials if t.grid_key() not in finished]
+        result for the first seeds."""
+        todo = self.trials if self.rerun else [t for t in self.trials if t.grid_key() not in finished]
         return sorted(todo, key=lambda t: t.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingJob(Job):
+    """Sweep-scaling mode (suite.run --concurrency): the whole grid once per level k, k trials at once
+    (k per GPU when trials use GPUs), each level's runs tagged and timed."""
+
+    levels: tuple[int, ...]
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "levels", tuple(self.levels))
+        if not self.levels or any(not isinstance(k, int) or k < 1 for k in self.levels):
+            raise ConfigError(f"--concurrency={','.join(map(str, self.levels))!r} is invalid: use positive integers "
+                              "separated by commas, e.g. 1,2,4.")
+
+    def pending(self, finished: set[str]) -> list[TrialConfig]:
+        """Every grid point, seed-major: each level times the whole grid, so nothing counts as already done."""
+        return sorted(self.trials, key=lambda t: t.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchJob(Job):
+    """A recipe search (suite.search): the trials train only, on validation data, and synchronous
+    successive halving ranks them by `select` (suite/halving.py); their runs nest under a parent run."""
+
+    select: str                                  # the selection metric
+    grace_period: int                            # the first rung: epochs before a trial may be stopped
+    tags: Mapping[str, str]                      # on every recipe's run
+    parent: Mapping[str, str]                    # on the parent run
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grace_period < 1:
+            raise ConfigError(f"grace_period={self.grace_period} is invalid: an integer >= 1.")
 
 
 @dataclass
@@ -156,16 +185,17 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     """The steps after the lock: pending grid points, compilers and data, Ray, resources, the
     experiment, the sweep."""
     from . import tracking
-    from .sweep import resume_dir  # sets Ray's environment defaults before ray is imported
+    from .sweep import Setup, resume_dir  # sets Ray's environment defaults before ray is imported
+    search = isinstance(job, SearchJob)
     pending = job.pending(finished)
     done = sum(t.grid_key() in finished for t in job.trials)
     print(f"{job.title}: {len(job.trials)} trials, {done} already finished, {len(pending)} to run"
           f"{' (--rerun)' if job.rerun else ''} -> experiment {job.experiment!r} at {rt.tracking_uri}")
-    if not pending and job.parent is None:
+    if not pending and not search:  # a search still ranks its recipes under its parent run
         print("nothing to do")
         return None
     check_compilers(rt, pending)
-    arrays = load_data(rt, pending, job.select)
+    arrays = load_data(rt, pending, validation_only=search)
     if job.rerun:  # a rerun trains from scratch, not from a leftover resume state
         for t in pending:
             shutil.rmtree(resume_dir(rt.storage, job.experiment, t.grid_key()), ignore_errors=True)
@@ -174,11 +204,11 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     try:
         res = trial_resources(rt, pending)
         exp_id, parent_id = open_experiment(client, job)
-        rows = run_job(job, pending, client, exp_id, parent_id, rt.storage, res, arrays)
+        rows = run_job(Setup(client, exp_id, rt.storage, res, arrays), job, pending, parent_id)
     finally:
         ray.shutdown()
-    return Driven(client, exp_id, rows, len(pending) * len(job.concurrency or [1]),
-                  tracking.browse_hint(rt.tracking_uri, exp_id), parent_id)
+    sweeps = len(job.levels) if isinstance(job, ScalingJob) else 1
+    return Driven(client, exp_id, rows, len(pending) * sweeps, tracking.browse_hint(rt.tracking_uri, exp_id), parent_id)
 
 
 def check_quick(rt: Runtime) -> None:
@@ -232,20 +262,20 @@ def check_compilers(rt: Runtime, pending: list[TrialConfig]) -> None:
         check_compiler(t)
 
 
-def load_data(rt: Runtime, pending: list[TrialConfig], select: str | None) -> dict:
+def load_data(rt: Runtime, pending: list[TrialConfig], validation_only: bool) -> dict:
     """Every dataset the pending trials use, loaded once (shared via Ray's object store) and before
-    Ray starts. A search selects on validation data only: its trials never receive the test split.
-    Otherwise trials also get their out-of-distribution images, the partner dataset's test split
-    (suite.evaluate.ood.PARTNER): a partner no pending trial trains on comes with empty training arrays."""
+    Ray starts. A search selects on validation data only (validation_only): its trials never receive
+    the test split. Otherwise trials also get their out-of-distribution images, the partner dataset's
+    test split (suite.evaluate.ood.PARTNER): a partner no pending trial trains on comes with empty training arrays."""
     from .data import DataError, load_arrays
     from .evaluate.ood import PARTNER
     used = {t.dataset for t in pending}
-    ood_only = set() if select is not None else {PARTNER[d] for d in used} - used
+    ood_only = set() if validation_only else {PARTNER[d] for d in used} - used
     try:
         arrays = {d: load_arrays(d, rt.data_dir) for d in sorted(used | ood_only)}
     except DataError as e:
         raise PreflightError(str(e)) from None
-    if select is not None:
+    if validation_only:
         arrays = {d: dataclasses.replace(a, x_test=a.x_test[:0], y_test=a.y_test[:0]) for d, a in arrays.items()}
     for d in ood_only:
         arrays[d] = dataclasses.replace(arrays[d], x_train=arrays[d].x_train[:0], y_train=arrays[d].y_train[:0],
@@ -289,46 +319,46 @@ def trial_resources(rt: Runtime, pending: list[TrialConfig]):
 
 
 def open_experiment(client, job: Job) -> tuple[str, str | None]:
-    """Only now, after every check: (experiment id, parent run id or None). Runs left RUNNING by a
-    killed driver are marked KILLED (the lock says no live driver owns them)."""
+    """Only now, after every check: (experiment id, a search's parent run id or None). Runs left
+    RUNNING by a killed driver are marked KILLED (the lock says no live driver owns them)."""
     from . import tracking
     exp_id = tracking.ensure_experiment(client, job.experiment)
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
-    parent_id = tracking.parent_run(client, exp_id, job.title, dict(job.parent)) if job.parent is not None else None
+    parent_id = tracking.parent_run(client, exp_id, job.title, dict(job.parent)) if isinstance(job, SearchJob) else None
     return exp_id, parent_id
 
 
-def run_job(job: Job, pending: list[TrialConfig], client, exp_id: str, parent_id: str | None, storage: Path,
-            res, arrays: dict) -> list:
-    """The sweep itself (once, or once per concurrency level); returns its summary rows."""
-    from .sweep import run_sweep
+def run_job(setup: Setup, job: Job, pending: list[TrialConfig], parent_id: str | None) -> list[Row]:
+    """The sweep itself, one path per kind of job; returns its summary rows."""
     if not pending:
         return []
-    if job.concurrency:
-        return [row for k in job.concurrency
-                for row in concurrency_level(k, pending, job.experiment, client, exp_id, storage, res, arrays)]
-    tags = {**job.tags, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
-    if job.select:
-        from .halving import run_search
-        return run_search(job, pending, client, exp_id, storage, res, arrays, tags)
-    return run_sweep(pending, job.experiment, client, exp_id, storage, res, arrays, tags)
+    match job:
+        case ScalingJob():
+            return [row for k in job.levels for row in concurrency_level(setup, job.experiment, pending, k)]
+        case SearchJob():
+            from .halving import run_search
+            return run_search(setup, job, pending, {**job.tags, "mlflow.parentRunId": parent_id})
+        case _:  # a grid's run
+            from .sweep import run_sweep
+            return run_sweep(setup, pending, job.experiment, {})
 
 
-def concurrency_level(k: int, trials, experiment: str, client, exp_id: str, storage: Path, res, arrays) -> list:
+def concurrency_level(setup: Setup, experiment: str, trials: list[TrialConfig], k: int) -> list[Row]:
     """One timed sweep of all trials with k at once (k per GPU when trials use GPUs)."""
     from .sweep import Resources, run_sweep
     sweep = f"{time.strftime('%Y%m%d-%H%M%S')}-c{k}"
-    level = Resources(res.cpus, 1.0 / k, None) if res.gpus > 0 else Resources(res.cpus, 0.0, k)
+    cpus = setup.res.cpus
+    level = Resources(cpus, 1.0 / k, None) if setup.res.gpus > 0 else Resources(cpus, 0.0, k)
     print(f"--- concurrency {k}: sweep {sweep}")
     t0 = time.perf_counter()
-    rows = run_sweep(trials, f"{experiment}-{sweep}", client, exp_id, storage, level, arrays,
+    rows = run_sweep(dataclasses.replace(setup, res=level), trials, f"{experiment}-{sweep}",
                      {"sweep": sweep, "concurrency": str(k)})
     wall = time.perf_counter() - t0
     per_hour = sum(r.status == "FINISHED" for r in rows) / wall * 3600
     for r in rows:
-        client.log_metric(r.run_id, "sweep_trials_per_hour", per_hour)
-        client.log_metric(r.run_id, "sweep_wall_s", wall)
+        setup.client.log_metric(r.run_id, "sweep_trials_per_hour", per_hour)
+        setup.client.log_metric(r.run_id, "sweep_wall_s", wall)
     print(f"--- concurrency {k}: {len(rows)} trials in {wall:.0f} s = {per_hour:.1f} trials/hour")
     return rows

@@ -40,16 +40,17 @@ def promoted(values: dict[str, float | None], eta: int = ETA) -> list[str]:
     return sorted(values, key=rank)[:max(1, len(values) // eta)]
 
 
-def run_search(job, pending: list, client, exp_id: str, storage, res, arrays, tags: dict[str, str]) -> list:
-    """Every rung of `job` (a search): train the recipes still in that lack the rung's value, up to
+def run_search(setup, job, pending: list, tags: dict[str, str]) -> list:
+    """Every rung of `job` (a SearchJob): train the recipes still in that lack the rung's value, up to
     it; rank; stop the others there. Then train the survivors to the end. Recipes that ended in an
-    earlier run of the search are ranked by their logged values and not trained again."""
+    earlier run of the search are ranked by their logged values and not trained again. `tags` go on
+    every recipe's run."""
     from . import tracking
-    from .sweep import SweepCallback, run_sweep
+    from .sweep import SweepCallback, run_round
     by_key = {t.grid_key(): t for t in job.trials}
     todo = {t.grid_key() for t in pending}
-    ended = tracking.metric_histories(client, exp_id, set(by_key) - todo, job.select)
-    cb = SweepCallback(client, exp_id, {**tracking.repro_tags(), **tags}, pending, storage, job.experiment, job.select)
+    ended = tracking.metric_histories(setup.client, setup.exp_id, set(by_key) - todo, job.select)
+    cb = SweepCallback(setup, pending, job.experiment, tags, job.select)
 
     def value(key, epoch):
         return (ended.get(key) or cb.values.get(key) or {}).get(epoch)
@@ -59,7 +60,7 @@ def run_search(job, pending: list, client, exp_id: str, storage, res, arrays, ta
             need = [by_key[k] for k in alive if k in todo and value(k, rung) is None]
             if need:
                 print(f"--- rung at epoch {rung}: {len(alive)} recipes, {len(need)} to train up to it")
-                run_sweep(need, job.experiment, client, exp_id, storage, res, arrays, select=job.select, until=rung, cb=cb)
+                run_round(setup, cb, need, until=rung)
             keep = promoted({k: value(k, rung) for k in alive})
             for k in alive:
                 if k not in keep and k in cb.rows and cb.rows[k].status == "WAITING":
@@ -68,7 +69,7 @@ def run_search(job, pending: list, client, exp_id: str, storage, res, arrays, ta
         last = [by_key[k] for k in alive if k in todo and (k not in cb.rows or cb.rows[k].status == "WAITING")]
         if last:
             print(f"--- last rung: {len(last)} recipe(s) train to the end")
-            run_sweep(last, job.experiment, client, exp_id, storage, res, arrays, select=job.select, cb=cb)
+            run_round(setup, cb, last)
     finally:
         cb.close()
     return list(cb.rows.values())

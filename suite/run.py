@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .config import ConfigError, Grid, load_grid
-from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
+from .driver import Job, Runtime, ScalingJob, add_runtime_options, drive, runtime_from
 from .preflight import PreflightError
 
 
@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 def sweep(args: argparse.Namespace, rt: Runtime) -> int:
     """Expand the grid, drive it, print the summary."""
     grid = load_grid(args.grid, rt.overrides())
-    job = Job(grid.trials, args.experiment or (f"{grid.name}-concurrency" if args.concurrency else grid.name),
-              f"grid {grid.name}", rerun=args.rerun, concurrency=args.concurrency or ())
+    title = f"grid {grid.name}"
+    if args.concurrency:
+        job = ScalingJob(grid.trials, args.experiment or f"{grid.name}-concurrency", title, rerun=args.rerun,
+                         levels=args.concurrency)
+    else:
+        job = Job(grid.trials, args.experiment or grid.name, title, rerun=args.rerun)
     done = drive(rt, job, lambda finished: table(grid, finished))
     if done is None:
         return 0

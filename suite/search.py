@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
-from .driver import Job, Runtime, add_runtime_options, drive, runtime_from
+from .driver import Runtime, SearchJob, add_runtime_options, drive, runtime_from
 from .halving import rungs
 from .preflight import PreflightError
 from .space import EPOCH_FIELDS, Space, load_space
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         tags = {"search": space.name}
         parent = {**tags, "method": space.method, "select": space.metric, "budget_samples": str(b.samples),
                   "budget_max_epochs": str(b.max_epochs), "budget_grace_period": str(b.grace_period)}
-        job = Job(trials, args.experiment or f"search-{space.name}", f"search {space.name}", tags=tags,
-                  select=space.metric, grace_period=b.grace_period, parent=parent)
+        job = SearchJob(trials, args.experiment or f"search-{space.name}", f"search {space.name}", select=space.metric,
+                        grace_period=b.grace_period, tags=tags, parent=parent)
         done = drive(rt, job, lambda finished: recipe_table(space, trials, finished))
     except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LO
 
 import ray  # noqa: E402
 import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
 from . import collapse, tracking  # noqa: E402
@@ -96,6 +98,28 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
                     checkpoint=tune.Checkpoint.from_directory(d))
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What each trial gets, and how many run at once."""
+
+    cpus: float
+    gpus: float
+    max_concurrent: int | None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the driver's steps established, the same for every sweep of a job: the MLflow client and
+    the experiment the runs go to, the storage path (Ray's folders and the resume states), what each
+    trial gets, and the datasets (loaded once, shared through Ray's object store)."""
+
+    client: MlflowClient
+    exp_id: str
+    storage: Path
+    res: Resources
+    arrays: dict[str, Arrays]
+
+
 @dataclass
 class Row:
     """One line of the end-of-sweep summary."""
@@ -116,16 +140,17 @@ class SweepCallback(tune.Callback):
     One MLflow run per grid point, kept across the rounds of a search (successive halving runs a
     recipe rung by rung, as one Tune trial per round)."""
 
-    def __init__(self, client, exp_id: str, tags: dict[str, str], trials: list[TrialConfig], storage: Path,
-                 experiment: str, select: str | None = None):
-        self.client, self.exp_id, self.tags, self.select = client, exp_id, tags, select
-        self.storage, self.experiment = storage, experiment
+    def __init__(self, setup: Setup, trials: list[TrialConfig], experiment: str, tags: Mapping[str, str],
+                 select: str | None = None):
+        self.client, self.exp_id, self.storage = setup.client, setup.exp_id, setup.storage
+        self.experiment, self.select = experiment, select  # the resume-state folder; a search's metric
+        self.tags = {**tracking.repro_tags(), **tags}
         self.todo = {t.grid_key(): (t.method, t.total_epochs) for t in trials}   # grid_key -> (method, epochs)
         self.done_epochs: dict[str, int] = {}                            # grid_key -> epochs trained
         self.epoch_s: dict[str, list[float]] = {}                        # method -> epoch times seen
         self.n = len(trials)
         self.peak_running = 0
-        self.until: int | None = None       # this round's rung: epochs past it are not logged (see run_sweep)
+        self.until: int | None = None       # this round's rung: epochs past it are not logged (see run_round)
         self.keys: dict[str, str] = {}      # Tune trial_id -> grid_key
         self.runs: dict[str, str] = {}      # grid_key -> MLflow run_id
         self.logged: dict[str, int] = {}    # run_id -> last epoch logged
@@ -249,44 +274,37 @@ class SweepCallback(tune.Callback):
                 row.status = "KILLED"
 
 
-@dataclass
-class Resources:
-    """What each trial gets, and how many run at once."""
+def run_sweep(setup: Setup, trials: list[TrialConfig], experiment: str, tags: Mapping[str, str]) -> list[Row]:
+    """Train the given grid points to the end under Ray Tune (ray must be initialised), one MLflow run
+    each with `tags` on it; returns the summary rows. `experiment` names the Ray run and the
+    resume-state folder."""
+    cb = SweepCallback(setup, trials, experiment, tags)
+    try:
+        run_round(setup, cb, trials)
+    finally:
+        cb.close()
+    return list(cb.rows.values())
 
-    cpus: float
-    gpus: float
-    max_concurrent: int | None
 
-
-def run_sweep(trials: list[TrialConfig], experiment: str, client, exp_id: str, storage: Path,
-              res: Resources, arrays: dict[str, Arrays], extra_tags: dict[str, str] | None = None,
-              select: str | None = None, *, until: int | None = None, cb: SweepCallback | None = None) -> list[Row]:
-    """Run the given grid points under Ray Tune (ray must be initialised); returns the summary rows.
-    `experiment` names the Ray run and the resume-state folder; extra_tags go on every MLflow run.
-    select (a recipe search): trials only train (no test evaluation). until (a round of a search):
-    each trial stops once it has reported that epoch and waits (status WAITING) in `cb`, the search's
-    callback that outlives its rounds; the next round resumes it from its resume state. A trial may
-    train a little past `until` before Tune stops it: those epochs are not logged, and the per-epoch
-    seeds make its next round's numbers the same either way."""
-    own = cb is None
-    if own:
-        cb = SweepCallback(client, exp_id, {**tracking.repro_tags(), **(extra_tags or {})}, trials, storage, experiment,
-                           select)
+def run_round(setup: Setup, cb: SweepCallback, trials: list[TrialConfig], until: int | None = None) -> None:
+    """One Tune run of `trials`, logged by `cb`, whose experiment names the Ray run and the resume-state
+    folder; with its `select` set (a recipe search) the trials only train (no test evaluation).
+    until (a round of a search): each trial stops once it has reported that epoch and waits (status
+    WAITING) in `cb`, the search's callback that outlives its rounds; the next round resumes it from
+    its resume state. A trial may train a little past `until` before Tune stops it: those epochs are
+    not logged, and the per-epoch seeds make its next round's numbers the same either way."""
     cb.until = until
+    res = setup.res
     param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
-                   "resume_root": str(resume_dir(storage, experiment, "")), "evaluate": select is None, "until": until}
-    fn = tune.with_resources(tune.with_parameters(trainable, arrays=arrays), {"cpu": res.cpus, "gpu": res.gpus})
+                   "resume_root": str(resume_dir(setup.storage, cb.experiment, "")), "evaluate": cb.select is None,
+                   "until": until}
+    fn = tune.with_resources(tune.with_parameters(trainable, arrays=setup.arrays), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(
         fn, param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent,
                                     trial_dirname_creator=lambda t: f"{from_dict(t.config['trial']).grid_key()}_{t.trial_id}"),
         run_config=tune.RunConfig(
-            name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-to{until}" if until else ""),
-            storage_path=str(storage), verbose=0, callbacks=[cb], stop={"epoch": until} if until else None,
+            name=f"{cb.experiment}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-to{until}" if until else ""),
+            storage_path=str(setup.storage), verbose=0, callbacks=[cb], stop={"epoch": until} if until else None,
             failure_config=tune.FailureConfig(max_failures=2), checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    try:
-        tuner.fit()
-    finally:
-        if own:
-            cb.close()
-    return list(cb.rows.values())
+    tuner.fit()

@@ -7,7 +7,7 @@ import pytest
 
 from suite import run, search
 from suite.config import ConfigError, from_dict
-from suite.driver import Job, Runtime, add_runtime_options, drive, driver_lock, lock, runtime_from
+from suite.driver import Job, Runtime, ScalingJob, SearchJob, add_runtime_options, drive, driver_lock, lock, runtime_from
 from suite.preflight import PreflightError
 from suite.space import SEARCH_DIR, load_space
 
@@ -84,18 +84,22 @@ def test_pending_is_the_unfinished_grid_points_seed_major():
     assert job.pending(finished) == [ts[3], ts[2], ts[0]]
     # --rerun trains everything again; a concurrency sweep times the whole grid at every level
     assert Job(ts, "e", "g", rerun=True).pending(finished) == [ts[1], ts[3], ts[2], ts[0], ts[4]]
-    assert len(Job(ts, "e", "g", concurrency=[1, 2]).pending(finished)) == 5
+    assert len(ScalingJob(ts, "e", "g", levels=[1, 2]).pending(finished)) == 5
 
 
-@pytest.mark.parametrize("kwargs, says", [
-    ({"concurrency": [1, 0]}, "--concurrency='1,0' is invalid"),
-    ({"concurrency": [2], "select": "val_acc_mean"}, "cannot run in sweep-scaling mode"),
-    ({"grace_period": 0}, "grace_period=0 is invalid"),
-    ({"experiment": ""}, "pass --experiment NAME"),
+SEARCH = {"select": "val_acc_mean", "grace_period": 1, "tags": {}, "parent": {}}
+
+
+@pytest.mark.parametrize("kind, kwargs, says", [
+    (ScalingJob, {"levels": [1, 0]}, "--concurrency='1,0' is invalid"),
+    (ScalingJob, {"levels": []}, "--concurrency='' is invalid"),
+    (SearchJob, {**SEARCH, "grace_period": 0}, "grace_period=0 is invalid"),
+    (Job, {"experiment": ""}, "pass --experiment NAME"),
+    (SearchJob, {**SEARCH, "experiment": ""}, "pass --experiment NAME"),
 ])
-def test_a_nonsense_job_is_one_clear_error(kwargs, says):
+def test_a_nonsense_job_is_one_clear_error(kind, kwargs, says):
     with pytest.raises(ConfigError, match=says):
-        Job(**{"trials": trials(0), "experiment": "e", "title": "t", **kwargs})
+        kind(**{"trials": trials(0), "experiment": "e", "title": "t", **kwargs})
 
 
 def test_dry_run_prints_the_table_and_creates_nothing(tmp_path, capsys):
@@ -139,7 +143,8 @@ def test_the_grid_cli_builds_its_job_from_the_options(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "drive", lambda rt, job, table: seen.update(rt=rt, job=job))
     assert run.main(["--grid", "smoke", "--concurrency", "1,2", "--device", "cpu", "--storage-path", str(tmp_path)]) == 0
     job, rt = seen["job"], seen["rt"]
-    assert (job.experiment, job.title, job.concurrency, job.rerun) == ("smoke-concurrency", "grid smoke", (1, 2), False)
+    assert (type(job), job.experiment, job.title, job.levels, job.rerun) == (
+        ScalingJob, "smoke-concurrency", "grid smoke", (1, 2), False)
     assert rt.storage == tmp_path and all(t.device == "cpu" for t in job.trials)
 
 
@@ -274,10 +279,10 @@ def test_a_search_gives_the_same_budgets_and_numbers_twice_also_when_killed_and_
 
 
 def test_eta_counts_a_recipe_waiting_at_a_rung_as_not_ended(tmp_path):
-    from suite.sweep import Row, SweepCallback
+    from suite.sweep import Resources, Row, Setup, SweepCallback
     trials = [from_dict({"method": "sgd", "epochs": 30, "lr": lr}) for lr in (1e-3, 2e-3)]
     keys = [t.grid_key() for t in trials]
-    cb = SweepCallback(None, "0", {}, trials, tmp_path, "x", select="val_acc_mean")
+    cb = SweepCallback(Setup(None, "0", tmp_path, Resources(1, 0, None), {}), trials, "x", {}, select="val_acc_mean")
     cb.epoch_s = {"sgd": [2.0]}
     cb.rows = {keys[0]: Row(keys[0], "a", "STOPPED", "r0"), keys[1]: Row(keys[1], "b", "WAITING", "r1")}
     cb.done_epochs = {keys[0]: 9, keys[1]: 3}  # by hand: ended mean 9, so the waiting one has 6 epochs of 2 s left

@@ -186,7 +186,7 @@ def test_multinode_spread_and_worker_loss(tmp_path, mnist):
     from ray.cluster_utils import Cluster
 
     from suite import tracking
-    from suite.sweep import Resources, run_sweep
+    from suite.sweep import Resources, Setup, run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # trials only on workers
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -200,8 +200,8 @@ def test_multinode_spread_and_worker_loss(tmp_path, mnist):
 
         def sweep():
             try:
-                out["rows"] = run_sweep(trials, "multinode", client, exp_id, tmp_path / "ray", Resources(1, 0, None),
-                                        {"mnist": mnist})
+                out["rows"] = run_sweep(Setup(client, exp_id, tmp_path / "ray", Resources(1, 0, None), {"mnist": mnist}),
+                                        trials, "multinode", {})
             except BaseException as e:  # surfaced by the assertion below
                 out["error"] = e
         t = threading.Thread(target=sweep)
@@ -237,12 +237,12 @@ def test_eta_counts_ended_trials_as_done_and_expects_asha_stops_in_a_search(tmp_
     """An ASHA-stopped recipe has nothing left to train; in a search a pending recipe is expected to
     run as many epochs as the ended ones did on average, not the whole budget."""
     from suite.config import from_dict
-    from suite.sweep import Row, SweepCallback
+    from suite.sweep import Resources, Row, Setup, SweepCallback
     trials = [from_dict({"method": "sgd", "epochs": 30, "lr": lr}) for lr in (1e-3, 2e-3, 3e-3, 4e-3)]
     keys = [t.grid_key() for t in trials]
 
     def eta(select):
-        cb = SweepCallback(None, "0", {}, trials, tmp_path, "x", select=select)
+        cb = SweepCallback(Setup(None, "0", tmp_path, Resources(1, 0, None), {}), trials, "x", {}, select=select)
         cb.epoch_s = {"sgd": [2.0]}                          # 2 s per epoch
         cb.rows = {"a": Row(keys[0], "a", "STOPPED", "r0"), "b": Row(keys[1], "b", "FINISHED", "r1"),
                    "c": Row(keys[2], "c", "RUNNING", "r2")}

@@ -175,18 +175,20 @@ def driver_sweep(n: int, epochs: int, root: Path) -> dict:
 
     from .. import driver, tracking
     from ..config import TrialConfig
+    from ..sweep import Setup
     trials = [TrialConfig(**TINY, epochs=epochs, seed=s) for s in range(n)]
     rt = driver.Runtime(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", storage=root / "ray_results", max_concurrent=1)
     job = driver.Job(trials, f"scale-e{epochs}", f"scale bench, {epochs} epoch(s)")
     client = tracking.connect(rt.tracking_uri)
-    arrays = driver.load_data(rt, trials, None)
+    arrays = driver.load_data(rt, trials, validation_only=False)
     driver.start_ray(rt)
     try:
         res = driver.trial_resources(rt, trials)
         exp_id, _ = driver.open_experiment(client, job)
+        setup = Setup(client, exp_id, rt.storage, res, arrays)
         with timing(tracking, CALLS) as spent:
             load0, cpu0, t0 = load(), cpu_s(), time.perf_counter()
-            rows = driver.run_job(job, trials, client, exp_id, None, rt.storage, res, arrays)
+            rows = driver.run_job(setup, job, trials, None)
             wall, cpu, load1 = time.perf_counter() - t0, cpu_s() - cpu0, load()
     finally:
         ray.shutdown()
