@@ -1,6 +1,7 @@
 """Pruning protocols as plug-ins: the registry, a protocol added in a few lines, and the invariants
 that tie the built-in protocols to each other and to the masks they promise."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -311,3 +312,16 @@ def test_the_trial_logs_the_epochs_behind_every_model(protocol, extra, expected,
     m = run_trial(cfg, arrays=mnist).metrics
     assert {t: m[f"model_epochs_{t}"] for t in ("p00", "p50", "p90")} | {"total": m["total_epochs"]} == expected
     assert m["total_epochs"] == cfg.total_epochs  # what was trained is what the protocol planned
+
+
+@pytest.mark.slow
+def test_gradual_runs_on_its_defaults_from_the_cli(tmp_path):
+    """Only the retraining budget given: the span is the first 60 % of it, [1, 6] of 10 epochs
+    (100 steps each here, so the default mask update every 100 steps fits it)."""
+    out = subprocess.run([sys.executable, "-m", "suite.trial", "--protocol", "gradual", "--finetune-epochs", "10",
+                          "--epochs", "1", "--train-subset", "10000", "--hidden", "16", "--sparsities", "0,0.9",
+                          "--threads", "1", "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["config"]["gradual_epochs"] == [1, 6] and result["metrics"]["model_epochs_p90"] == 11
+    assert result["metrics"]["sparsity_p90"] == pytest.approx(0.9, abs=1e-3)
