@@ -144,10 +144,8 @@ class TrialConfig:
             if f.name not in ("params", "protocol_params"):
                 v = flat.get(f.name, own_defaults.get(f.name, f.default))
                 object.__setattr__(self, f.name, _coerce(f.name, v, _HINTS[f.name]) if f.name in flat else v)
-        object.__setattr__(self, "params", given.get("params") if "params" in given and not own
-                           else _make(cls.Params, own))
-        object.__setattr__(self, "protocol_params", given.get("protocol_params")
-                           if "protocol_params" in given and not own_protocol else _make(proto.Params, own_protocol))
+        for part, plugin, flat_own in (("params", cls, own), ("protocol_params", proto, own_protocol)):
+            object.__setattr__(self, part, given[part] if part in given and not flat_own else _make(plugin.Params, flat_own))
         validate(self)
 
     def __getattr__(self, name: str):
