@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from suite import tracking
-from suite.analysis import plots, references, report, tables
+from suite.analysis import figure, references, report
+from suite.analysis.levels import level_table
 from suite.analysis.load import AnalysisError, baseline_label, load, ordered_labels
 from suite.config import TrialConfig
 from suite.trial import run_trial
@@ -67,7 +68,7 @@ def test_tables_equal_a_direct_computation(store):
     exp = load("tiny", uri)
     assert len(exp.runs) == 6 and exp.duplicates_dropped == 1
     assert exp.status_counts == {"FINISHED": 7, "FAILED": 1}
-    t = tables.level_table(exp.runs, "test_acc", "mnist")
+    t = level_table(exp.runs, "test_acc", "mnist")
     cells, means = t.cells, t.means
     assert set(cells.index) == {"SGD", "Dropout 0.5", "BBB"} and list(cells.columns) == ["0 %", "50 %", "90 %"]
     for label in ("SGD", "Dropout 0.5", "BBB"):
@@ -84,16 +85,17 @@ def test_a_store_without_the_run_tags_falls_back_to_the_old_order(store):
     exp = load("legacy", uri)
     assert (exp.runs.protocol == "oneshot").all()
     assert ordered_labels(exp.runs) == ["SGD", "Dropout 0.5", "BBB"] and baseline_label(exp.runs) == "SGD"
-    assert plots.palette(exp.runs) == {"SGD": "#1f77b4", "Dropout 0.5": "#ff7f0e", "BBB": "#d62728"}
+    assert figure.palette(exp.runs) == {"SGD": "#1f77b4", "Dropout 0.5": "#ff7f0e", "BBB": "#d62728"}
 
 
-def test_labels_baseline_and_colours_come_from_run_tags(store, tmp_path):
+def test_the_baseline_comes_from_run_tags_order_and_colours_from_the_label(store, tmp_path):
     uri, _ = store
     exp = load("tagged", uri)
-    assert ordered_labels(exp.runs) == ["BBB", "SGD", "Dropout 0.5"]
+    # the tags put BBB first and colour SGD black and BBB pure red; built-in labels keep labels.py's order and colours
+    assert ordered_labels(exp.runs) == ["SGD", "Dropout 0.5", "BBB"]
     assert baseline_label(exp.runs) == "BBB"
-    pal = plots.palette(exp.runs)
-    assert pal["SGD"] == "#000000" and pal["BBB"] == "#ff0000" and pal["Dropout 0.5"] not in ("#000000", "#ff0000")
+    pal = figure.palette(exp.runs)
+    assert pal["SGD"] == "#1f77b4" and pal["BBB"] == "#d62728" and pal["Dropout 0.5"] not in ("#000000", "#ff0000")
     report.build(exp, tmp_path / "tagged")
     headline = (tmp_path / "tagged" / "tables" / "headline.csv").read_text()
     assert "vs BBB at 90 %" in headline and "baseline" in headline
@@ -150,7 +152,7 @@ def test_report_writes_every_file(store, tmp_path):
 def test_one_seed_is_shown_as_such(store, tmp_path):
     uri, _ = store
     exp = load("one-seed", uri)
-    cells = tables.level_table(exp.runs, "test_acc", "mnist").cells
+    cells = level_table(exp.runs, "test_acc", "mnist").cells
     assert cells.loc["BBB", "0 %"].endswith("(1 seed)")
     report.build(exp, tmp_path / "one")
     text = (tmp_path / "one" / "report.md").read_text()

@@ -10,8 +10,11 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from suite.analysis import compression, plots, references, report, tables
+from suite.analysis import compression, cost, figure, references, report, scaling
+from suite.analysis.headline import headline_table
+from suite.analysis.levels import level_table
 from suite.analysis.load import by_level, load, ordered_labels
+from suite.analysis.table import Table
 
 LEVELS = (0.0, 0.5, 0.9, 0.95, 0.98, 0.99)
 SIZES = (784 * 300, 300 * 100, 100 * 10)
@@ -137,13 +140,14 @@ class Page(HTMLParser):
         return bool(cell_id) and re.search(rf"#{re.escape(cell_id)}\b[^{{]*\{{[^}}]*font-weight: bold", self.styles) is not None
 
 
-def test_labels_colours_and_baseline_come_from_tags(lenet):
+def test_baseline_comes_from_tags_order_and_colours_from_the_label(lenet):
     exp, _ = lenet
-    assert ordered_labels(exp.runs) == list(LENET)
-    pal = plots.palette(exp.runs)
-    assert pal["SGD"] == "#1f77b4" and pal["Sparse VD"] == "#2ca02c"
-    assert pal["Dropout 0.5"] not in {c[3] for c in LENET.values()}  # untagged: a free palette colour
-    t, _ = tables.headline_table(exp.runs, with_compression=True)
+    # the tags put SGD + fine-tune before Dropout 0.5 and colour Sparse VD green: built-in labels keep labels.py's
+    assert ordered_labels(exp.runs) == ["SGD", "Dropout 0.5", "SGD + fine-tune", "BBB", "Sparse VD"]
+    pal = figure.palette(exp.runs)
+    assert pal["SGD"] == "#1f77b4" and pal["Sparse VD"] == "#8c564b"
+    assert pal["Dropout 0.5"] not in {c[3] for c in LENET.values()}  # untagged: Dropout's own colour
+    t, _ = headline_table(exp.runs, with_compression=True)
     assert t.cells.loc[("MNIST", "SGD"), "vs SGD at 99 %"] == "baseline"
     assert t.cells.loc[("MNIST", "Sparse VD"), "highest compression within the error bar"] == "100.0x"
     assert t.best().loc[("MNIST", "Sparse VD"), "highest compression within the error bar"]
@@ -164,7 +168,7 @@ def test_compression_is_weights_only_from_per_layer_sparsity(lenet):
     runs["param.prune_biases"] = "True"
     fallback = compression.levels(runs)
     assert not fallback.exact.any()
-    t, bar = tables.compression_table(runs, "mnist")
+    t, bar = compression.compression_table(runs, "mnist")
     assert "counts pruned biases" in bar and t.cells.compression.str.endswith(" *").any()
 
 
@@ -178,17 +182,17 @@ def test_compression_counts_the_point_estimate_where_the_compaction_metrics_say_
     runs.loc[nat, "flops_nonzero_nat"] = 2.0 * 20_000          # 20k of 266.2k weights left
     lv = compression.levels(runs)
     assert lv[lv.level == "nat"].compression.to_numpy() == pytest.approx(sum(SIZES) / 20_000)  # 13.31x
-    cell = tables.level_table(runs, "test_acc", "mnist").cells.loc["Sparse VD", "natural"]
+    cell = level_table(runs, "test_acc", "mnist").cells.loc["Sparse VD", "natural"]
     assert cell.endswith(f"@ {1 - 20_000 / sum(SIZES):.1%} sparse (n=3)")                 # 92.5 %, not 97.9 %
     assert 1 - 20_000 / sum(SIZES) < np.dot(SIZES, NAT_LAYERS) / sum(SIZES)
     # the measured-sparsity table shows what was measured (on a sample), not the nominal level
     runs.loc[nat, "sparsity_p50"] = 0.61
-    assert tables.level_table(runs, "sparsity", "mnist").cells.loc["Sparse VD", "50 %"].startswith("0.6100 ± 0.0000")
+    assert level_table(runs, "sparsity", "mnist").cells.loc["Sparse VD", "50 %"].startswith("0.6100 ± 0.0000")
 
 
 def test_compression_table_finds_the_highest_level_under_the_bar(lenet):
     exp, _ = lenet
-    t, bar = tables.compression_table(exp.runs, "mnist")
+    t, bar = compression.compression_table(exp.runs, "mnist")
     assert "2.0%" in bar
     s = compression.summary(exp.runs[exp.runs.dataset == "mnist"])
     for label in LENET:
@@ -197,18 +201,18 @@ def test_compression_table_finds_the_highest_level_under_the_bar(lenet):
         assert t.cells.loc[label, "compression"] == f"{best.compression:.1f}x"
     assert t.cells.loc["SGD + fine-tune", "level"] == "98 %"      # 2.6 % error at 99 % misses the bar
     assert t.cells.loc["Sparse VD", "level"] == "99 %"
-    ft, fbar = tables.compression_table(exp.runs, "fmnist")
+    ft, fbar = compression.compression_table(exp.runs, "fmnist")
     dense = 1 - exp.runs.query("dataset == 'fmnist' and label == 'SGD'")["test_acc_p00"].mean()
     assert f"{dense:.2%}" in fbar and "SGD's dense error" in fbar
 
 
 def test_natural_level_and_mc_calibration_tables(lenet):
     exp, _ = lenet
-    t = tables.level_table(exp.runs, "test_acc", "mnist")
+    t = level_table(exp.runs, "test_acc", "mnist")
     assert list(t.cells.columns)[-1] == "natural"
     assert t.cells.loc["Sparse VD", "natural"].endswith(f"@ {np.dot(SIZES, NAT_LAYERS) / sum(SIZES):.1%} sparse (n=3)")
     assert t.cells.loc["SGD", "natural"] == "-"
-    nll = tables.level_table(exp.runs, "test_nll_mc", "mnist")
+    nll = level_table(exp.runs, "test_nll_mc", "mnist")
     assert list(nll.cells.index) == ["BBB", "Sparse VD"] and nll.higher is False
     long = by_level(exp.runs, "test_acc")
     assert long[long.level == "nat"].sparsity.to_numpy() == pytest.approx(np.dot(SIZES, NAT_LAYERS) / sum(SIZES))
@@ -216,7 +220,7 @@ def test_natural_level_and_mc_calibration_tables(lenet):
 
 def test_cost_table_shows_train_compile_eval_total(lenet):
     exp, _ = lenet
-    c = tables.cost_table(exp.runs, "mnist").cells
+    c = cost.cost_table(exp.runs, "mnist").cells
     assert {"train s", "compile s", "eval s", "total s"} <= set(c.columns)
     assert c.loc["BBB", "compile s"] == "12.0 ± 0.0 (n=3)"
     assert c.loc["SGD", "train s"] == "151.0 ± 1.0 (n=3)"
@@ -243,7 +247,7 @@ def test_like_protocol_only(lenet):
     assert at75["mnist", "SGD"] == "level not run" and at75["mnist", "Dropout 0.9"] == "not run"
     assert differ.empty
     # the claim check compares every label with the baseline (tag), at the highest compared level
-    checks = report.study_check(table, exp.runs)
+    checks = references.study_check(table, exp.runs)
     d90 = exp.runs.query("dataset == 'mnist' and label == 'Dropout 0.5'")["test_acc_p90"].mean()
     assert any(line.startswith("mnist, 90%: Dropout 0.5 does worse than SGD here") and f"{d90:.4f}" in line
                and "the study found it worse (0.2216 vs 0.6943)" in line for line in checks), checks
@@ -288,7 +292,7 @@ def test_error_vs_compression_plot_and_empty_panels_explained(lenet):
     text = (out / "report.md").read_text()
     assert "Published on the same architecture" in text and "No published results for this dataset" in text
     # runs that never fitted: the cost plot's second panel says so instead of being blank axes
-    fig = plots.cost_figure(exp.runs.assign(epochs_to_fit=np.nan))
+    fig = cost.cost_figure(exp.runs.assign(epochs_to_fit=np.nan))
     assert "No trial reached" in " ".join(t.get_text() for t in fig.axes[1].texts)
     assert not fig.axes[1].patches                                           # and draws no bars
 
@@ -336,7 +340,7 @@ def test_against_shows_each_method_at_both_recipes(tmp_path):
 
 
 def test_table_renderings_agree_and_escape():
-    t = tables.Table(pd.DataFrame({"acc <%>": ["0.5000 ± 0.1000 (n=3)", "<x>"]}, index=["L<1>", "M"]),
+    t = Table(pd.DataFrame({"acc <%>": ["0.5000 ± 0.1000 (n=3)", "<x>"]}, index=["L<1>", "M"]),
                      pd.DataFrame({"acc <%>": [0.5, 0.2]}, index=["L<1>", "M"]), higher=True)
     page = Page()
     page.feed(t.html())
@@ -356,13 +360,13 @@ def test_concurrency_table_gives_each_levels_throughput_speedup_and_efficiency()
                        "sweep_trials_per_hour": [18.0] * 3 + [27.0] * 3 + [np.nan, np.nan],
                        "sweep_wall_s": [600.0] * 3 + [400.0] * 3 + [np.nan, np.nan],
                        "total_wall_s": [100.0, 300.0, 200.0, 250.0, 200.0, 270.0, 50.0, 10.0]})
-    t = tables.concurrency_table(df)
+    t = scaling.concurrency_table(df)
     assert t.cells.to_dict("records") == [
         {"concurrent trials": "1", "sweep": "s-c1", "trials": "3", "wall (s)": "600", "trials / hour": "18.0",
          "speed-up": "1.00×", "efficiency": "100%", "median trial (s)": "200.0", "slots busy": "100%"},
         {"concurrent trials": "2", "sweep": "s-c2", "trials": "3", "wall (s)": "400", "trials / hour": "27.0",
          "speed-up": "1.50×", "efficiency": "75%", "median trial (s)": "250.0", "slots busy": "90%"}]
-    assert tables.concurrency_table(df[df.sweep == ""]).empty
+    assert scaling.concurrency_table(df[df.sweep == ""]).empty
 
 
 def test_width_table_gives_each_cost_and_its_ratio_to_sgd_at_the_same_width():
@@ -371,10 +375,33 @@ def test_width_table_gives_each_cost_and_its_ratio_to_sgd_at_the_same_width():
                        "hidden": ["[100, 100]", "[400, 400]", "[100, 100]", "[400, 400]", "[100, 100]"],
                        "train_wall_s": [3.0, 6.0, 9.0, 30.0, 9.0], "epochs": [3] * 5,
                        "step_time_ms": [1.0, 4.0, 2.5, 12.0, 3.0]})
-    t = tables.width_table(df, "step_time_ms")
+    t = scaling.width_table(df, "step_time_ms")
     # SGD at 100 units: mean of 1.0 and 3.0 = 2.0; BBB 2.5 / 2.0 = 1.25x; at 400: 12 / 4 = 3x
     assert t.cells.to_dict("index") == {"SGD": {"100": "2.00", "400": "4.00"},
                                         "BBB": {"100": "2.50 (1.25×)", "400": "12.00 (3.00×)"}}
-    epoch = tables.width_table(df, "time_per_epoch_s")  # train_wall_s / epochs: SGD (1 + 3) / 2 = 2 s at 100
+    epoch = scaling.width_table(df, "time_per_epoch_s")  # train_wall_s / epochs: SGD (1 + 3) / 2 = 2 s at 100
     assert epoch.cells.loc["BBB", "100"] == "3.00 (1.50×)" and epoch.cells.loc["SGD", "400"] == "2.00"
-    assert tables.width_table(df[df.hidden == "[100, 100]"], "step_time_ms").empty  # one width: no table
+    assert scaling.width_table(df[df.hidden == "[100, 100]"], "step_time_ms").empty  # one width: no table
+
+
+def test_a_label_has_one_colour_and_order_in_every_experiment(tmp_path):
+    """Built-in labels are placed and coloured by labels.py whatever their tags say; a label it does not know
+    (a plug-in) keeps the colour and order of its tags."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = {"a": {"SGD": ("3", "#000000"), "Dropout 0.5163": ("0.5163", "#bcbd22"), "BBB": ("10", "#d62728"),
+                  "MyNet + prune": ("15", "#123456")},
+            "b": {"SGD": ("0", "#1f77b4"), "Dropout 0.5163": ("0.6", "#ff0000"), "BBB": ("1", "#00ff00"),
+                  "MyNet + prune": ("15", "#123456")}}
+    runs = {}
+    for name, labels in tags.items():
+        exp_id = client.create_experiment(name)
+        for label, (order, colour) in labels.items():
+            rid = client.create_run(exp_id, tags={"grid_key": label, "label": label, "label_order": order, "color": colour,
+                                                  "dataset": "mnist", "protocol": "oneshot", "seed": "0"}).info.run_id
+            client.log_batch(rid, metrics=[Metric("test_acc_p00", 0.9, 0, 0)], params=[Param("epochs", "1")])
+            client.set_terminated(rid)
+        runs[name] = load(name, client.tracking_uri).runs
+    a, b = (figure.palette(runs[n]) for n in ("a", "b"))
+    assert a == b and a["SGD"] == "#1f77b4" and a["Dropout 0.5163"] == "#ff7f0e" and a["BBB"] == "#d62728"
+    assert a["MyNet + prune"] == "#123456"
+    assert ordered_labels(runs["a"]) == ordered_labels(runs["b"]) == ["SGD", "Dropout 0.5163", "BBB", "MyNet + prune"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from suite import tracking
-from suite.analysis import budget, payoff, plots, report
+from suite.analysis import budget, figure, payoff, report
 from suite.analysis.load import load
 from suite.config import TrialConfig
 from suite.trial import TrialResult
@@ -180,8 +180,8 @@ def test_total_epochs_in_cost_tables_and_legends(store):
     cost = table(out, "cost_mnist")
     assert cost.loc["SGD + fine-tune", "total epochs"] == "14" and cost.loc["Sparse VD", "total epochs"] == "20"
     assert table(out, "inference_mnist").loc["Sparse VD", "total epochs"] == "20"
-    assert plots.budget_label(exp.runs, "mnist", "SGD + fine-tune") == "SGD + fine-tune (14 ep, † 1 of 2 runs collapsed)"
-    assert plots.budget_label(exp.runs, "mnist", "Sparse VD") == "Sparse VD (20 ep)"
+    assert figure.budget_label(exp.runs, "mnist", "SGD + fine-tune") == "SGD + fine-tune (14 ep, † 1 of 2 runs collapsed)"
+    assert figure.budget_label(exp.runs, "mnist", "Sparse VD") == "Sparse VD (20 ep)"
 
 
 @pytest.mark.parametrize("kw", [dict(protocol="iterative", finetune_epochs=3, iterative_fraction=0.5),
@@ -205,3 +205,21 @@ def test_old_store_renders_with_sections_omitted(tmp_path):
     assert "## Uncertainty under pruning" in md and "Omitted: no run logged the OOD or rotation metrics" in md
     assert not (out / "tables" / "speedup_mnist.csv").exists() and (out / "tables" / "test_acc_mnist.csv").exists()
     assert "index.html" in {p.name for p in out.iterdir()}
+
+
+def test_the_budget_is_read_from_the_trial_metrics_else_computed_from_params(store):
+    """A run that logged total_epochs / model_epochs_<level> is taken at its word; a run from before trials
+    recorded their budget gets budget_from_params, and a level's budget is then the run's total."""
+    params = {"epochs": "20", "finetune_epochs": "10", "iterative_fraction": "0.5", "sparsities": "[0.0, 0.5, 0.75, 0.9]"}
+    # iterative, pruning half of what remains per round: 0 -> 0.5 (1 round), -> 0.75 (1), -> 0.875 -> 0.9 (2)
+    assert budget.budget_from_params("iterative", params) == 20 + 10 * (1 + 1 + 2)
+    assert budget.total_epochs("iterative", params, {}) == 60
+    assert budget.total_epochs("iterative", params, {"total_epochs": 75.0, "model_epochs_p50": 30.0}) == 75
+    runs = pd.DataFrame({"total_epochs": [75.0, 60.0], "model_epochs_p50": [30.0, np.nan]})
+    assert list(budget.model_epochs(runs, "p50")) == [30.0, 60.0] and list(budget.model_epochs(runs, "p90")) == [75.0, 60.0]
+    # the speed-up table's budget per level: the logged per-level figure where there is one, else the run's total
+    exp, _ = store
+    df = exp.runs.assign(model_epochs_p90=np.where(exp.runs.label == "SGD + fine-tune", 12.0, np.nan))
+    t = payoff.speedup_table(df, "mnist").cells
+    assert t.loc[("SGD + fine-tune", "90 % †"), "total epochs"] == "12"
+    assert t.loc[("SGD + fine-tune", "98 % †"), "total epochs"] == "14" and t.loc[("Sparse VD", "90 %"), "total epochs"] == "20"

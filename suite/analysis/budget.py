@@ -1,35 +1,41 @@
-"""Each run's training budget in epochs, so arms are compared at the epochs they really trained:
-training proper (`epochs`) plus every retraining epoch its pruning protocol spent after it.
+"""Each run's training budget in epochs, so arms are compared at the epochs they really trained.
 
-A run that logged the metric `total_epochs` is taken at its word. Otherwise the budget is computed
-from the params and the `protocol` tag as the protocols count it (suite/protocols/*.py `extra_epochs`;
-this package imports nothing from the training code, so the rule is restated here):
-  oneshot, natural: nothing after training;
-  finetune, gradual: finetune_epochs per level > 0 (one retrained copy per level);
-  iterative: finetune_epochs per pruning round, the rounds of iterative.round_targets (each prunes
-  iterative_fraction of the remaining weights, a level's last round stops at the level).
-A protocol not listed here without a `total_epochs` metric has no known budget (NaN).
+Trials log their budget as metrics: `total_epochs` (every epoch the trial trained: training plus every
+retraining epoch) and `model_epochs_<level>` (per evaluated level, tagged as test_acc_<level>: the epochs
+behind the model evaluated there, i.e. training plus that model's own retraining, an iterative model's
+earlier rounds included). They are read as logged. Runs logged before trials recorded their budget
+have neither: their total comes from `budget_from_params`, and a level's budget is the run's total.
 """
 from __future__ import annotations
 
 import json
 import math
 
-
-def iterative_rounds(levels: list[float], fraction: float) -> int:
-    """Pruning rounds of the iterative protocol over the levels > 0 (ascending)."""
-    rounds, s = 0, 0.0
-    for p in levels:
-        while s < p:
-            s = min(p, 1 - (1 - s) * (1 - fraction))
-            rounds += 1
-    return rounds
+import pandas as pd
 
 
 def total_epochs(protocol: str, params: dict[str, str], metrics: dict[str, float]) -> float:
-    """Training epochs plus the protocol's retraining epochs of one run (NaN when unknown)."""
+    """All epochs one run trained: its `total_epochs` metric, else budget_from_params (NaN when unknown)."""
     if "total_epochs" in metrics:
         return float(metrics["total_epochs"])
+    return budget_from_params(protocol, params)
+
+
+def model_epochs(runs: pd.DataFrame, level: str) -> pd.Series:
+    """Per run, the epochs behind its model at `level` (pNN or nat): the `model_epochs_<level>` metric where
+    logged, else the run's total_epochs."""
+    col = f"model_epochs_{level}"
+    return runs[col].fillna(runs["total_epochs"]) if col in runs else runs["total_epochs"]
+
+
+def budget_from_params(protocol: str, params: dict[str, str]) -> float:
+    """The fallback for runs logged before trials recorded their budget: training epochs plus the built-in
+    protocols' retraining epochs, restated from suite/protocols (the analysis imports no training code):
+      oneshot, natural: nothing after training;
+      finetune, gradual: finetune_epochs per level > 0 (one retrained copy per level);
+      iterative: finetune_epochs per pruning round; each round prunes iterative_fraction of the remaining
+      weights, a level's last round stops at the level (suite/protocols/iterative.round_targets).
+    Another protocol, or a missing param, gives NaN."""
     try:
         epochs = int(params["epochs"])
         if protocol in ("oneshot", "natural"):
@@ -39,7 +45,12 @@ def total_epochs(protocol: str, params: dict[str, str], metrics: dict[str, float
         if protocol in ("finetune", "gradual"):
             return float(epochs + k * len(levels))
         if protocol == "iterative":
-            return float(epochs + k * iterative_rounds(levels, float(params["iterative_fraction"])))
+            fraction, rounds, s = float(params["iterative_fraction"]), 0, 0.0
+            for p in levels:
+                while s < p:
+                    s = min(p, 1 - (1 - s) * (1 - fraction))
+                    rounds += 1
+            return float(epochs + k * rounds)
     except (KeyError, ValueError, TypeError):
         pass
     return math.nan

@@ -3,10 +3,11 @@ nothing from the training code.
 
 Two sources behind one interface (`Experiment.source`): an MLflow store (`load`), read on demand,
 and a runs file (`load_file`, see runsfile.py), read at once; the report cannot tell them apart.
-What a run *is* (its label, the order and colour of that label, whether it is the study's baseline,
-its pruning protocol) comes from its tags (the run-tag contract in ARCHITECTURE.md), never from
-method names known here. Every TrialConfig field is a param; they are kept as `param.<name>` columns
-so like-for-like checks can compare any of them.
+What a run *is* (its label, whether it is the study's baseline, its pruning protocol) comes from its
+tags (the run-tag contract in ARCHITECTURE.md); the order and colour of its label from labels.py, which
+knows the built-in labels and otherwise takes the run's `label_order` and `color` tags. Every
+TrialConfig field is a param; they are kept as `param.<name>` columns so like-for-like checks can
+compare any of them.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from . import budget, runsfile
+from . import budget, labels, runsfile
 
 # a per-level metric: <name>_pNN (fixed fraction pruned) or <name>_nat (the sparsity a method chose itself)
 LEVEL = re.compile(r"^(?P<metric>.+)_(?P<level>p\d{2,3}|nat)$")
@@ -32,12 +33,10 @@ EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "epoch_time_s
 IDENTITY_TAGS = ("grid_key", "label", "method", "dataset", "git_commit", "device", "pruner", "sweep", "concurrency",
                  "protocol", "label_order", "color", "baseline")
 
-# Documented fallback for stores written before the run-tag contract: their runs carry no `protocol`
-# tag and no label_order / color / baseline, and only these five labels existed. Used only to fill
-# tags such a run lacks; a run that has the tags is never looked up here.
-LEGACY_LABELS = {"SGD": ("0", "#1f77b4", "true"), "Dropout 0.5": ("0.5", "#ff7f0e", "false"),
-                 "Dropout 0.75": ("0.75", "#2ca02c", "false"), "Dropout 0.9": ("0.9", "#9467bd", "false"),
-                 "BBB": ("1", "#d62728", "false")}
+# Documented fallback for stores written before the run-tag contract: their runs carry no `protocol` or
+# `baseline` tag; they were one-shot, and SGD was the baseline (their labels, SGD, Dropout p and BBB, are
+# built-in ones, so labels.py orders and colours them).
+LEGACY_BASELINE = "SGD"
 
 
 class AnalysisError(ValueError):
@@ -98,14 +97,13 @@ class Experiment:
 
 def _row(run_id: str, end_time: int | None, tags: dict[str, str], p: dict[str, str], metrics: dict[str, float]) -> dict:
     t = dict(tags)
-    if "protocol" not in t:  # a run from before the tag contract (see LEGACY_LABELS)
+    if "protocol" not in t:  # a run from before the tag contract (see LEGACY_BASELINE)
         t["protocol"] = "oneshot"
-        for k, v in zip(("label_order", "color", "baseline"), LEGACY_LABELS.get(t.get("label"), ())):
-            t.setdefault(k, v)
+        t.setdefault("baseline", str(t.get("label") == LEGACY_BASELINE).lower())
+    order, color = labels.style(t.get("label"), t.get("label_order"), t.get("color"))
     row = {"run_id": run_id, "end_time": end_time, **{k: t.get(k) for k in IDENTITY_TAGS}}
     row.update(sweep=t.get("sweep", ""), protocol=t.get("protocol") or "oneshot",
-               dropout=float(t.get("dropout", 0)), seed=int(t.get("seed", 0)),
-               label_order=pd.to_numeric(t.get("label_order"), errors="coerce"),
+               dropout=float(t.get("dropout", 0)), seed=int(t.get("seed", 0)), label_order=order, color=color,
                baseline=str(t.get("baseline", "")).lower() == "true",
                hidden=p.get("hidden"), epochs=int(p.get("epochs", 0)),
                # tag collapsed=true: training ended at chance accuracy; its numbers are marked, never read as results
@@ -159,7 +157,8 @@ def load_file(path: Path) -> Experiment:
 
 
 def ordered_labels(df: pd.DataFrame) -> list[str]:
-    """Labels by their `label_order` tag (ties alphabetically), then labels without one, alphabetically."""
+    """Labels by their order (labels.py, else the `label_order` tag; ties alphabetically), then labels without one,
+    alphabetically."""
     order = df.groupby("label")["label_order"].min()
     return sorted(order.index, key=lambda lab: (np.isnan(order[lab]), 0 if np.isnan(order[lab]) else order[lab], lab))
 

@@ -1,6 +1,7 @@
 """What compression buys: speed-up, FLOPs, widths and sizes of the pruned networks (suite/compact.py,
 suite/latency.py), beside the compression ratio, as Blalock et al. 2020 ask (theoretical speed-up =
-dense FLOPs / remaining FLOPs next to the measured one).
+dense FLOPs / remaining FLOPs next to the measured one): the tables, the break-even levels, sentences
+from the numbers, and speed-up against compression.
 
 Speed-up at a level = dense latency / latency of the same pruned network run another way, both
 measured in the same run at that level (so on the same machine, under the same lock): the compacted
@@ -8,14 +9,33 @@ dense MLP (`latency_compact_*`) or the fastest CSR kernel (`latency_sparse_*`). 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from .. import collapse
-from . import compression
-from .load import DATASET_NAMES, NAT, by_level, level_key, ordered_datasets, ordered_labels
-from .tables import DAGGER, Table, cell, collapsed_cells, epochs_text, level_name
+from . import compression, figure
+from .budget import model_epochs
+from .document import Block, Section, footnote, images, table, text
+from .load import DATASET_NAMES, NAT, Experiment, by_level, level_key, ordered_datasets, ordered_labels
+from .table import DAGGER, Table, cell, collapsed_cells, epochs_text, level_name
 
+OMITTED = ("Omitted: no run logged the compaction metrics (compact_width_*, flops_*, latency_compact_*); runs of this "
+           "version of the suite log them at every level.")
+ABOUT = ("Speed-up = dense latency / latency of the same pruned network run as the compacted dense MLP (dead units "
+         "removed, suite/compact.py) or with the fastest CSR kernel, measured in the same run at that level; > 1 is "
+         "faster. FLOPs x = dense FLOPs / FLOPs of the nonzero weights or of the compacted net: the theoretical speed-up "
+         "beside the compression ratio (Blalock et al. 2020). Compacted widths: live input pixels, then each hidden "
+         "layer. Total epochs: training plus every retraining epoch of the protocol.")
+BREAK_EVEN = ("Break-even: the lowest pruning level from which on the forward beats dense (mean speed-up > 1 there and at "
+              "every higher level).")
+CAPTION = "{name}: speed-up over dense vs compression, batch 1 and 1000 (solid: compacted, dashed: CSR)"
+AT_LEVEL = "{name}: at {level} pruned, the compacted {label} net "
+AT_NATURAL = "{name}: at its natural level (the mask it learns), the compacted {label} net "
+GAIN = ("runs {b1000} than dense at batch 1000{b1}, with {compression:.1f}x fewer weights{flops}, at {error:.1%} test "
+        "error (mean over {n} run(s){budget}).")
 BATCHES = (1, 1000)
 KERNELS = {"compact": "compacted", "sparse": "CSR"}   # metric infix -> display name
 SIZES = ("size_dense_bytes", "size_csr_bytes")
@@ -54,7 +74,7 @@ COLUMNS = [("compression", "compression x", 1), ("flops_x_nonzero", "FLOPs x (no
 
 
 def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
-    """Rows (method, level) with the method's total training epochs; per column mean ± std over seeds;
+    """Rows (method, level) with the epochs behind that level's models (budget.model_epochs); per column mean ± std over seeds;
     compacted widths (input pixels, then each hidden layer) as the seeds' mean; a level with a collapsed
     run is marked † (once per row: the whole row is that net's)."""
     d = df[df.dataset == dataset]
@@ -67,10 +87,9 @@ def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
     rows, index = [], []
     for label in [lab for lab in ordered_labels(d) if lab in set(lv.label)]:
         g = lv[lv.label == label]
-        budget = epochs_text(d.loc[d.label == label, "total_epochs"])
         for level in sorted(g.level.unique(), key=level_key):
             h = g[g.level == level]
-            row = {"total epochs": budget}
+            row = {"total epochs": epochs_text(model_epochs(d[d.label == label], level))}
             for c, header, digits in cols:
                 v = h[c].dropna()
                 row[header] = cell(v.mean(), v.std(), len(v), digits) if len(v) else "-"
@@ -129,19 +148,73 @@ def headline(df: pd.DataFrame) -> list[str]:
         if fixed:
             top = max(fixed, key=level_key)
             best = means.loc[top].x_compact_b1000.idxmax()
-            lines.append(f"{name}: at {level_name(top)} pruned, the compacted {best} net "
-                         + _gain(means.loc[(top, best)], n[(top, best)], d, best))
+            lines.append(AT_LEVEL.format(name=name, level=level_name(top), label=best)
+                         + _gain(means.loc[(top, best)], n[(top, best)], d, best, top))
         for label in (means.loc[NAT].index if NAT in means.index else []):
-            lines.append(f"{name}: at its natural level (the mask it learns), the compacted {label} net "
-                         + _gain(means.loc[(NAT, label)], n[(NAT, label)], d, label))
+            lines.append(AT_NATURAL.format(name=name, label=label) + _gain(means.loc[(NAT, label)], n[(NAT, label)], d,
+                                                                           label, NAT))
     return lines
 
 
-def _gain(r: pd.Series, n: int, d: pd.DataFrame, label: str) -> str:
+def _gain(r: pd.Series, n: int, d: pd.DataFrame, label: str, level: str) -> str:
     """'runs ... faster than dense ..., at E % test error (mean over n run(s), B training epochs).'"""
-    budget = epochs_text(d.loc[d.label == label, "total_epochs"])
-    b1 = f" and {_times(r.x_compact_b1)} at batch 1" if np.isfinite(r.x_compact_b1) else ""
-    flops = f" and {r.flops_x_compact:.1f}x fewer FLOPs" if np.isfinite(r.flops_x_compact) else ""
-    return (f"runs {_times(r.x_compact_b1000)} than dense at batch 1000{b1}, with {r.compression:.1f}x fewer "
-            f"weights{flops}, at {r.error:.1%} test error (mean over {n} run(s)"
-            + (f", {budget} training epochs)." if budget != "-" else ")."))
+    budget = epochs_text(model_epochs(d[d.label == label], level))
+    return GAIN.format(b1000=_times(r.x_compact_b1000), compression=r.compression, error=r.error, n=n,
+                       b1=f" and {_times(r.x_compact_b1)} at batch 1" if np.isfinite(r.x_compact_b1) else "",
+                       flops=f" and {r.flops_x_compact:.1f}x fewer FLOPs" if np.isfinite(r.flops_x_compact) else "",
+                       budget=f", {budget} training epochs" if budget != "-" else "")
+
+
+def figures(exp: Experiment, out: Path) -> dict[str, Path]:
+    """Per dataset: speed-up over dense vs compression (log x, log y), batch 1 and batch 1000 panels; per
+    method the compacted net (solid) and the CSR kernel (dashed), mean over seeds with its ±1 std band;
+    1 = as fast as dense."""
+    paths = {}
+    pal = figure.palette(exp.runs)
+    for ds in ordered_datasets(exp.runs):
+        d = exp.runs[exp.runs.dataset == ds]
+        lv = levels(d)
+        lv = lv[lv.level != NAT]
+        if lv[[f"x_{k}_b{b}" for k in KERNELS for b in BATCHES]].isna().all(axis=None):
+            continue
+        fig, axes = figure.subplots(2, width=13, height=5.2)
+        for ax, b in zip(axes, BATCHES):
+            ax.set(xscale="log", yscale="log")
+            for label in figure.order(d, lv.label):
+                g = lv[lv.label == label].groupby("level")
+                mean, std = g.mean(numeric_only=True).sort_values("compression"), g.std(numeric_only=True)
+                for k, name in KERNELS.items():
+                    col = f"x_{k}_b{b}"
+                    if mean[col].notna().any():
+                        figure.mean_line(ax, mean.compression, mean[col], std.loc[mean.index, col], pal[label],
+                                         f"{figure.budget_label(d, ds, label)}, {name}",
+                                         marker="o" if k == "compact" else "x", ls="-" if k == "compact" else "--")
+            ax.axhline(1, color="grey", ls=":", lw=1, label="as fast as dense")
+            ax.set(title=f"{DATASET_NAMES.get(ds, ds)}: speed-up over dense, batch {b}",
+                   xlabel="compression = dense / nonzero weights (log)", ylabel="dense latency / latency (log)")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda v, _: f"{v:g}x"))
+        figure.legend_below(fig, axes, f"method (epochs), forward ({figure.BAND})", ncol=3)
+        paths[ds] = figure.save(fig, out / f"speedup_vs_compression_{ds}.png")
+    return paths
+
+
+def section(exp: Experiment, out: Path) -> Section:
+    """Speed-up, FLOPs, widths and sizes vs compression, the break-even levels, and a headline from the numbers."""
+    df, sec = exp.runs, Section("What compression buys")
+    if not present(df):
+        sec.blocks.append(text(OMITTED))
+        return sec
+    sec.blocks += [Block("list", items=headline(df)), text(ABOUT, note=True)]
+    figs = figures(exp, out / "plots")
+    for ds in ordered_datasets(df):
+        t = speedup_table(df, ds)
+        if t.empty:
+            continue
+        name = DATASET_NAMES.get(ds, ds)
+        blocks = [table(t.write(out / "tables", f"speedup_{ds}")), *footnote(df, ds), text(BREAK_EVEN, note=True),
+                  table(break_even(df, ds).write(out / "tables", f"break_even_{ds}"))]
+        if ds in figs:
+            blocks += images([figs[ds]], out, lambda p: CAPTION.format(name=name))
+        sec.subsections.append(Section(name, blocks))
+    return sec

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import payoff, tables
+from . import compression, cost, payoff, scaling
+from .levels import METRICS, level_table
 from .load import AnalysisError, load_file
-from .tables import Table
+from .table import COLLAPSED_NOTE, DAGGER, Table, level_name
 
 OPEN = re.compile(r"^<!-- table: (?P<spec>.*?) -->$")
 END = "<!-- end table -->"
@@ -41,15 +42,14 @@ MARKER = re.compile(r"^<!--\s*(end\s*)?table\b")   # what looks like either comm
 FILTERS = ("rows", "columns")
 # kind -> (its arguments, builder(df, *arguments) -> Table)
 KINDS = {
-    "level": (("metric", "dataset"), tables.level_table),
-    "cost": (("dataset",), tables.cost_table),
-    "inference": (("dataset",), lambda df, ds: tables.cost_table(df, ds, tables.INFERENCE_COST)),
-    "compression": (("dataset",), lambda df, ds: tables.compression_table(df, ds)[0]),
+    "level": (("metric", "dataset"), level_table),
+    "cost": (("dataset",), cost.cost_table),
+    "inference": (("dataset",), lambda df, ds: cost.cost_table(df, ds, cost.INFERENCE_COST)),
+    "compression": (("dataset",), lambda df, ds: compression.compression_table(df, ds)[0]),
     "speedup": (("dataset",), payoff.speedup_table),
-    "width": (("cost",), tables.width_table),
-    "concurrency": ((), tables.concurrency_table),
+    "width": (("cost",), scaling.width_table),
+    "concurrency": ((), scaling.concurrency_table),
 }
-LEVEL_METRICS = {**tables.LEVEL_TABLES, **tables.TRUST_TABLES}
 SYNTAX = "<!-- table: RUNS.parquet KIND ARGS [rows=A,B] [columns=X,Y] -->"
 
 
@@ -119,10 +119,10 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
         takes = " ".join(n.upper() for n in names) or "no arguments"
         raise SpecError(f"{where}: {kind} takes {takes}; got {' '.join(values) or 'nothing'}.")
     given = dict(zip(names, values))
-    if "metric" in given and given["metric"] not in LEVEL_METRICS:
-        raise SpecError(f"{where}: no level table of {given['metric']!r}; metrics: {', '.join(LEVEL_METRICS)}.")
-    if "cost" in given and given["cost"] not in tables.WIDTH_METRICS:
-        raise SpecError(f"{where}: no width table of {given['cost']!r}; costs: {', '.join(tables.WIDTH_METRICS)}.")
+    if "metric" in given and given["metric"] not in METRICS:
+        raise SpecError(f"{where}: no level table of {given['metric']!r}; metrics: {', '.join(METRICS)}.")
+    if "cost" in given and given["cost"] not in scaling.WIDTH_METRICS:
+        raise SpecError(f"{where}: no width table of {given['cost']!r}; costs: {', '.join(scaling.WIDTH_METRICS)}.")
     path = (block.path.parent / file).resolve()
     if path not in runs:
         try:
@@ -139,7 +139,7 @@ def build(block: Block, runs: dict[Path, pd.DataFrame]) -> list[str]:
         raise SpecError(f"{where}: {file} has no run that logged a {kind} table{about}.")
     t = select(t, filters, where)
     text = t.markdown()
-    note = [tables.COLLAPSED_NOTE, ""] if tables.DAGGER in text else []
+    note = [COLLAPSED_NOTE, ""] if DAGGER in text else []
     return ["", *text.splitlines(), "", *note]
 
 
@@ -151,7 +151,7 @@ def _header(token: str, headers) -> str:
     """A column by its header, or a level by its short name (90 -> "90 %", nat -> "natural")."""
     if token in headers:
         return token
-    return tables.level_name(token if token == "nat" else f"p{token}") if token.isdigit() or token == "nat" else token
+    return level_name(token if token == "nat" else f"p{token}") if token.isdigit() or token == "nat" else token
 
 
 def select(t: Table, filters: dict[str, str], where: str) -> Table:

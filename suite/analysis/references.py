@@ -1,4 +1,5 @@
-"""Published numbers (suite/analysis/reference/<name>.csv) and like-for-like comparison with our runs.
+"""Against the published numbers: published results (suite/analysis/reference/<name>.csv), compared
+like for like with our runs, and the report's section that shows the comparison.
 
 A reference file's first line is `# source: ...`. Its protocol columns (PROTOCOL) state the setup the
 published numbers were obtained under; a published cell is compared only with runs whose params (and
@@ -12,13 +13,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from .load import by_level
-from .tables import summarize
+from .document import Block, Section, table, text
+from .load import baseline_label, by_level, ordered_labels
+from .table import Table, summarize
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 STUDY_TABLES = ("prasad2021", "blundell2015")   # accuracy per label and pruned fraction
 PROTOCOL = ("hidden", "epochs", "optimizer", "lr", "batch_size", "val_size", "train_subset", "prune_scope",
             "prune_biases", "input_dropout", "protocol", "train_samples", "test_samples")
+INTRO = ("A published cell is compared only with runs whose protocol (architecture, epochs, optimizer, learning rate, "
+         "data split, pruning scope and biases, as the reference file states them) matches; otherwise the fields that "
+         "differ are named and no difference is shown.")
+SOURCE = "Source: {source}"
+DIFFERS = ("Not compared: our runs of {runs} differ from the published protocol in these fields (our values; `-` = "
+           "matches, or not stated for that method):")
+NONE = "No run shares a dataset and label with a published table."
+RANGE = ("{ds}, {label}: the study reports {first:.4f} unpruned -> {last:.4f} at {top:.0%}; measured here "
+         "{ours_first:.4f} -> {ours_last:.4f}.")
+VERDICT = ("{ds}, {top:.0%}: {label} does {verdict} than {base} here ({ours:.4f} vs {ours_base:.4f}); the study found "
+           "it {study} ({published:.4f} vs {published_base:.4f}).")
 
 
 def load_reference(name: str) -> pd.DataFrame:
@@ -102,3 +115,50 @@ def published_markers(df: pd.DataFrame, name: str = "lenet300100") -> pd.DataFra
     for c in ("test_error", "compression", "removed"):
         out[c] = pd.to_numeric(out[c])
     return out
+
+
+def study_check(ref: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """The study's claims against our like-protocol numbers, in words: each compared label's range, and
+    every other label against the baseline label (tag baseline=true) at the highest compared level."""
+    lines = []
+    ok = ref[ref.status == "compared"].dropna(subset=["ours_mean"])
+    for ds, g in ok.groupby("dataset"):
+        for label, h in g.groupby("label", sort=False):
+            h = h.set_index("sparsity")
+            if len(h) > 1:
+                lines.append(RANGE.format(ds=ds, label=label, first=h.published.iloc[0], last=h.published.iloc[-1],
+                                          top=h.index[-1], ours_first=h.ours_mean.iloc[0], ours_last=h.ours_mean.iloc[-1]))
+        base = baseline_label(df[df.dataset == ds])
+        if base is None or base not in set(g.label):
+            continue
+        top = g[g.label == base].sparsity.max()
+        at = g[g.sparsity == top].set_index("label")
+        for label in [lab for lab in ordered_labels(df[df.dataset == ds]) if lab in at.index and lab != base]:
+            lines.append(VERDICT.format(
+                ds=ds, top=top, label=label, base=base, ours=at.ours_mean[label], ours_base=at.ours_mean[base],
+                verdict="better" if at.ours_mean[label] > at.ours_mean[base] else "worse",
+                study="better" if at.published[label] > at.published[base] else "worse",
+                published=at.published[label], published_base=at.published[base]))
+    return lines
+
+
+def section(df: pd.DataFrame, tdir: Path) -> Section:
+    sec = Section("Against the published numbers", [text(INTRO)])
+    for name in STUDY_TABLES:
+        ref, differ = compare(df, load_reference(name))
+        if (ref.status == "not run").all():
+            continue
+        blocks = [text(SOURCE.format(source=source(name)), note=True)]
+        if not differ.empty:
+            blocks += [text(DIFFERS.format(runs=", ".join(differ.columns[1:]))),
+                       table(Table(differ).write(tdir, f"protocol_{name}"))]
+        if (ref.status == "compared").any():
+            blocks.append(table(Table(ref[ref.status != "not run"].round(4).fillna(""), index=False)
+                                .write(tdir, f"reference_{name}")))
+            checks = study_check(ref, df) if name == "prasad2021" else []
+            if checks:
+                blocks.append(Block("list", items=checks))
+        sec.subsections.append(Section(name, blocks))
+    if not sec.subsections:
+        sec.blocks.append(text(NONE, note=True))
+    return sec
