@@ -23,7 +23,7 @@ ACCURACY = {
                   "stochastic methods (L0's sampled gates close more weights than its deterministic net, "
                   "whose count the Compression section uses)"), None),
 }
-# suite/ood.py's metrics; OOD = the other dataset's test images
+# suite/evaluate/ood.py's metrics; OOD = the other dataset's test images
 TRUST = {
     "ood_auroc_entropy": ("OOD detection AUROC, predictive entropy",
                           "AUROC of telling the other dataset's test images from this one's by predictive entropy", True),

@@ -192,7 +192,7 @@ def layer_sizes(hidden: str) -> list[int]:
 def weights_left(run: pd.Series, level: str) -> tuple[float, bool]:
     """(fraction of weights left, biases not counted; exact?) of one run at one level (pNN or nat), in
     the point-estimate net the accuracy is measured on: flops_nonzero / flops_dense where logged
-    (suite.compact counts 2 FLOPs per weight). Older runs: the per-layer `sparsity_l{i}_<level>`
+    (suite.evaluate.compact counts 2 FLOPs per weight). Older runs: the per-layer `sparsity_l{i}_<level>`
     weighted by layer size, else the overall `sparsity_<level>`, which counts biases when the run
     pruned them (exact False). Both are measured on one weight sample: the point estimate's zeros for
     every method but L0, whose sampled gates close more weights (up to 16 points in results/lenet/)."""

@@ -1,5 +1,5 @@
-"""What compression buys: speed-up, FLOPs, widths and sizes of the pruned networks (suite/compact.py,
-suite/latency.py), beside the compression ratio, as Blalock et al. 2020 ask (theoretical speed-up =
+"""What compression buys: speed-up, FLOPs, widths and sizes of the pruned networks (suite/evaluate/compact.py,
+suite/evaluate/latency.py), beside the compression ratio, as Blalock et al. 2020 ask (theoretical speed-up =
 dense FLOPs / remaining FLOPs next to the measured one): the tables, the break-even levels, sentences
 from the numbers, and speed-up against compression.
 
@@ -25,7 +25,7 @@ from .table import DAGGER, Table, cell, collapsed_cells, epochs_text, level_name
 OMITTED = ("Omitted: no run logged the compaction metrics (compact_width_*, flops_*, latency_compact_*); runs of this "
            "version of the suite log them at every level.")
 ABOUT = ("Speed-up = dense latency / latency of the same pruned network run as the compacted dense MLP (dead units "
-         "removed, suite/compact.py) or with the fastest CSR kernel, measured in the same run at that level; > 1 is "
+         "removed, suite/evaluate/compact.py) or with the fastest CSR kernel, measured in the same run at that level; > 1 is "
          "faster. FLOPs x = dense FLOPs / FLOPs of the nonzero weights or of the compacted net: the theoretical speed-up "
          "beside the compression ratio (Blalock et al. 2020). Compacted widths: live input pixels, then each hidden "
          "layer. Total epochs: training plus every retraining epoch of the protocol.")

@@ -1,4 +1,4 @@
-"""Uncertainty under pruning: what pruning costs in trust (suite/ood.py's metrics). OOD detection by
+"""Uncertainty under pruning: what pruning costs in trust (suite/evaluate/ood.py's metrics). OOD detection by
 predictive entropy (Hendrycks and Gimpel 2017) and by the ensemble's mutual information; accuracy and
 calibration on rotated images (Ovadia et al. 2019). Sentences from the numbers, one level table per
 metric of levels.TRUST, the metrics against compression and accuracy per rotation angle."""
