@@ -405,3 +405,16 @@ def test_a_label_has_one_colour_and_order_in_every_experiment(tmp_path):
     assert a == b and a["SGD"] == "#1f77b4" and a["Dropout 0.5163"] == "#ff7f0e" and a["BBB"] == "#d62728"
     assert a["MyNet + prune"] == "#123456"
     assert ordered_labels(runs["a"]) == ordered_labels(runs["b"]) == ["SGD", "Dropout 0.5163", "BBB", "MyNet + prune"]
+
+
+def test_the_label_style_of_the_analysis_is_the_one_trials_tag():
+    """suite/analysis/labels.py restates the built-in labels' order and colour (the analysis imports no
+    training code, and old runs' tags drifted): for every built-in label, new runs tag exactly that."""
+    from suite.analysis.labels import style
+    from suite.config import TrialConfig
+    configs = [{}, {"dropout": 0.5}, {"dropout": 0.75}, {"dropout": 0.9}, {"dropout": 0.5163}, {"method": "bbb"},
+               {"method": "sparse_vd"}, {"method": "l0"}, {"protocol": "finetune", "finetune_epochs": 1},
+               {"protocol": "gradual", "finetune_epochs": 2}, {"protocol": "iterative", "finetune_epochs": 1}]
+    for c in configs:
+        tags = TrialConfig(**c).run_tags()
+        assert style(tags["label"], None, None) == (float(tags["label_order"]), tags["color"]), tags["label"]
