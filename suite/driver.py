@@ -1,22 +1,22 @@
 """The driver suite.run and suite.search share: where and how trials run (`Runtime`) and what runs
 (`Job`, `ScalingJob` or `SearchJob`), then one named step after another, cheapest first, so that bad
-input fails within seconds and before anything is created: quick checks -> finished grid points ->
-lock -> pending -> compilers and data -> Ray -> resources -> experiment -> sweep, which gets what the
-steps established as one `sweep.Setup`.
+input fails within seconds and before anything is created: quick checks (the CLIs run them before
+loading the grid) -> lock -> finished grid points -> pending -> compilers and data -> Ray ->
+resources -> store and experiment -> sweep, which gets what the steps established as one `sweep.Setup`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import preflight
+from . import locks, preflight
 from .config import DEVICES, ConfigError, TrialConfig
 from .preflight import PreflightError
 
@@ -166,24 +166,21 @@ class Driven:
 
 def drive(rt: Runtime, job: Job, dry_table: Callable[[set[str]], str]) -> Driven | None:
     """Validate everything that can be validated, then create the experiment (and the parent run),
-    then train. Returns None when there was nothing to train (or --dry-run printed dry_table(finished))."""
-    check_quick(rt)
-    from . import tracking  # heavy imports (mlflow, torch) only after the quick checks passed
-    client, exp, finished = read_finished(rt, job.experiment)
+    then train. `rt` has passed check_quick (the CLIs run it before loading the grid, which imports
+    torch). Returns None when there was nothing to train (or --dry-run printed dry_table(finished))."""
     if rt.dry_run:
-        print(dry_table(finished))
+        print(dry_table(read_finished(rt, job.experiment)[2]))
         return None
-    try:
+    with lock(rt, job.experiment):  # before the store is opened; held until the sweep ends
+        client, exp, finished = read_finished(rt, job.experiment)
+        from . import tracking
         tracking.check_not_deleted(exp, job.experiment)
-    except ValueError as e:
-        raise PreflightError(str(e)) from None
-    with lock(rt, job.experiment):  # held until the sweep ends
         return train(rt, job, client, finished)
 
 
 def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     """The steps after the lock: pending grid points, compilers and data, Ray, resources, the
-    experiment, the sweep."""
+    experiment (and a sqlite store, if new: a refused request creates none), the sweep."""
     from . import tracking
     from .sweep import Setup, resume_dir  # sets Ray's environment defaults before ray is imported
     search = isinstance(job, SearchJob)
@@ -203,6 +200,7 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     start_ray(rt)
     try:
         res = trial_resources(rt, pending)
+        client = client or tracking.connect(rt.tracking_uri)
         exp_id, parent_id = open_experiment(client, job)
         rows = run_job(Setup(client, exp_id, rt.storage, res, arrays), job, pending, parent_id)
     finally:
@@ -212,45 +210,47 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
 
 
 def check_quick(rt: Runtime) -> None:
-    """Seconds, before any heavy import: the tracking store, and the Ray address if one is given."""
+    """Seconds, before any heavy import: the tracking store (reachable, a sqlite file sound), and unless
+    a dry run, that the store's and the storage path's folders take files and the Ray address answers."""
     preflight.check_tracking(rt.tracking_uri)
-    if rt.address and not rt.dry_run:
+    preflight.check_store(rt.tracking_uri)
+    if rt.dry_run:
+        return
+    if (db := preflight.sqlite_path(rt.tracking_uri)) is not None:
+        preflight.check_writable_folder(db.parent, "--tracking-uri")
+    preflight.check_writable_folder(rt.storage, "--storage-path")
+    if rt.address:
         preflight.enable_ray_token_auth()  # before ray is imported
         preflight.check_ray_address(rt.address)
 
 
 def read_finished(rt: Runtime, experiment: str) -> tuple[object, object, set[str]]:
-    """(client, experiment or None, grid keys with a FINISHED run). A dry run of a sqlite store that
-    does not exist yet creates none (client None)."""
+    """(client, experiment or None, grid keys with a FINISHED run). A sqlite store that does not
+    exist yet is not created here (client None): the driver creates it with the experiment, after
+    every check, and a dry run never."""
     from . import tracking
-    uri = rt.tracking_uri
-    store_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
-    client = tracking.connect(uri) if store_exists or not rt.dry_run else None
+    db = preflight.sqlite_path(rt.tracking_uri)
+    client = tracking.connect(rt.tracking_uri) if db is None or db.is_file() else None
     exp = client.get_experiment_by_name(experiment) if client else None
     return client, exp, tracking.finished_keys(client, exp.experiment_id) if exp else set()
 
 
-def lock(rt: Runtime, experiment: str):
-    """The experiment's driver lock (see driver_lock), or the error naming who holds it."""
-    held = driver_lock(rt.storage / experiment)
-    if held is None:
-        raise PreflightError(f"another suite.run is already driving experiment {experiment!r} from {rt.storage}: wait "
-                             "for it, or stop it (Ctrl-C) and run this command again to resume.")
-    return held
-
-
-def driver_lock(folder: Path):
-    """Hold an exclusive lock on <storage>/<experiment>/.driver.lock while the returned file is open,
-    or return None if another driver holds it. Why: a second driver would mark the first one's RUNNING
-    runs KILLED and train the same grid points twice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".driver.lock", "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
+@contextmanager
+def lock(rt: Runtime, experiment: str) -> Iterator[None]:
+    """One driver per experiment in this tracking store, whatever its storage path, and one per
+    resume folder (suite/locks.py); a second driver gets the PreflightError naming the first."""
+    me = locks.Holder.me(rt.storage)
+    what = f"experiment {experiment!r} in {rt.tracking_uri}"
+    with ExitStack() as held:
+        if (db := preflight.sqlite_path(rt.tracking_uri)) is not None:
+            held.enter_context(locks.file_lock(locks.experiment_file(db, experiment), me, what))
+        else:  # a server's lock is a tag on the experiment, so the experiment exists from here on
+            from . import tracking
+            client = tracking.connect(rt.tracking_uri)
+            held.enter_context(locks.Lease(client, tracking.ensure_experiment(client, experiment), me, what))
+        held.enter_context(locks.file_lock(rt.storage / experiment / ".driver.lock", me,
+                                           f"the resume folders of experiment {experiment!r} in {rt.storage}"))
+        yield
 
 
 def check_compilers(rt: Runtime, pending: list[TrialConfig]) -> None:

@@ -1,10 +1,11 @@
 """Export a finished run's pruned model as the small dense network it is (suite.evaluate.compact).
 
-    python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors]
+    python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors] [--overwrite]
 
 Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
 model, prunes it at the level exactly as the trial's evaluation did (the run's pruner, scope and
-seed), compacts it, and writes into DIR (default export/<run id>):
+seed), compacts it, and writes into DIR (default export/<run id>; files already there are replaced only
+with --overwrite; each file is written whole or not at all):
   model_pNN.safetensors  the compacted float32 weights, layer i as weight_i [out, in] or, where that
                          takes fewer bytes (more than a third zeros), as CSR: weight_i.values (float32),
                          weight_i.col (int16 below 32768 inputs, else int32), weight_i.rowptr (int32);
@@ -66,16 +67,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from . import methods, preflight, prune, tracking
+from . import methods, preflight, prune
 from .config import ConfigError, TrialConfig, from_dict
 from .evaluate import compact
 from .methods import Method
+from .preflight import PreflightError
 
 FORMATS = ("safetensors", "onnx")
 NEEDS = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}  # onnxruntime: the check, if present
@@ -107,9 +111,41 @@ def parse_level(text: str) -> float | str:
     return p / 100
 
 
-def load_run(run_id: str, uri: str, dst: Path) -> tuple[TrialConfig, Method, int]:
-    """The run's config and trained (unpruned) model, and the size of its model.pt in bytes."""
-    client = tracking.connect(uri)
+def outputs(out: Path, level: float | str, formats: list[str]) -> list[Path]:
+    """The files an export writes."""
+    stem = out / f"model_{prune.level_tag(level)}"
+    return [Path(f"{stem}{suffix}") for f in formats for suffix in {"safetensors": (".safetensors", ".json"),
+                                                                    "onnx": (".onnx",)}[f]]
+
+
+def check_out(out: Path, level: float | str, formats: list[str], overwrite: bool) -> None:
+    """Before any work: --out is a folder (or will be) that takes files, and holds none of the files
+    this export writes unless --overwrite (another run's export of the same level has the same names)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder (the export writes several files into it).")
+    try:
+        preflight.check_writable_folder(out, "--out")
+    except PreflightError as e:
+        raise ExportError(str(e)) from None
+    there = [p.name for p in outputs(out, level, formats) if p.exists()]
+    if there and not overwrite:
+        raise ExportError(f"--out {out} already holds {', '.join(there)}: pass --overwrite to replace them, or "
+                          "another --out.")
+
+
+def evaluated_levels(run) -> list[str]:
+    """The level tags (p00, p90, nat) the run's trial evaluated: those with a test_acc metric."""
+    tags = [m[len("test_acc_"):] for m in run.data.metrics if re.fullmatch(r"test_acc_(p\d+|nat)", m)]
+    return sorted(tags, key=lambda t: (t == "nat", int(t[1:]) if t != "nat" else 0))
+
+
+def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[TrialConfig, Method, int]:
+    """The run's config and trained (unpruned) model, and the size of its model.pt in bytes; the run
+    must have evaluated `level` (another level's pruned model was never measured)."""
+    try:
+        client = preflight.open_store(uri)
+    except PreflightError as e:
+        raise ExportError(str(e)) from None
     try:
         run = client.get_run(run_id)
     except Exception as e:  # MLflow raises its own exception types per store
@@ -117,6 +153,10 @@ def load_run(run_id: str, uri: str, dst: Path) -> tuple[TrialConfig, Method, int
     if run.info.status != "FINISHED":
         raise ExportError(f"run {run_id} is {run.info.status}, not FINISHED: its artifacts may be missing; "
                           "finish it (python -m suite.run resumes it) or pick a finished run.")
+    levels = evaluated_levels(run)
+    if prune.level_tag(level) not in levels:
+        raise ExportError(f"run {run_id} was not evaluated at level {prune.level_tag(level)}: its levels are "
+                          f"{', '.join(levels) or 'none'}; pass one of them as --level (98 for p98).")
     folder = Path(client.download_artifacts(run_id, "", str(dst)))
     if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
         raise ExportError(f"run {run_id} has no model.pt / config.json artifact: it was not logged by a trial.")
@@ -163,11 +203,16 @@ def stored(w: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
 
 
 def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Path]:
+    """model_pNN.safetensors and model_pNN.json at `stem`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     tensors = {}
     for i, (w, b) in enumerate(c.layers()):
         tensors.update(stored(w, f"weight_{i}"), **{f"bias_{i}": b})
-    save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
+    try:
+        save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
+    except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
+        raise OSError(str(e)) from e
     Path(f"{stem}.json").write_text(json.dumps({**meta, "input_window": [c.lo, c.hi], "input_index": c.index.tolist(),
                                                "widths": c.widths, "layer_shapes": [list(w.shape) for w, _ in c.layers()]},
                                               indent=1))
@@ -195,7 +240,7 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     """Write the formats for one run and level; returns the report lines (sizes, checks)."""
     require(formats)
     with tempfile.TemporaryDirectory() as d:
-        cfg, model, pt_bytes = load_run(run_id, uri, Path(d))
+        cfg, model, pt_bytes = load_run(run_id, uri, level, Path(d))
     check_rebuildable(cfg, level, run_id)
     m = pruned_at(model, cfg, level)
     c = compact.compact(m)
@@ -204,8 +249,6 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     if not diff <= TOLERANCE:
         raise ExportError(f"the compacted network differs from the pruned model by {diff:.2e}: please report it.")
     tag = prune.level_tag(level)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"model_{tag}"
     meta = {"run_id": run_id, "method": cfg.method, "label": cfg.label(), "dataset": cfg.dataset, "level": tag,
             "pruner": cfg.resolved_pruner, "prune_scope": cfg.prune_scope, "prune_biases": cfg.prune_biases,
             "sparsity": prune.measured_sparsity(m, x[:10], cfg.prune_biases)[0], "dense_widths": c.dense_widths,
@@ -218,12 +261,21 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
              f"  model.pt (training state, every parameter kind): {pt_bytes:>11,} bytes",
              f"  dense float32 point weights:                     {dense:>11,} bytes"]
     files = []
-    if "safetensors" in formats:
-        files += write_safetensors(c, meta, stem)
-    if "onnx" in formats:
-        path, check = write_onnx(c, x, stem)
-        files.append(path)
-        lines.append(f"  {check}")
+    try:  # into a temporary folder inside `out` (one file system: the renames are atomic), then renamed
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as d:
+            stem = Path(d) / f"model_{tag}"
+            written = write_safetensors(c, meta, stem) if "safetensors" in formats else []
+            if "onnx" in formats:
+                path, check = write_onnx(c, x, stem)
+                written.append(path)
+                lines.append(f"  {check}")
+            for p in written:
+                files.append(out / p.name)
+                os.replace(p, files[-1])
+    except OSError as e:  # e.g. the disk filled up: the temporary folder went with what it held
+        raise ExportError(f"could not write into {out} ({e.strerror or e}): no file is half-written; free some "
+                          "space or pick another --out.") from None
     lines += [f"  {p}: {p.stat().st_size:>11,} bytes ({dense / p.stat().st_size:.1f}x smaller than dense)"
               for p in files if p.suffix != ".json"]
     lines += [f"  {p}: {p.stat().st_size:>11,} bytes" for p in files if p.suffix == ".json"]
@@ -238,16 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder (default: export/<run id>)")
     ap.add_argument("--format", action="append", choices=FORMATS,
                     help="safetensors (+ JSON) or onnx; repeat for both (default: both)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out "
+                    "(default: refuse)")
     args = ap.parse_args(argv)
+    out = Path(args.out or Path("export") / args.run_id)
     try:
         formats = args.format or list(FORMATS)
         require(formats)
         level = parse_level(args.level)
-        out = Path(args.out or Path("export") / args.run_id)
-        uri = preflight.tracking_uri(args.tracking_uri)
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise ExportError(f"no MLflow store at {uri}: pass --tracking-uri, the store suite.run logged to.")
-        for line in export(args.run_id, level, uri, out, formats):
+        check_out(out, level, formats, args.overwrite)
+        for line in export(args.run_id, level, preflight.tracking_uri(args.tracking_uri), out, formats):
             print(line)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import ssl
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,11 +49,71 @@ def check_tracking(uri: str, timeout: float = TIMEOUT_S) -> None:
             raise PreflightError(f"the MLflow tracking server at {uri} does not answer within {timeout:g} s ({reason}): "
                                  "start it (mlflow server --host 127.0.0.1 --port 5000) or pass a reachable "
                                  "--tracking-uri (or a sqlite:///path/mlflow.db file).") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise PreflightError(f"--tracking-uri {uri}: folder {folder} does not exist: create it or point the "
+    elif (db := sqlite_path(uri)) is not None:
+        if not db.parent.is_dir():
+            raise PreflightError(f"--tracking-uri {uri}: folder {db.parent} does not exist: create it or point the "
                                  "URI at an existing folder.")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite:/// store, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_store(uri: str) -> None:
+    """A sqlite store that exists must be a sound database: a damaged one (a truncated copy, a full
+    disk mid-write) otherwise fails deep inside MLflow with a traceback, or worse, after training.
+    PRAGMA quick_check reads every page once (about a second per GB)."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return
+    try:
+        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as con:
+            verdict = con.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        verdict = str(e)
+    if verdict != "ok":
+        raise PreflightError(f"the MLflow store {db} is damaged (sqlite: {verdict.splitlines()[0]}): restore it from a "
+                             f"backup, or salvage what it holds with `sqlite3 {db} .recover | sqlite3 recovered.db` "
+                             "and pass --tracking-uri sqlite:///<folder>/recovered.db.")
+
+
+def open_store(uri: str):
+    """An MlflowClient on an existing store for a command that reads it (suite.export, the analysis
+    commands): the server answers within seconds, a sqlite file exists and is sound. Never creates a
+    store. Raises PreflightError (one line)."""
+    check_tracking(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise PreflightError(f"no MLflow store at {uri}: pass --tracking-uri, the store suite.run logged to.")
+    check_store(uri)
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(uri)
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """`folder`, or the nearest folder above it that exists (the rest is created), takes new files:
+    probed with a nameless temporary file, so permissions, read-only mounts and ACLs all count."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PreflightError(f"{flag} {folder}: {existing} is a file, not a folder: pick another path.")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise PreflightError(f"{flag} {folder}: cannot write into {existing} ({e.strerror}): pick a folder you can "
+                             "write to, or fix its permissions.") from None
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """A file a command will write at the end: its folder exists and takes files, and the path is not a folder."""
+    path = path.resolve()
+    if path.is_dir():
+        raise PreflightError(f"{flag} {path} is a folder: give a file path.")
+    if not path.parent.is_dir():
+        raise PreflightError(f"{flag} {path}: the folder {path.parent} does not exist.")
+    check_writable_folder(path.parent, flag)
 
 
 def ray_token_available() -> bool:

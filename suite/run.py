@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .config import ConfigError, Grid, load_grid
-from .driver import Job, Runtime, ScalingJob, add_runtime_options, drive, runtime_from
+from .driver import Job, Runtime, ScalingJob, add_runtime_options, check_quick, drive, runtime_from
 from .preflight import PreflightError
 
 
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sweep(args: argparse.Namespace, rt: Runtime) -> int:
-    """Expand the grid, drive it, print the summary."""
+    """Check the runtime (seconds), expand the grid (imports torch), drive it, print the summary."""
+    check_quick(rt)
     grid = load_grid(args.grid, rt.overrides())
     title = f"grid {grid.name}"
     if args.concurrency:

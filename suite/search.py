@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
-from .driver import Runtime, SearchJob, add_runtime_options, drive, runtime_from
+from .driver import Runtime, SearchJob, add_runtime_options, check_quick, drive, runtime_from
 from .halving import rungs
 from .preflight import PreflightError
 from .space import EPOCH_FIELDS, Space, load_space
@@ -109,6 +109,7 @@ def recipe_table(space: Space, trials: list, finished: set[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, rt = parse(argv)
     try:
+        check_quick(rt)  # seconds, before drawing the recipes imports torch
         space = load_space(args.space, args.samples, args.max_epochs)
         trials = space.trials(rt.overrides())
         b = space.budget

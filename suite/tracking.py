@@ -13,9 +13,12 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from . import locks, preflight
 from .config import TrialConfig
+from .preflight import PreflightError
 from .trial import write_artifacts
 
 EPOCH_METRICS = ("train_loss", "train_nll", "train_kl", "val_acc", "lr", "step_time_ms", "epoch_time_s")
@@ -26,15 +29,22 @@ EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_developm
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client bound to `uri`. Deliberately not mlflow.set_tracking_uri: that also exports
-    MLFLOW_TRACKING_URI to every child process, which would silently redirect their default store."""
-    return MlflowClient(uri)
+    """A client bound to `uri`; a new sqlite store is created (and migrated) by one process at a time
+    (locks.creating). Deliberately not mlflow.set_tracking_uri: that also exports MLFLOW_TRACKING_URI
+    to every child process, which would silently redirect their default store."""
+    db = preflight.sqlite_path(uri)
+    # a server, or a store made before these locks (no lock folder): complete, so opening it creates
+    # nothing and needs no lock (a dry run creates no lock folder either)
+    if db is None or (db.is_file() and not locks.lock_folder(db).is_dir()):
+        return MlflowClient(uri)
+    with locks.creating(db):
+        return MlflowClient(uri)
 
 
 def check_not_deleted(exp, name: str) -> None:
     if exp is not None and exp.lifecycle_stage == "deleted":
-        raise ValueError(f"experiment {name!r} is deleted in this store: restore it (mlflow experiments restore) "
-                         "or pick another --experiment name.")
+        raise PreflightError(f"experiment {name!r} is deleted in this store: restore it (mlflow experiments restore) "
+                             "or pick another --experiment name.")
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -42,7 +52,12 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     check_not_deleted(exp, name)
     if exp is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
+        except MlflowException:  # a tracking server: another driver created it since we looked (its lock decides)
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # made by an older version of the suite
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
     return exp.experiment_id

@@ -10,6 +10,7 @@ import resource
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import collapse, methods, prune
+from . import collapse, methods, preflight, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
 from .evaluate.level import curve_levels, evaluate_level, histograms, level_seed, probes, weight_std
 from .evaluate.ood import PARTNER
 from .fpmode import flush_denormals
 from .methods import Method
+from .preflight import PreflightError
 from .protocols.base import OnEpoch
 from .train import fit_epochs, make_optimizer, train
 
@@ -270,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if threads is not None and threads < 1:
         ap.error(f"--threads={threads} is invalid: use an integer >= 1.")
-    if json_path and not Path(json_path).resolve().parent.is_dir():
-        ap.error(f"--json {json_path}: the folder {Path(json_path).resolve().parent} does not exist.")
+    try:  # before training: a result that cannot be written is hours lost
+        if json_path:
+            preflight.check_output_file(Path(json_path), "--json")
+    except PreflightError as e:
+        ap.error(str(e))
     flushed = flush_denormals()
     if threads:
         torch.set_num_threads(threads)
@@ -288,10 +293,25 @@ def main(argv: list[str] | None = None) -> int:
     result.info["denormals_flushed"] = str(flushed).lower()
     print(summary(result))
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result.to_json(), f, indent=1)
+        try:
+            write_whole(Path(json_path), json.dumps(result.to_json(), indent=1))
+        except OSError as e:  # e.g. the disk filled up since the check
+            print(f"error: could not write --json {json_path} ({e.strerror or e}); nothing was written.", file=sys.stderr)
+            return 2
         print(f"wrote {json_path}")
     return 0
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file in its folder, renamed over it."""
+    f = tempfile.NamedTemporaryFile("w", dir=path.resolve().parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with f:  # closing flushes: a full disk may only show here
+            f.write(text)
+        Path(f.name).replace(path)
+    except BaseException:
+        Path(f.name).unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

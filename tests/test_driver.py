@@ -7,8 +7,7 @@ import pytest
 
 from suite import run, search
 from suite.config import ConfigError, from_dict
-from suite.driver import Job, Runtime, ScalingJob, SearchJob, add_runtime_options, drive, driver_lock, lock, runtime_from
-from suite.preflight import PreflightError
+from suite.driver import Job, Runtime, ScalingJob, SearchJob, add_runtime_options, drive, runtime_from
 from suite.space import SEARCH_DIR, load_space
 
 # The grid keys of the 40 recipes of the shipped bbb and sgd spaces at their own budget (30 epochs),
@@ -127,15 +126,6 @@ def test_dry_run_marks_what_the_store_holds_as_finished(tmp_path, capsys):
     drive(Runtime(uri, storage=tmp_path / "ray_results", dry_run=True), Job(ts, "e", "t"), lambda f: seen.append(f) or "")
     assert seen == [{ts[1].grid_key()}]
     assert not (tmp_path / "ray_results").exists()
-
-
-def test_a_second_lock_on_the_experiment_is_refused(tmp_path):
-    rt = Runtime("sqlite:///m.db", storage=tmp_path)
-    with lock(rt, "exp"):
-        with pytest.raises(PreflightError, match=f"another suite.run is already driving experiment 'exp' from {tmp_path}"):
-            lock(rt, "exp")
-        assert lock(rt, "other") is not None  # one lock per experiment
-    assert driver_lock(tmp_path / "exp") is not None  # released with the first
 
 
 def test_the_grid_cli_builds_its_job_from_the_options(tmp_path, monkeypatch):

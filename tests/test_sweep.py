@@ -108,14 +108,12 @@ def test_dry_run_and_bad_grid_fail_before_ray(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow  # a CLI subprocess
 def test_a_second_driver_for_the_same_experiment_is_refused(tmp_path):
-    from suite.driver import driver_lock
-    held = driver_lock(tmp_path / "ray_results" / "smoke")
-    assert held is not None
-    r = cli(["--grid", "smoke"], tmp_path)
-    assert r.returncode == 2 and "another suite.run is already driving experiment 'smoke'" in r.stderr
-    # refused before it touched the store: no experiment, no run
-    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("smoke") is None
-    held.close()
+    from suite import locks
+    db = tmp_path / "mlflow.db"
+    with locks.file_lock(locks.experiment_file(db, "smoke"), locks.Holder.me(tmp_path / "elsewhere"), "held"):
+        r = cli(["--grid", "smoke"], tmp_path)
+    assert r.returncode == 2 and f"experiment 'smoke' in sqlite:///{db} is already being driven by pid {os.getpid()}" in r.stderr
+    assert not db.exists()  # refused before it touched the store
 
 
 @pytest.mark.slow
