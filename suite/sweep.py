@@ -16,7 +16,9 @@ Training reseeds per epoch (train.epoch_seed), so a resumed trial gives the same
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -33,6 +35,7 @@ for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LO
 
 import ray  # noqa: E402
 import torch  # noqa: E402
+from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
@@ -41,6 +44,7 @@ from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
 from .evaluate.ood import PARTNER  # noqa: E402
 from .fpmode import flush_denormals  # noqa: E402
+from .preflight import PreflightError  # noqa: E402
 from .prune import level_tag  # noqa: E402
 from .trial import run_trial, write_artifacts  # noqa: E402
 
@@ -63,6 +67,26 @@ def _latest_state(rdir: Path) -> dict | None:
     return state if state is not None and state.get("grid_key") == rdir.name else None
 
 
+def save_state(state: dict, rdir: Path, epoch: int) -> None:
+    """Replace the resume state in `rdir` atomically: written to a temporary file, then renamed over the
+    previous one, so a kill or a failed write (a full disk) leaves the previous epoch's state whole.
+    Serialised in memory first: torch's own file writer reports a full disk as "unexpected pos", a write
+    of bytes as the OSError it is. A failed write removes its temporary file (on a full disk it holds the
+    space the next try needs) and says in one line where, why, and what to do."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = rdir / f".{STATE}.tmp"
+    try:
+        with open(tmp, "wb") as f:  # closed inside the try: NFS reports ENOSPC / EDQUOT at close
+            f.write(buf.getbuffer())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{e.strerror}: the resume state of epoch {epoch} could not be written to {rdir} "
+                      f"({shutil.disk_usage(rdir).free} bytes free); the previous epoch's state is kept: free space "
+                      "on the storage path and run the same command again") from None
+    os.replace(tmp, rdir / STATE)
+
+
 def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     """A Tune function trainable: one grid point, reporting every epoch and the final metrics."""
     flushed = flush_denormals()  # before anything starts torch's thread pool (suite/fpmode.py)
@@ -81,9 +105,7 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
 
     def on_epoch(log: dict, state) -> None:
         s = state()
-        tmp = rdir / f".{STATE}.tmp"
-        torch.save(s, tmp)
-        os.replace(tmp, rdir / STATE)  # atomic: a kill mid-write keeps the previous epoch's state
+        save_state(s, rdir, log["epoch"])
         tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from, "node_id": node})
 
     partner = arrays.get(PARTNER[cfg.dataset]) if config["evaluate"] else None  # a search gets no test images
@@ -135,6 +157,32 @@ class Row:
     nodes: set[str] = field(default_factory=set)  # Ray node ids that ran it (two after a node loss)
 
 
+class TrackingStoreLost(PreflightError):
+    """The tracking store failed mid-sweep: a server that stopped answering past the retries of MLflow's
+    HTTP client (7 with exponential backoff, about 4 minutes, by default), or a store that could not be
+    written. The driver ends with this one line: what was trained is in the resume states, and the next
+    start marks the runs left RUNNING as KILLED, so the same command resumes."""
+
+
+def _store_error(e: BaseException | None) -> MlflowException | None:
+    """The tracking store's failure behind an exception out of Tune (a callback's error reaches fit() as a
+    TuneError raised while handling it, i.e. as its context), if that is what it is. Not a server's answer
+    (RestException: it refused a request), which running again would not mend."""
+    while e is not None and not isinstance(e, MlflowException):
+        e = e.__cause__ or e.__context__
+    return None if isinstance(e, RestException) else e
+
+
+def last_error(trial) -> str:
+    """The last line of the trial's latest failure (exception type and message), read from Tune's error
+    file on the driver's machine."""
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+    except (TypeError, OSError):  # no error file (None), or it could not be read
+        return "no error recorded"
+    return lines[-1] if lines else "no error recorded"
+
+
 class SweepCallback(tune.Callback):
     """Logs every trial to MLflow and prints compact progress (started / epochs / finished / ETA).
     One MLflow run per grid point, kept across the rounds of a search (successive halving runs a
@@ -157,6 +205,7 @@ class SweepCallback(tune.Callback):
         self.values: dict[str, dict[int, float]] = {}  # grid_key -> epoch -> selection metric (a search)
         self.final: dict[str, dict] = {}    # trial_id -> final result
         self.rows: dict[str, Row] = {}      # grid_key -> summary row
+        self.store_lost = False             # the tracking store stopped answering (see TrackingStoreLost)
 
     def _eta(self) -> float:
         """Seconds left: each unfinished trial's remaining epochs at its method's mean epoch time
@@ -264,10 +313,14 @@ class SweepCallback(tune.Callback):
         row = self.rows[self.keys[trial.trial_id]]
         self.client.set_terminated(row.run_id, "FAILED")
         row.status = "FAILED"
-        self._say(f"{row.name} FAILED (see {trial.local_path or trial.path})")
+        self._say(f"{row.name} FAILED: {last_error(trial)} (see {trial.local_path or trial.path})")
 
     def close(self) -> None:
-        """Driver stopping (Ctrl-C, error): no run of ours may be left looking alive or finished."""
+        """Driver stopping (Ctrl-C, error): no run of ours may be left looking alive or finished. Not when
+        the store is lost: each call would wait out MLflow's retries again, and the next start marks the
+        runs left RUNNING as KILLED."""
+        if self.store_lost:
+            return
         for row in self.rows.values():
             if row.status in ("RUNNING", "WAITING"):
                 self.client.set_terminated(row.run_id, "KILLED")
@@ -307,4 +360,18 @@ def run_round(setup: Setup, cb: SweepCallback, trials: list[TrialConfig], until:
             name=f"{cb.experiment}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-to{until}" if until else ""),
             storage_path=str(setup.storage), verbose=0, callbacks=[cb], stop={"epoch": until} if until else None,
             failure_config=tune.FailureConfig(max_failures=2), checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    tuner.fit()
+    try:
+        tuner.fit()
+    except tune.TuneError as e:
+        if (lost := _store_error(e)) is None:
+            raise
+        cb.store_lost = True
+        raise TrackingStoreLost(f"the tracking store at {cb.client.tracking_uri} failed mid-sweep "
+                                f"({str(lost).splitlines()[0]}); what was trained is kept in the resume states under "
+                                f"{setup.storage}: once the store answers, run the same command again to resume.") from None
+    except (EOFError, pickle.UnpicklingError):
+        # After the last trial ended, Tune reads each failed trial's pickled error back from the storage
+        # path to build results we do not use; on a full disk that file was written empty. The callback has
+        # every trial's outcome already; only a trial still running means the sweep itself broke.
+        if any(r.status == "RUNNING" for r in cb.rows.values()):
+            raise
