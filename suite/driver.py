@@ -189,6 +189,9 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     print(f"{job.title}: {len(job.trials)} trials, {done} already finished, {len(pending)} to run"
           f"{' (--rerun)' if job.rerun else ''} -> experiment {job.experiment!r} at {rt.tracking_uri}")
     if not pending and not search:  # a search still ranks its recipes under its parent run
+        exp = client.get_experiment_by_name(job.experiment) if client else None
+        if exp is not None:  # a run a dead driver left RUNNING beside finished ones (a retried create)
+            reap(client, exp.experiment_id)
         print("nothing to do")
         return None
     check_compilers(rt, pending)
@@ -319,15 +322,20 @@ def trial_resources(rt: Runtime, pending: list[TrialConfig]):
 
 
 def open_experiment(client, job: Job) -> tuple[str, str | None]:
-    """Only now, after every check: (experiment id, a search's parent run id or None). Runs left
-    RUNNING by a killed driver are marked KILLED (the lock says no live driver owns them)."""
+    """Only now, after every check: (experiment id, a search's parent run id or None); stale runs reaped."""
     from . import tracking
     exp_id = tracking.ensure_experiment(client, job.experiment)
+    reap(client, exp_id)
+    parent_id = tracking.parent_run(client, exp_id, job.title, dict(job.parent)) if isinstance(job, SearchJob) else None
+    return exp_id, parent_id
+
+
+def reap(client, exp_id: str) -> None:
+    """Runs left RUNNING by a killed driver are marked KILLED (the lock says no live driver owns them)."""
+    from . import tracking
     reaped = tracking.reap_stale(client, exp_id)
     if reaped:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
-    parent_id = tracking.parent_run(client, exp_id, job.title, dict(job.parent)) if isinstance(job, SearchJob) else None
-    return exp_id, parent_id
 
 
 def run_job(setup: Setup, job: Job, pending: list[TrialConfig], parent_id: str | None) -> list[Row]:

@@ -114,6 +114,22 @@ def test_dry_run_prints_the_table_and_creates_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # no store, no lock, no Ray folder
 
 
+def test_a_run_left_running_beside_finished_grid_points_is_reaped_when_nothing_is_left_to_do(tmp_path, capsys):
+    """A dead driver can leave a RUNNING run of a grid point that also has a FINISHED one (a create
+    the tracking server committed but never answered, retried): the next drive, with nothing to
+    train, marks it KILLED rather than leave it looking alive."""
+    from suite import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ts = trials(0)
+    client = tracking.connect(uri)
+    exp_id = tracking.ensure_experiment(client, "e")
+    client.set_terminated(tracking.start_run(client, exp_id, ts[0], {}), "FINISHED")
+    stray = tracking.start_run(client, exp_id, ts[0], {})
+    assert drive(Runtime(uri, storage=tmp_path / "ray_results"), Job(ts, "e", "t"), lambda f: "") is None
+    assert client.get_run(stray).info.status == "KILLED"
+    assert "marked 1 run(s) left RUNNING" in capsys.readouterr().out
+
+
 def test_dry_run_marks_what_the_store_holds_as_finished(tmp_path, capsys):
     from suite import tracking
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
