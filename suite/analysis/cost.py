@@ -10,6 +10,7 @@ import seaborn as sns
 
 from . import figure
 from .document import Section, table, text
+from .files import replacing
 from .load import NAT, Experiment, by_level, ordered_labels
 from .table import Table, cell, epochs_text
 
@@ -102,7 +103,8 @@ def latency_figure(exp: Experiment, out: Path) -> list[Path]:
     g.set_axis_labels("fraction of weights pruned", "inference latency (ms, median)")
     g.figure.suptitle("Inference latency of the pruned networks: dense, CSR and compacted (all methods)", y=1.03)
     g.legend.set_title(f"forward ({figure.BAND})")
-    g.figure.savefig(out / "latency.png", dpi=figure.DPI, bbox_inches="tight")
+    with replacing(out / "latency.png") as tmp:
+        g.figure.savefig(tmp, dpi=figure.DPI, bbox_inches="tight")
     plt.close(g.figure)
     return [out / "latency.png"]
 

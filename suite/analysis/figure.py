@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .files import replacing  # noqa: E402
 from .load import ordered_labels  # noqa: E402
 from .table import epochs_text  # noqa: E402
 
@@ -92,6 +93,7 @@ def empty_panel(ax, why: str) -> None:
 
 
 def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)   # an outside legend wider than the panels stays whole
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.1)   # an outside legend wider than the panels stays whole
     plt.close(fig)
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -41,11 +40,6 @@ LEGACY_BASELINE = "SGD"
 
 class AnalysisError(ValueError):
     """The experiment cannot be analysed (missing, empty); the message says what exists instead."""
-
-
-def default_uri() -> str:
-    """The same default as suite.run's (analysis reads MLflow only and imports nothing from the training code)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 class StoreSource:

@@ -4,7 +4,10 @@
     python -m suite.analysis.report --experiment tuned --against full     # + each method at both recipes
     python -m suite.analysis.report --runs results/paper/runs.parquet --out results/paper   # from an export
 
-A runs file (suite.analysis.results export) gives the same report as the store it was exported from.
+A runs file (suite.analysis.results export) gives the same report as the store it was exported from,
+and the same data gives the same files, byte for byte, index.html included. Before any work, a store
+is checked (the server answers, a sqlite file is sound) and so is the output folder (it takes files);
+each file is written whole or not at all.
 
 Each section of the report is one module holding its tables, figures and prose (headline, accuracy,
 cost, scaling, compression, payoff, trust, references, recipes, training); this one puts them in order,
@@ -16,9 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..preflight import PreflightError, check_store, check_tracking, check_writable_folder, tracking_uri
 from . import accuracy, compression, cost, headline, payoff, recipes, references, scaling, training, trust
 from .document import Section, finish, images, to_html, to_markdown
-from .load import DATASET_NAMES, AnalysisError, Experiment, default_uri, history, load, load_file, ordered_datasets
+from .files import replacing
+from .load import DATASET_NAMES, AnalysisError, Experiment, history, load, load_file, ordered_datasets
 
 RUNS = ("Runs in the store by status: {counts}. Only FINISHED runs are used, one per grid point ({n} grid points{dropped}). "
         "Seeds per cell: {low}..{high}{one_seed} Code: {commits}; device: {devices}.")
@@ -89,8 +94,10 @@ def build(exp: Experiment, out: Path, against: Experiment | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     found = finish(sections(exp, out, against))
     paragraphs = intro(exp)
-    (out / "report.md").write_text(to_markdown(f"Report: experiment `{exp.name}`", paragraphs, found))
-    (out / "index.html").write_text(to_html(f"Report: experiment {exp.name}", paragraphs, found, out))
+    with replacing(out / "report.md") as tmp:
+        tmp.write_text(to_markdown(f"Report: experiment `{exp.name}`", paragraphs, found))
+    with replacing(out / "index.html") as tmp:
+        tmp.write_text(to_html(f"Report: experiment {exp.name}", paragraphs, found, out))
     return out / "report.md"
 
 
@@ -106,18 +113,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="another experiment in the same store (e.g. full, the study's recipe), or with --runs another "
                          "runs file: adds a table of each method at both experiments' recipes")
     args = ap.parse_args(argv)
+    uri = tracking_uri(args.tracking_uri)
     try:
+        if args.experiment:   # within seconds, before MLflow would retry an absent server for minutes
+            check_tracking(uri)
+            check_store(uri)
+
         def get(name: str) -> Experiment:
-            return load_file(Path(name)) if args.runs else load(name, args.tracking_uri or default_uri())
+            return load_file(Path(name)) if args.runs else load(name, uri)
         exp = get(args.runs or args.experiment)
         against = get(args.against) if args.against else None
         for e in (exp, against):
             if e is not None and not any(c.startswith("test_acc_") for c in e.runs.columns):
                 raise AnalysisError(NO_TEST_METRICS.format(name=e.name))
-    except AnalysisError as e:
+        out = Path(args.out or Path("reports") / exp.name)
+        check_writable_folder(out, "--out")
+    except (AnalysisError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = build(exp, Path(args.out or Path("reports") / exp.name), against)
+    path = build(exp, out, against)
     print(f"wrote {path} (and index.html, tables/, plots/)")
     return 0
 

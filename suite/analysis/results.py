@@ -11,9 +11,15 @@ reported, and of several FINISHED runs of one point in the file only the latest 
 report's rule), so importing twice adds nothing and `suite.run` counts the imported points as
 finished. An imported run keeps its name, tags, params, every metric point (step, timestamp,
 value), its histogram artifacts and its start and end times; its run id is new (a child's
-`mlflow.parentRunId` follows its parent when the parent is in the file too). It is set FINISHED
-last, as suite.tracking does, so an interrupted import never leaves a run that looks finished and
-is not (suite.run marks it KILLED, and importing again completes it).
+`mlflow.parentRunId` follows its parent when the parent is in the file too).
+
+Import is all or nothing, and repairs what an earlier one left: the file is verified whole
+(runsfile.read) before anything is written, so a damaged file adds nothing. Each run is created
+RUNNING with the tag `import_incomplete`, set FINISHED last and then untagged, so a killed import
+leaves runs that say so. The next import of the file deletes and imports again every run that is
+the same run as one of the file's (import keeps a run's name and start time) and is tagged, not
+FINISHED, or holds fewer params, artifacts or metric points than the file (an older version
+imported a damaged file), and reports each.
 
 Built on MlflowClient (search_runs, get_metric_history, create_run, log_batch, set_terminated), not
 on mlflow-export-import: that tool copies each run as a folder of JSON plus every artifact (model
@@ -32,25 +38,15 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from ..preflight import PreflightError, check_store, check_tracking, check_writable_folder, open_store, tracking_uri
 from . import runsfile
-from .load import AnalysisError, default_uri, finished_runs, searches
+from .load import AnalysisError, finished_runs, searches
 from .runsfile import RunRecord, RunsExport
 
 PARENT = "mlflow.parentRunId"
+IMPORTING = "import_incomplete"   # on a run while it is being imported; removed once it is FINISHED
 # MLflow's log_batch limits per call: 1000 metrics, 100 params, 100 tags
 METRIC_BATCH, PARAM_BATCH, TAG_BATCH = 1000, 100, 100
-
-
-def connect(uri: str, must_exist: bool) -> MlflowClient:
-    """A client for `uri`; a sqlite store must exist when read from (MLflow would create an empty one)
-    and its folder must exist when written to."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if must_exist and not db.is_file():
-            raise AnalysisError(f"no MLflow store at {db}: pass the store with --tracking-uri (or --from-uri).")
-        if not db.parent.is_dir():
-            raise AnalysisError(f"the folder of the store {db} does not exist: create it (mkdir -p {db.parent}).")
-    return MlflowClient(uri)
 
 
 def identity(tags: dict[str, str], run_name: str) -> tuple[str, ...]:
@@ -79,32 +75,63 @@ def from_store(client: MlflowClient, name: str) -> RunsExport:
     return RunsExport(name, records, dict(exp.tags), counts, rows)
 
 
-def to_store(export: RunsExport, client: MlflowClient, name: str) -> tuple[int, list[str]]:
+def to_store(export: RunsExport, client: MlflowClient, name: str) -> tuple[int, list[str], list[str]]:
     """Log the file's runs into experiment `name` (created with the exported experiment's tags if
-    missing); returns how many were imported and one line per run skipped."""
+    missing); returns how many were imported, one line per run skipped and one per run repaired."""
     exp = client.get_experiment_by_name(name)
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise AnalysisError(f"experiment {name!r} is deleted in the target store: restore it (mlflow experiments "
                             "restore) or import into another --experiment.")
     exp_id = exp.experiment_id if exp else client.create_experiment(name, tags=export.experiment_tags)
-    have = {identity(r.data.tags, r.info.run_name or ""): r.info.run_id
-            for r in client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=50000)}
     latest: dict[tuple, RunRecord] = {}
     skipped = []
     for r in sorted((r for r in export.runs if r.status == "FINISHED"), key=lambda r: r.end_time or 0):
         if (old := latest.get(identity(r.tags, r.run_name))) is not None:
             skipped.append(f"{_name(old)}: an older FINISHED run of the same grid point in the file")
         latest[identity(r.tags, r.run_name)] = r
+    same = {(r.run_name, r.start_time): r for r in latest.values()}
+    have: dict[tuple, str] = {}
+    earlier: set[str] = set()   # store runs that are whole earlier imports of the file's runs
+    broken: list[tuple[RunRecord, str]] = []
+    for run in client.search_runs([exp_id], max_results=50000):
+        r = same.get((run.info.run_name, run.info.start_time))
+        if r is not None and (why := _incomplete(client, run, r)):
+            client.delete_run(run.info.run_id)
+            broken.append((r, why))
+        elif run.info.status == "FINISHED":
+            have[identity(run.data.tags, run.info.run_name or "")] = run.info.run_id
+            earlier |= {run.info.run_id} if r is not None else set()
     new_ids: dict[str, str] = {}
-    imported = 0
+    fresh: set[str] = set()
     for r in sorted(latest.values(), key=lambda r: PARENT in r.tags):  # parents first, for their children's tag
         if (done := have.get(identity(r.tags, r.run_name))) is not None:
             new_ids[r.run_id] = done
             skipped.append(f"{_name(r)}: already FINISHED in experiment {name!r}")
+            if done in earlier and r.tags.get(PARENT) in fresh:   # its parent was repaired: a new id to follow
+                client.set_tag(done, PARENT, new_ids[r.tags[PARENT]])
             continue
         new_ids[r.run_id] = _log(client, exp_id, r, new_ids)
-        imported += 1
-    return imported, skipped
+        fresh.add(r.run_id)
+    repaired = [f"{_name(r)}: {why}; " + ("deleted: the store has its own FINISHED run of the point"
+                                         if identity(r.tags, r.run_name) in have else "imported again")
+                for r, why in broken]
+    return len(fresh), skipped, repaired
+
+
+def _incomplete(client: MlflowClient, run, r: RunRecord) -> str:
+    """Why `run` in the store, the same run as the file's `r`, is an incomplete import of it; "" if it is whole.
+    The counts are read back (about 0.2 s per run on sqlite), because a run an older version imported from a
+    damaged file is FINISHED and carries no mark."""
+    if IMPORTING in run.data.tags or run.info.status != "FINISHED":
+        return f"left {run.info.status} by an interrupted import"
+    rid = run.info.run_id
+    held = {"params": len(run.data.params),
+            "artifacts": sum(a.path.endswith(".npz") for a in client.list_artifacts(rid)),
+            # the store keeps one of identical points
+            "metric points": sum(len(client.get_metric_history(rid, k)) for k in run.data.metrics)}
+    want = {"params": len(r.params), "artifacts": len(r.artifacts), "metric points": len(set(r.metrics))}
+    short = [f"{held[k]} of its {want[k]} {k}" for k in want if held[k] < want[k]]
+    return f"imported partially ({', '.join(short)})" if short else ""
 
 
 def _name(r: RunRecord) -> str:
@@ -116,7 +143,8 @@ def _log(client: MlflowClient, exp_id: str, r: RunRecord, new_ids: dict[str, str
     if PARENT in tags:
         parent = new_ids.get(tags.pop(PARENT))
         tags |= {PARENT: parent} if parent else {}   # a parent outside the file: no dangling pointer
-    run_id = client.create_run(exp_id, start_time=r.start_time, run_name=r.run_name or None).info.run_id
+    run_id = client.create_run(exp_id, start_time=r.start_time, tags={IMPORTING: "true"},
+                               run_name=r.run_name or None).info.run_id
     params = [Param(k, v) for k, v in r.params.items()]
     tag_items = [RunTag(k, v) for k, v in tags.items()]
     metrics = [Metric(k, value, ts, step) for k, step, ts, value in r.metrics]
@@ -128,15 +156,19 @@ def _log(client: MlflowClient, exp_id: str, r: RunRecord, new_ids: dict[str, str
             for fname, data in r.artifacts.items():
                 (Path(d) / fname).write_bytes(data)
             client.log_artifacts(run_id, d)
+    # FINISHED first, then the tag goes: killed between the two, the run still says it was being imported
     client.set_terminated(run_id, "FINISHED", end_time=r.end_time)
+    client.delete_tag(run_id, IMPORTING)
     return run_id
 
 
 def out_path(out: str) -> Path:
-    """The file to write: its folder must exist and it must not be a folder itself."""
+    """The file to write: not a folder, in a folder that exists and takes files. An existing file is
+    replaced, whole, once the export has succeeded: re-exporting is how results/<grid>/runs.parquet is updated."""
     path = Path(out)
     if path.is_dir():
         raise AnalysisError(f"--out {out} is a folder: give a file path, e.g. {path / 'runs.parquet'}.")
+    check_writable_folder(path.parent, "--out")
     if not path.parent.is_dir():
         raise AnalysisError(f"--out {out}: the folder {path.parent} does not exist: create it (mkdir -p {path.parent}) "
                             "or fix the path.")
@@ -158,27 +190,34 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--tracking-uri", default=None,
                        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     args = ap.parse_args(argv)
-    uri = args.tracking_uri or default_uri()
+    uri = tracking_uri(args.tracking_uri)
+    if args.command == "import" and (args.file is None) == (args.from_uri is None):
+        im.error("give either a runs file or --from-uri, not both or neither")
     try:
         if args.command == "export":
+            client = open_store(uri)
             path = out_path(args.out)
-            export = from_store(connect(uri, must_exist=True), args.experiment)
+            export = from_store(client, args.experiment)
             runsfile.write(export, path)
             points = sum(len(r.metrics) for r in export.runs)
             print(f"wrote {path}: {len(export.runs)} FINISHED runs of {args.experiment!r}, {points} metric points, "
                   f"{sum(len(r.artifacts) for r in export.runs)} artifacts, {path.stat().st_size / 1024:.0f} KiB")
             return 0
-        if (args.file is None) == (args.from_uri is None):
-            im.error("give either a runs file or --from-uri, not both or neither")
+        # the target is checked first but opened only once the file is verified: MLflow creates a missing store
+        check_tracking(uri)
+        check_store(uri)
         export = (runsfile.read(Path(args.file)) if args.file else
-                  from_store(connect(args.from_uri, must_exist=True), args.from_experiment or args.experiment))
-        imported, skipped = to_store(export, connect(uri, must_exist=False), args.experiment)
-    except (AnalysisError, runsfile.FormatError) as e:
+                  from_store(open_store(args.from_uri), args.from_experiment or args.experiment))
+        imported, skipped, repaired = to_store(export, MlflowClient(uri), args.experiment)
+    except (AnalysisError, PreflightError, runsfile.FormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in repaired:
+        print(f"repaired {line}")
     for line in skipped:
         print(f"skipped {line}")
-    print(f"imported {imported} runs into experiment {args.experiment!r} at {uri}; skipped {len(skipped)}")
+    print(f"imported {imported} runs into experiment {args.experiment!r} at {uri}; skipped {len(skipped)}"
+          + (f"; repaired {len(repaired)}" if repaired else ""))
     return 0
 
 

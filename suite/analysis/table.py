@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .files import replacing
 from .load import NAT
 
 DAGGER = "†"
@@ -58,15 +59,16 @@ class Table:
     def latex(self) -> str:
         return self._marked("\\textbf{", "}").to_latex(index=self.index).replace("±", "$\\pm$")
 
-    def html(self) -> str:
+    def html(self, uuid: str) -> str:
         """A <table class="data">; best cells bold; a cell's seed count goes on a second, smaller line
-        so wide level tables fit a screen."""
+        so wide level tables fit a screen. `uuid` names the table's ids and CSS (Styler's default is random,
+        and a report must rebuild byte for byte); unique within a page."""
         def fmt(v) -> str:
             v = html.escape("-" if pd.isna(v) else str(v))
             return re.sub(r" \((n=\d+|1 seed)\)", r'<br><span class="n">(\1)</span>', v)
         styler = self.cells.style.apply(lambda _: self.best().replace({True: "font-weight:bold", False: ""}), axis=None)
         styler = styler.format(fmt).format_index(escape="html", axis=0).format_index(escape="html", axis=1)
-        styler = styler.set_table_attributes('class="data"')
+        styler = styler.set_table_attributes('class="data"').set_uuid(uuid)
         words = [c for c in self.cells.columns if not self.cells[c].astype(str).str.match(r"[-+\d.]").any()]
         # prose columns (sources, notes) read left to right, header included
         styler = styler.set_properties(subset=words, **{"text-align": "left"})
@@ -77,9 +79,11 @@ class Table:
     def write(self, out: Path, stem: str) -> Table:
         """<stem>.md, .csv and .tex under out."""
         out.mkdir(parents=True, exist_ok=True)
-        self.cells.to_csv(out / f"{stem}.csv", index=self.index)
-        (out / f"{stem}.md").write_text(self.markdown() + "\n")
-        (out / f"{stem}.tex").write_text(self.latex() + "\n")
+        with replacing(out / f"{stem}.csv") as tmp:
+            self.cells.to_csv(tmp, index=self.index)
+        for suffix, text in ((".md", self.markdown()), (".tex", self.latex())):
+            with replacing(out / f"{stem}{suffix}") as tmp:
+                tmp.write_text(text + "\n")
         return self
 
 
