@@ -7,6 +7,7 @@ node of the cluster waits forever for resources.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -68,9 +69,11 @@ def check_store(uri: str) -> None:
     if db is None or not db.is_file():
         return
     try:
-        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as con:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
             verdict = con.execute("PRAGMA quick_check").fetchone()[0]
-    except sqlite3.DatabaseError as e:
+    except sqlite3.OperationalError:  # busy or locked past the timeout: not damage; MLflow waits or says so itself
+        return
+    except sqlite3.DatabaseError as e:  # not a database, malformed
         verdict = str(e)
     if verdict != "ok":
         raise PreflightError(f"the MLflow store {db} is damaged (sqlite: {verdict.splitlines()[0]}): restore it from a "
