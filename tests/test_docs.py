@@ -128,8 +128,9 @@ def test_documented_command_runs(page, argv, tmp_path):
     elif module == "suite.analysis.report":
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-        expected = "error: no runs file" if "--runs" in argv else "error: no experiment"
+        expected = "error: no runs file" if "--runs" in argv else "error: no MLflow store"  # a reader creates none
         assert expected in r.stderr, f"{page}: flags did not parse\n{r.stderr[-2000:]}"
+        assert not (tmp_path / "mlflow.db").exists()
     elif module in ("suite.analysis.results", "suite.export"):
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]

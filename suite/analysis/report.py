@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..preflight import PreflightError, check_store, check_tracking, check_writable_folder, tracking_uri
+from ..preflight import PreflightError, check_writable_folder, open_store, tracking_uri
 from . import accuracy, compression, cost, headline, payoff, recipes, references, scaling, training, trust
 from .document import Section, finish, images, to_html, to_markdown
 from .files import replacing
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     uri = tracking_uri(args.tracking_uri)
     try:
-        if args.experiment:   # within seconds, before MLflow would retry an absent server for minutes
-            check_tracking(uri)
-            check_store(uri)
+        if args.experiment:   # within seconds, before MLflow would retry an absent server for minutes; a reader
+            open_store(uri)   # never creates a store
 
         def get(name: str) -> Experiment:
             return load_file(Path(name)) if args.runs else load(name, uri)
