@@ -63,6 +63,20 @@ class Holder:
     def record(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
+    def gone(self) -> bool:
+        """The holder was a process on this host that no longer runs: its lock is free now, not only
+        when its lease runs out (a driver that ended with its tracking server down could not release
+        it). A pid reused since is taken as alive: then the lease decides, as for another host."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
     def who(self) -> str:
         return (f"pid {self.pid} on host {self.host} (storage path {self.storage}, "
                 f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))})")
@@ -138,7 +152,7 @@ class Lease:
 
     def __enter__(self) -> Lease:
         other = self.holder()
-        if other and other.token != self.me.token and other.expires > time.time():
+        if other and other.token != self.me.token and other.expires > time.time() and not other.gone():
             raise refusal(self.what, other)
         self.write()
         time.sleep(SETTLE_S)

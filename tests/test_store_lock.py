@@ -72,7 +72,7 @@ def lease(tmp_path, monkeypatch):
         return locks.Lease(client, exp_id, locks.Holder.me(tmp_path / storage), "experiment 'exp'")
 
     def write(**changes):
-        other = dataclasses.replace(locks.Holder.me(tmp_path / "z"), host="elsewhere", pid=4242, **changes)
+        other = dataclasses.replace(locks.Holder.me(tmp_path / "z"), **{"host": "elsewhere", "pid": 4242, **changes})
         client.set_experiment_tag(exp_id, locks.TAG, other.record())
     make.write, make.tag = write, lambda: client.get_experiment(exp_id).tags.get(locks.TAG)
     return make
@@ -91,13 +91,37 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_refused(lease):
         pass
 
 
-def test_a_live_lease_is_renewed_and_a_lost_one_stops_the_driver(lease):
+def test_a_lease_of_a_dead_driver_on_this_host_is_taken_over_before_it_runs_out(lease):
+    """A driver that ended with its tracking server down could not release its lease: on its own host
+    the next driver sees that the process is gone and takes the lock at once, not minutes later."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease.write(host=HOST, pid=dead.pid, expires=time.time() + 60)
+    with lease() as mine:
+        assert locks.Holder.parse(lease.tag()).token == mine.me.token
+
+
+def until(condition, timeout: float) -> bool:
+    """Poll `condition` every 10 ms for up to `timeout` s (a loaded machine is slow, never a failure)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_live_lease_is_renewed_and_a_lost_one_stops_the_driver(lease, monkeypatch):
+    # the takeover is written just after a renewal, while the renewer sleeps: a tag write is no
+    # compare-and-set, so one landing between a renewal's read and write would be overwritten (a real
+    # second driver reads back after SETTLE_S and is then refused instead)
+    monkeypatch.setattr(locks, "RENEW_S", 1.0)
     with pytest.raises(KeyboardInterrupt), lease() as mine:  # what Ctrl-C does: the sweep stops, resumable
         first = locks.Holder.parse(lease.tag()).expires
-        time.sleep(0.5)
-        assert locks.Holder.parse(lease.tag()).expires > first  # renewed
+        assert until(lambda: locks.Holder.parse(lease.tag()).expires > first, 20)  # renewed
         lease.write(expires=time.time() + 60)  # taken over while this driver stalled
-        time.sleep(5)
+        for _ in range(2000):  # the next renewal, about a second on, interrupts this (between short sleeps:
+            time.sleep(0.01)   # interrupt_main raises in Python code, not inside a C call)
     assert locks.Holder.parse(lease.tag()).pid == 4242 and not mine.renewer.is_alive()  # the other's lock stays
 
 
