@@ -4,7 +4,8 @@
 
 Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
 model, prunes it at the level exactly as the trial's evaluation did (the run's pruner, scope and
-seed), compacts it, and writes into DIR (default export/<run id>; files already there are replaced only
+seed; a level its protocol retrained gets the retrained weights of its levels/pNN.npz artifact,
+prune.held_model), compacts it, and writes into DIR (default export/<run id>; files already there are replaced only
 with --overwrite; each file is written whole or not at all):
   model_pNN.safetensors  the compacted float32 weights, layer i as weight_i [out, in] or, where that
                          takes fewer bytes (more than a third zeros), as CSR: weight_i.values (float32),
@@ -73,6 +74,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import methods, preflight, prune
@@ -139,9 +141,10 @@ def evaluated_levels(run) -> list[str]:
     return sorted(tags, key=lambda t: (t == "nat", int(t[1:]) if t != "nat" else 0))
 
 
-def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[TrialConfig, Method, int]:
-    """The run's config and trained (unpruned) model, and the size of its model.pt in bytes; the run
-    must have evaluated `level` (another level's pruned model was never measured)."""
+def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[TrialConfig, Method, int, dict | None]:
+    """The run's config and trained (unpruned) model, the size of its model.pt in bytes, and the
+    retrained level's stored weights (levels/pNN.npz as tensors; None where the protocol does not
+    retrain the level); the run must have evaluated `level` (another level's pruned model was never measured)."""
     try:
         client = preflight.open_store(uri)
     except PreflightError as e:
@@ -166,20 +169,22 @@ def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[Tria
         raise ExportError(f"{e} (a plug-in method: set $BPB_PLUGINS as when the run was made)") from e
     model = methods.build(cfg.replace(compile=False))
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    return cfg, model.eval(), (folder / "model.pt").stat().st_size
-
-
-def check_rebuildable(cfg: TrialConfig, level: float | str, run_id: str) -> None:
-    """A level its protocol retrains (finetune, gradual, iterative) cannot be exported: model.pt is the
-    model before retraining, and the retrained weights of each level are not logged."""
+    retrained = None
     if cfg.protocol_cls.retrains(level):
-        raise ExportError(f"run {run_id} used protocol={cfg.protocol}, which retrains level {prune.level_tag(level)}: "
-                          "model.pt holds the model before retraining and the retrained weights are not logged, "
-                          "so that pruned model cannot be rebuilt; export a oneshot or natural run (or level 0).")
+        path = folder / "levels" / f"{prune.level_tag(level)}.npz"
+        if not path.is_file():
+            raise ExportError(f"run {run_id} was logged before retrained levels were kept (no artifact levels/{path.name}): "
+                              f"its level {prune.level_tag(level)} cannot be rebuilt; rerun the grid point to export it.")
+        with np.load(path) as z:
+            retrained = {k: torch.from_numpy(z[k]) for k in z.files}
+    return cfg, model.eval(), (folder / "model.pt").stat().st_size, retrained
 
 
-def pruned_at(model: Method, cfg: TrialConfig, level: float | str) -> Method:
-    """A pruned copy at `level` with the mask the trial's evaluation used (trial.evaluate_pruned)."""
+def pruned_at(model: Method, cfg: TrialConfig, level: float | str, retrained: dict | None = None) -> Method:
+    """The model the trial's evaluation used at `level` (trial.evaluate_pruned): the retrained level's
+    stored weights (prune.held_model), or a pruned copy with the level's mask."""
+    if retrained is not None:
+        return prune.held_model(model, retrained).eval()
     allowed = prune.prunable(model, cfg.prune_biases)
     if level == "nat":
         if not model.has_natural:
@@ -240,9 +245,8 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     """Write the formats for one run and level; returns the report lines (sizes, checks)."""
     require(formats)
     with tempfile.TemporaryDirectory() as d:
-        cfg, model, pt_bytes = load_run(run_id, uri, level, Path(d))
-    check_rebuildable(cfg, level, run_id)
-    m = pruned_at(model, cfg, level)
+        cfg, model, pt_bytes, retrained = load_run(run_id, uri, level, Path(d))
+    m = pruned_at(model, cfg, level, retrained)
     c = compact.compact(m)
     x = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0))
     diff = float((c(x) - m(x)).abs().max())

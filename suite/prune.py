@@ -10,7 +10,9 @@ Sparsity is then *measured* on the tensors F.linear receives during a real forwa
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
@@ -58,6 +60,32 @@ def pruned_copy(model: Method, keep: Tensor) -> Method:
     """A fresh copy of the trained model with the mask applied (the original stays intact)."""
     m = copy.deepcopy(model)
     m.prune_(keep.to(m.point_weights().device))
+    return m
+
+
+def held_state(m: Method) -> dict[str, Tensor]:
+    """A retrained level's model in its sparse form (CPU tensors): "held", its held mask (Method.held,
+    bool [P]) packed 8 entries a byte (numpy.packbits' bit order, uint8 [ceil(P / 8)]), and for each
+    tensor of its state dict (every one a [P] vector: one per parameter kind) the values of the held
+    entries in index order. The pruned entries are left out: held_model sets them as hold_ does (their
+    log sigma^2 or log alpha may differ from the retrained model's, but every one multiplies a point
+    weight of exactly 0, so the forward pass and every sample are the same). Reads the model only (no
+    random numbers drawn)."""
+    held = m.held.cpu()
+    return {"held": torch.from_numpy(np.packbits(held.numpy())),
+            **{k: v.detach().cpu()[held] for k, v in m.state_dict().items()}}
+
+
+@torch.no_grad()
+def held_model(model: Method, state: Mapping[str, Tensor | np.ndarray]) -> Method:
+    """The level model held_state stored, rebuilt from the trained model: a copy that holds the
+    stored mask (hold_) with the held entries' stored values written back (state: held_state's
+    tensors, or the arrays of its levels/pNN.npz artifact)."""
+    keep = torch.from_numpy(np.unpackbits(np.asarray(state["held"]), count=model.n_params).astype(bool))
+    m = copy.deepcopy(model)
+    m.hold_(keep.to(m.point_weights().device))
+    for k, v in m.state_dict().items():  # the state dict's tensors share the parameters' storage
+        v[m.held] = torch.as_tensor(state[k], device=v.device)
     return m
 
 

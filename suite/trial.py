@@ -39,7 +39,7 @@ class TrialResult:
     metrics: dict[str, float]                 # final scalars: test_acc_p90, train_wall_s, ...
     history: list[dict]                       # one dict per epoch
     info: dict[str, str] = field(default_factory=dict)   # device, kernels chosen: strings, logged as tags
-    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # npz name -> arrays
+    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # npz path -> arrays
     state_dict: dict = field(default_factory=dict)       # the trained, unpruned model
 
     def to_json(self) -> dict:
@@ -49,11 +49,13 @@ class TrialResult:
 
 def write_artifacts(r: TrialResult, out: Path) -> None:
     """The MLflow artifacts of a trial: model.pt (state dict, loads with weights_only=True),
-    weights_hist.npz, snr_hist.npz (bbb) and config.json."""
+    weights_hist.npz, snr_hist.npz (bbb), levels/pNN.npz (each retrained level: prune.held_state)
+    and config.json. Compressed npz: a packed mask of a sparse level shrinks several-fold."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(r.state_dict, out / "model.pt")
     for name, arrays in r.artifacts.items():
-        np.savez(out / name, **arrays)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / name, **arrays)
     (out / "config.json").write_text(json.dumps(r.config.to_dict(), indent=1))
 
 
@@ -215,15 +217,21 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             torch.manual_seed(level_seed(cfg.seed, i))
             m, own = proto.prune_level(i, p, keep, progress)
             own[f"model_epochs_{tag}"] = float(proto.model_epochs(p, progress))
+            # a retrained level's weights, taken before its evaluation (held_state draws no random numbers)
+            weights = prune.held_state(m) if proto.retrains(p) else None
             torch.manual_seed(level_seed(cfg.seed, i))
             level, level_info = evaluate_level(m, cfg, x, y, tag, probe, p in curves)
             done = {"metrics": {**own, **level}, "info": level_info}
-            if proto.retrains(p):  # kept, without weights, so a resumed trial does not redo the level
-                store[tag] = done = {"history": progress.get("history", []), **done}
+            if proto.retrains(p):  # kept, with its sparse weights, so a resumed trial neither redoes nor loses the level
+                store[tag] = done = {"history": progress.get("history", []), **done, "weights": weights}
         out.update(done["metrics"])
         info.update(done["info"])
     out["weight_std"] = weight_std(model)
-    return out, info, histograms(model, cfg, thresholds)
+    # the levels model.pt and the mask cannot rebuild: those retrained (a level finished by a trial
+    # state written before levels were kept has no weights; suite.export says so)
+    kept = {f"levels/{prune.level_tag(p)}.npz": {k: v.numpy() for k, v in store[prune.level_tag(p)]["weights"].items()}
+            for p, _, _ in masks if proto.retrains(p) and "weights" in store[prune.level_tag(p)]}
+    return out, info, {**histograms(model, cfg, thresholds), **kept}
 
 
 def summary(r: TrialResult) -> str:

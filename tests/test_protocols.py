@@ -221,6 +221,22 @@ def test_iterative_passes_the_levels_in_order_holding_its_masks(mnist):
     _assert_held(_held_state(last, "p90"), build(cfg), round(0.9 * (784 * 64 + 64 * 10)))
 
 
+def state_at_interruption(cfg, epoch, **kw) -> dict:
+    """The trial state saved after `epoch` (numbered on through retraining), where the trial is killed."""
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(log, state):
+        if log["epoch"] == epoch:
+            saved.update(copy.deepcopy(state()))
+            raise Stop
+    with pytest.raises(Stop):
+        run_trial(cfg, on_epoch, **kw)
+    return saved
+
+
 @pytest.mark.parametrize("protocol,extra", [("iterative", {"rewind_epoch": 0}),
                                             ("gradual", {"gradual_epochs": [1, 2], "gradual_interval": 7})])
 def test_gradual_and_iterative_resume_exactly(protocol, extra, mnist):
@@ -229,18 +245,8 @@ def test_gradual_and_iterative_resume_exactly(protocol, extra, mnist):
     torch.set_num_threads(1)
     cfg = tiny(protocol=protocol, finetune_epochs=2, sparsities=(0.5, 0.9), **extra)
     full = run_trial(cfg, arrays=mnist)
-    saved = {}
-
-    class Stop(Exception):
-        pass
-
-    def on_epoch(log, state):
-        if log["epoch"] == cfg.epochs + 3:  # the second level's first epoch (iterative: of its first round)
-            saved.update(copy.deepcopy(state()))
-            raise Stop
-    with pytest.raises(Stop):
-        run_trial(cfg, on_epoch, arrays=mnist)
-    resumed = run_trial(cfg, arrays=mnist, resume=saved)
+    # the second level's first epoch (iterative: of its first round)
+    resumed = run_trial(cfg, arrays=mnist, resume=state_at_interruption(cfg, cfg.epochs + 3, arrays=mnist))
     for k, v in full.metrics.items():
         if k.startswith(("test_", "sparsity_")):
             assert resumed.metrics[k] == v, k

@@ -130,6 +130,18 @@ def test_concurrency_mode_times_the_grid_at_each_level(tmp_path, mnist):
         assert x.data.metrics["sweep_trials_per_hour"] > 0 and x.data.metrics["sweep_wall_s"] > 0
 
 
+@pytest.mark.slow
+def test_a_retrained_levels_weights_reach_the_store(tmp_path, mnist):
+    """levels/pNN.npz travels with the other artifacts: the trial's checkpoint to the driver, which logs it."""
+    grid = tiny_grid(tmp_path / "ft.yaml", epochs=1, seeds=[0], protocol="finetune", finetune_epochs=1, hidden=[32])
+    r = cli(["--grid", str(grid)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c, rs = runs(tmp_path / "mlflow.db", "ft")
+    assert len(rs) == 2 and all(x.info.status == "FINISHED" for x in rs)
+    for x in rs:
+        assert [a.path for a in c.list_artifacts(x.info.run_id, "levels")] == ["levels/p90.npz"]
+
+
 def _trial_hosts(nodes: set[str]) -> set[str]:
     """The nodes among `nodes` on which an actor (on a worker: a trial) is alive. From the GCS table that
     ray.util.state lists too; that API needs the dashboard, which the suite's `ray[tune]` does not install."""

@@ -64,7 +64,8 @@ class Protocol:
 
     @classmethod
     def retrains(cls, level: float | str) -> bool:
-        """Whether the level trains: then its progress is resumable and its results are kept in the trial state."""
+        """Whether the level trains: then its progress is resumable, and its results and its model's
+        weights (prune.held_state, the artifact levels/pNN.npz) are kept in the trial state."""
         return False
 
     @classmethod
