@@ -195,6 +195,7 @@ def silent_port():
 SEARCH = "import sys, suite.search as s; code = s.main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(code)"
 
 
+@pytest.mark.slow  # waits out the address check's 5 s timeout by design
 def test_a_search_against_a_ray_address_that_never_answers_is_refused_before_loading_anything(silent_port, tmp_path):
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", SEARCH, "--space", "sgd", "--address", f"127.0.0.1:{silent_port}"],

@@ -52,6 +52,7 @@ def test_a_stored_level_gives_the_trials_numbers(protocol, method, extra, mnist,
     assert ratio < 0.3, ratio
 
 
+@pytest.mark.slow  # three trials, each interrupted and resumed
 @pytest.mark.parametrize("protocol,method,extra", RETRAINING)
 def test_levels_finished_before_an_interruption_are_stored_after_resume(protocol, method, extra, mnist, fmnist):
     """Interrupted in its second level, the resumed trial stores the first level (finished before the

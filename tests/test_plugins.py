@@ -49,6 +49,7 @@ def run(env, *args, timeout=120):
     return out.stdout
 
 
+@pytest.mark.slow  # two CLIs, each importing torch and the registry
 def test_plugins_appear_in_help_and_in_a_grid(plugin_env, tmp_path):
     help_text = " ".join(run(plugin_env, "-m", "suite.trial", "--help").split())
     assert "--scale V Magnitude of every weight" in help_text
