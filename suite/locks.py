@@ -163,18 +163,24 @@ class Lease:
         return self
 
     def renew(self) -> None:
-        while not self.stop.wait(RENEW_S):
-            try:
-                other = self.holder()
-                if other is None or other.token != self.me.token:
-                    print(f"error: lost the lock: {self.what} is now driven by {other.who() if other else 'nobody'} "
-                          "(this driver did not renew its lease in time); stopping.", file=sys.stderr, flush=True)
-                    _thread.interrupt_main()
-                    return
-                self.write()
-            except Exception as e:  # the server did not answer this time: the lease still lasts LEASE_S
-                print(f"warning: could not renew the driver lock ({type(e).__name__}); retrying in {RENEW_S:g} s",
-                      file=sys.stderr, flush=True)
+        while not self.stop.wait(RENEW_S) and self.renew_once():
+            pass
+
+    def renew_once(self) -> bool:
+        """One renewal: False (and the main thread interrupted, as Ctrl-C would) when another driver
+        holds the lock now."""
+        try:
+            other = self.holder()
+            if other is None or other.token != self.me.token:
+                print(f"error: lost the lock: {self.what} is now driven by {other.who() if other else 'nobody'} "
+                      "(this driver did not renew its lease in time); stopping.", file=sys.stderr, flush=True)
+                _thread.interrupt_main()
+                return False
+            self.write()
+        except Exception as e:  # the server did not answer this time: the lease still lasts LEASE_S
+            print(f"warning: could not renew the driver lock ({type(e).__name__}); retrying in {RENEW_S:g} s",
+                  file=sys.stderr, flush=True)
+        return True
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
