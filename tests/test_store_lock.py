@@ -3,6 +3,7 @@ refused with one line naming the first one's host and pid; a dead driver's lock 
 sqlite store is created by one process at a time. Only loopback, only real MLflow and Ray."""
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +102,16 @@ def test_a_lease_of_a_dead_driver_on_this_host_is_taken_over_before_it_runs_out(
         assert locks.Holder.parse(lease.tag()).token == mine.me.token
 
 
-def test_a_live_lease_is_renewed_and_a_lost_one_stops_the_driver(lease, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, which a driver has when it takes the lock (an earlier test in this
+    process may have left another, e.g. Ray Tune's, under which a Ctrl-C stops a sweep instead of raising)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_live_lease_is_renewed_and_a_lost_one_stops_the_driver(lease, monkeypatch, python_sigint):
     # renewals driven by hand (the background renewer sleeps for an hour), so no thread timing decides
     monkeypatch.setattr(locks, "RENEW_S", 3600.0)
     with pytest.raises(KeyboardInterrupt), lease() as mine:  # what Ctrl-C does: the sweep stops, resumable
