@@ -152,13 +152,12 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
                 "history": history, "finetune": levels, "progress": epochs_trained(history, levels)}
 
     def after_epoch(log: dict) -> None:
-        cfg.protocol_cls.watch_training(cfg, log["epoch"], model, levels)
+        cfg.protocol_cls.watch_training(cfg, log["epoch"], model, opt, levels)
         if on_epoch is not None:
             on_epoch(log, state)
 
     memory = PeakMemory(device)
-    if not history:
-        cfg.protocol_cls.watch_training(cfg, 0, model, levels)
+    cfg.protocol_cls.watch_training(cfg, len(history), model, opt, levels)
     train(model, opt, data, cfg, history, after_epoch)
     out = {"train_wall_s": sum(h["epoch_time_s"] for h in history), "compile_s": compile_s,
            "n_params": float(model.n_params), "peak_mem_mb": memory.peak_mb(),

@@ -10,3 +10,8 @@ on stored weights alike.
 
 Import the modules: `from suite.evaluate.level import evaluate_level`.
 """
+
+# The version of the evaluation code, logged with every evaluated run as tag eval_version (runs
+# without the tag: 1). Bump it whenever a metric of the same weights would change; a run of an older
+# version is re-evaluated from its stored weights (python -m suite.evaluate), not retrained.
+EVAL_VERSION = 2

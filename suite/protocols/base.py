@@ -74,9 +74,12 @@ class Protocol:
         return 0
 
     @classmethod
-    def watch_training(cls, cfg: TrialConfig, epoch: int, model: Method, store: dict[str, dict]) -> None:
-        """Called with the model after every training epoch (epoch 0: before the first); a protocol
-        that needs an epoch's weights later keeps them in `store`, which the trial state carries."""
+    def watch_training(cls, cfg: TrialConfig, epoch: int, model: Method, opt: torch.optim.Optimizer,
+                       store: dict[str, dict]) -> None:
+        """Called with the model and its optimiser after every training epoch, and before training
+        with the epochs already trained (0, or those a resumed trial starts after); a protocol that
+        needs an epoch's weights later keeps them in `store`, which the trial state carries, and a
+        protocol that prunes during training restores its mask from there on resume."""
 
     # -- one trial's sweep
     def mask(self, level: float | str) -> tuple[Tensor, float]:

@@ -73,7 +73,7 @@ class Iterative(Protocol):
         return sum(map(len, cls.rounds(cfg).values())) * cfg.finetune_epochs
 
     @classmethod
-    def watch_training(cls, cfg, epoch, model, store) -> None:
+    def watch_training(cls, cfg, epoch, model, opt, store) -> None:
         if epoch == cfg.rewind_epoch:
             store["rewind"] = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
