@@ -17,7 +17,8 @@ from typing import Any
 
 BUILTIN = ("suite.methods.sgd", "suite.methods.bbb", "suite.methods.sparse_vd", "suite.methods.l0",
            "suite.protocols.oneshot", "suite.protocols.finetune", "suite.protocols.natural",
-           "suite.protocols.gradual", "suite.protocols.iterative")
+           "suite.protocols.gradual", "suite.protocols.gradual_train",
+           "suite.protocols.iterative")
 
 
 class Registry(Mapping[str, Any]):

@@ -18,7 +18,8 @@ from suite.config import ConfigError, TrialConfig, from_dict, load_grid
     ({"protocol": "finetune"}, "finetune_epochs=0 is invalid: allowed an integer >= 1 with protocol=finetune"),
     ({"protocol": "finetune", "finetune_epochs": -1}, "finetune_epochs=-1 is invalid"),
     ({"finetune_epochs": 3}, "finetune_epochs=3 is invalid: allowed 0 with protocol=oneshot"),
-    ({"protocol": "natural"}, "protocol='natural' is invalid: allowed oneshot \\| finetune \\| gradual \\| iterative "
+    ({"protocol": "natural"}, "protocol='natural' is invalid: allowed oneshot \\| finetune \\| gradual \\| gradual_train \\| "
+                              "iterative "
                               "for method=sgd"),
     ({"method": "bbb", "kl_warmup": [5, 2]}, "kl_warmup=\\[5, 2\\] is invalid"),
     ({"momentum": 0.9}, "momentum=0.9 is invalid: allowed a number in \\[0, 1\\), and 0 unless optimizer=sgd"),

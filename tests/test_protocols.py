@@ -51,7 +51,7 @@ def tiny(method="sgd", **kw):
 
 
 def test_registry_lists_the_builtin_protocols():
-    assert list(PROTOCOLS) == ["oneshot", "finetune", "natural", "gradual", "iterative"]
+    assert list(PROTOCOLS) == ["oneshot", "finetune", "natural", "gradual", "gradual_train", "iterative"]
     assert all(issubclass(p, Protocol) and p.name == n for n, p in PROTOCOLS.items())
     with pytest.raises(ConfigError, match="protocol='prune' is invalid: allowed oneshot \\| finetune \\| natural"):
         TrialConfig(protocol="prune")

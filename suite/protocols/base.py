@@ -98,16 +98,8 @@ class Protocol:
         return self.cfg.epochs + len(progress.get("history", ()))
 
     def tighten(self, m: Method, sparsity: float, rewind: dict | None = None) -> None:
-        """Prune m further, to `sparsity`, by the score of its current weights, and hold that mask:
-        what is pruned already stays pruned (its score counts as -inf), so the masks only shrink.
-        rewind: a state dict whose weights the kept entries are reset to first (the pruned ones stay 0)."""
-        score = prune.scores(m, self.cfg.resolved_pruner, self.cfg.seed)
-        if m.held is not None:
-            score[~m.held.cpu()] = float("-inf")
-        keep, _ = prune.keep_mask(score, self.allowed, sparsity, self.cfg.prune_scope, m)
-        if rewind is not None:
-            m.load_state_dict(rewind)
-        m.hold_(keep)
+        """tighten(m, self.cfg, sparsity, rewind)."""
+        tighten(m, self.cfg, sparsity, rewind)
 
     def retrain(self, m: Method, progress: dict, epochs: int, lr: float, seed_offset: int,
                 on_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> list[dict]:
@@ -137,3 +129,27 @@ class Protocol:
                 self.on_epoch({**log, "epoch": self.cfg.epochs + done}, self.state)
         with torch.enable_grad():
             return train.train(m, opt, self.data, self.cfg, progress["history"], after_epoch, phase)
+
+
+def tighten(m: Method, cfg: TrialConfig, sparsity: float, rewind: dict | None = None) -> None:
+    """Prune m further, to `sparsity`, by the score of its current weights, and hold that mask:
+    what is pruned already stays pruned (its score counts as -inf), so the masks only shrink.
+    rewind: a state dict whose weights the kept entries are reset to first (the pruned ones stay 0)."""
+    score = prune.scores(m, cfg.resolved_pruner, cfg.seed)
+    if m.held is not None:
+        score[~m.held.cpu()] = float("-inf")
+    keep, _ = prune.keep_mask(score, prune.prunable(m, cfg.prune_biases), sparsity, cfg.prune_scope, m)
+    if rewind is not None:
+        m.load_state_dict(rewind)
+    m.hold_(keep)
+
+
+@torch.no_grad()
+def forget_pruned(opt: torch.optim.Optimizer, held: Tensor) -> None:
+    """Zero the optimiser's per-entry state (Adam's moments, SGD's momentum) of the entries `held`
+    prunes: a weight pruned mid-training would otherwise keep moving on its old momentum; with its
+    gradient zeroed from then on (Method.hold_) its state stays 0 and the weight exactly 0."""
+    for state in opt.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and v.shape == held.shape:
+                v.masked_fill_(~held, 0.0)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
+from .base import forget_pruned
 from .finetune import Finetune, RetrainParams, retrain_lr
 
 
@@ -79,10 +80,7 @@ class Gradual(Finetune):  # a finetune whose mask tightens during retraining: sa
         def on_step(opt: torch.optim.Optimizer, t: int) -> None:
             if t in schedule:
                 self.tighten(m, schedule[t])
-                for state in opt.state.values():  # the newly pruned weights leave Adam's moments (or momentum)
-                    for v in state.values():
-                        if torch.is_tensor(v) and v.shape == m.held.shape:
-                            v.masked_fill_(~m.held, 0.0)
+                forget_pruned(opt, m.held)
         # each level's own RNG stream, apart from training's and the other levels'
         self.retrain(m, progress, cfg.finetune_epochs, retrain_lr(cfg), 100_000 * (i + 1), on_step)
         return m, {}
