@@ -37,12 +37,24 @@ def scores(model: Method, kind: str, seed: int) -> Tensor:
     return model.score(kind).float().cpu()
 
 
+def pruning_order(score: Tensor, magnitude: Tensor) -> Tensor:
+    """Positions of score [n] in pruning order: ascending score, ties by ascending magnitude, then by
+    ascending position. Why: trained scores tie in bulk (Sparse VD's log alpha sits at its clip for most
+    weights), and which tied entries torch.topk returns depends on its kernel and thread count; a
+    lexicographic key makes the mask a function of the values alone. Built from stable sorts, last key
+    first (a stable sort keeps the order of equal keys)."""
+    by_magnitude = torch.sort(magnitude, stable=True).indices
+    return by_magnitude[torch.sort(score[by_magnitude], stable=True).indices]
+
+
 def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method) -> tuple[Tensor, float]:
     """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
-    fraction of every weight matrix / bias vector (layer), lowest score first.
-    Also returns the score threshold (largest pruned score; -inf if none; NaN for layer scope, where
-    every layer has its own) for the plots."""
+    fraction of every weight matrix / bias vector (layer), first in pruning_order: lowest score, ties
+    by the smaller |point weight| (model.point_weights(): the value pruning zeroes), then the lower
+    flat index. Also returns the score threshold (largest pruned score; -inf if none; NaN for layer
+    scope, where every layer has its own) for the plots."""
     keep = torch.ones_like(allowed)
+    magnitude = model.point_weights().detach().abs().float().cpu()
     groups = [allowed.nonzero().squeeze(1)] if scope == "global" else [
         torch.arange(s.start, s.end) for s in model.layout if allowed[s.start]]
     threshold = float("-inf")
@@ -50,9 +62,9 @@ def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model
         k = round(sparsity * len(idx))
         if k == 0:
             continue
-        low = torch.topk(score[idx], k, largest=False).indices  # exactly k, even with tied scores
-        keep[idx[low]] = False
-        threshold = max(threshold, float(score[idx[low]].max()))
+        low = idx[pruning_order(score[idx], magnitude[idx])[:k]]
+        keep[low] = False
+        threshold = max(threshold, float(score[low].max()))
     return keep, threshold if scope == "global" else float("nan")
 
 

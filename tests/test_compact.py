@@ -38,6 +38,7 @@ def test_hand_masks_give_the_hand_counted_widths_and_the_same_logits():
     assert s["flops_nonzero"] == 2 * (4 + 4 + 30)  # 4 weights in W1, 4 in W2, all 30 of W3
     assert s["flops_dense"] == 2 * (784 * 4 + 4 * 3 + 3 * 10)
     assert s["params_compact"] == 3 * 2 + 2 + 2 * 2 + 2 + 2 * 10 + 10
+    assert s["flops_run"] == 2 * (3 * 16 + 16 * 16 + 16 * 10)  # window 0..2, hidden widths padded to 16
     assert [s[f"compact_width_l{i}"] for i in range(3)] == [3, 2, 2]
 
 
@@ -53,6 +54,24 @@ def test_the_forward_pads_hidden_widths_to_whole_registers_and_keeps_the_logits(
     x = torch.rand(8, 784, generator=g)
     by_hand = torch.relu(torch.relu(x[:, 3:8] @ w0.T + b0) @ w1.T + b1) @ w2.T + b2
     assert (c(x) - by_hand).abs().max() <= 1e-5
+
+
+def test_run_flops_count_the_input_window_and_the_padded_widths():
+    """784-3-10 net reading pixels 5 (unit 0) and 12 (unit 1); unit 2 reads nothing and folds. Live: 2 inputs,
+    2 hidden units; what runs: the window of pixels 5..12 (8 wide), 2 units padded to 16, 10 outputs."""
+    torch.manual_seed(0)
+    m = build(TrialConfig(method="sgd", hidden=(3,), compile=False)).eval()
+    w1 = torch.zeros(m.layout[0].shape, dtype=torch.bool)
+    w1[0, 5] = w1[1, 12] = True
+    keep = torch.ones(m.n_params, dtype=torch.bool)
+    keep[:w1.numel()] = w1.flatten()
+    m.prune_(keep)
+    c = compact.compact(m)
+    assert c.widths == [2, 2, 10] and c.run_widths == [8, 16, 10]
+    s = compact.stats(m, c)
+    assert s["flops_compact"] == 2 * (2 * 2 + 2 * 10) and s["flops_run"] == 2 * (8 * 16 + 16 * 10)
+    x = torch.rand(4, 784)
+    assert (c(x) - m(x)).abs().max() <= 1e-5
 
 
 def test_a_unit_with_live_inputs_but_no_reader_is_removed():
@@ -115,7 +134,7 @@ def test_every_method_compacts_to_its_own_prediction(method, kw, level):
 def test_measure_names_every_metric_with_the_level():
     m = hand_pruned()
     out, c = compact.measure(m, "p98")
-    assert out["compact_width_l1_p98"] == 2 and out["flops_compact_p98"] == 60
+    assert out["compact_width_l1_p98"] == 2 and out["flops_compact_p98"] == 60 and out["flops_run_p98"] == 928
     assert all(k.endswith("_p98") for k in out)
     lat, _ = latency.measure(m, torch.rand(1000, 784), "p98", others={"compact": c})
     for b in (1, 1000):

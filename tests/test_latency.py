@@ -38,15 +38,40 @@ def test_measure_reports_every_metric_and_bbb_ensemble():
     assert out["size_csr_bytes_p50"] < out["size_dense_bytes_p50"] * 1.1
 
 
-def test_forwards_are_timed_side_by_side(monkeypatch):
-    """Every round calls each forward once, in the same order, after each forward's warm-up."""
+def test_forwards_are_timed_side_by_side_in_rotated_order(monkeypatch):
+    """Every round calls each forward once, after each forward's warm-up; round r starts at the (r mod n)-th."""
     calls = []
     clock = iter(range(10**6))
     monkeypatch.setattr(latency.time, "perf_counter", lambda: next(clock) * 1e-3)  # 1 ms per reading
-    ms = latency.medians_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
-                            budget_s=0.0, min_reps=4, warmup=2)
-    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 4
-    assert ms == pytest.approx({"a": 1.0, "b": 1.0})  # two clock readings per call, 1 ms apart
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = latency.round_times_ms(fns, torch.device("cpu"), budget_s=0.0, min_reps=4, warmup=2)
+    assert "".join(calls) == "aabbcc" + "abc" + "bca" + "cab" + "abc"
+    assert times == {k: pytest.approx([1.0] * 4) for k in "abc"}  # two clock readings per call, 1 ms apart
+    assert latency.medians_ms(fns, torch.device("cpu"), budget_s=0.0, min_reps=4, warmup=0) == pytest.approx(
+        {k: 1.0 for k in "abc"})
+
+
+def test_ratio_statistics_are_per_round_median_and_quartiles():
+    # per-round ratios 2, 4, 6, 10; numpy's linear interpolation: q25 at position 0.75 -> 2 + 0.75 * 2 = 3.5,
+    # median at 1.5 -> 5, q75 at 2.25 -> 6 + 0.25 * 4 = 7 (the ratio of the medians would be 7 / 1.5 = 4.67)
+    assert latency.ratio_quartiles([4, 8, 6, 10], [2, 2, 1, 1]) == pytest.approx((5.0, 3.5, 7.0))
+
+
+def test_measure_logs_per_round_speedups_of_the_fastest_kernel(monkeypatch):
+    """Injected per-round times: torch CSR has the lower median (1.5 ms vs scipy's 3), so the sparse
+    speed-up is dense / torch CSR per round: 2, 4, 6, 10. Compacted: 4, 4, 3, 5 -> sorted 3, 4, 4, 5:
+    median 4, q25 3 + 0.75 = 3.75, q75 4 + 0.25 = 4.25."""
+    rounds = {"dense": [4, 8, 6, 10], "torch_csr": [2, 2, 1, 1], "scipy_csr": [3, 3, 3, 3], "compact": [1, 2, 2, 2]}
+    monkeypatch.setattr(latency, "round_times_ms", lambda fns, device, **kw: {k: rounds[k] for k in fns})
+    m = pruned("sgd", 0.9)
+    out, info = latency.measure(m, torch.rand(1000, 784), "p90", others={"compact": m.forward})
+    for b in (1, 1000):
+        assert info[f"sparse_format_b{b}_p90"] == "torch_csr"
+        assert out[f"latency_dense_b{b}_ms_p90"] == 7 and out[f"latency_sparse_b{b}_ms_p90"] == 1.5
+        assert out[f"latency_compact_b{b}_ms_p90"] == 2 and out[f"latency_rounds_b{b}_p90"] == 4
+        speedups = {k + q: out[f"latency_speedup_{k}_b{b}{q}_p90"] for k in ("sparse", "compact") for q in ("", "_q25", "_q75")}
+        assert speedups == pytest.approx({"sparse": 5.0, "sparse_q25": 3.5, "sparse_q75": 7.0}
+                                         | {"compact": 4.0, "compact_q25": 3.75, "compact_q75": 4.25})
 
 
 def test_dense_forward_is_timed_on_weights_computed_before_the_timing(monkeypatch):
@@ -63,13 +88,13 @@ def test_dense_forward_is_timed_on_weights_computed_before_the_timing(monkeypatc
     def timing(fns, device, **kw):
         state["timing"] = True
         try:
-            return medians_ms(fns, device, **kw)
+            return round_times_ms(fns, device, **kw)
         finally:
             state["timing"] = False
 
-    medians_ms = latency.medians_ms
+    round_times_ms = latency.round_times_ms
     monkeypatch.setattr(type(m), "point_weights", counted)
-    monkeypatch.setattr(latency, "medians_ms", timing)
+    monkeypatch.setattr(latency, "round_times_ms", timing)
     out, _ = latency.measure(m, torch.rand(1000, 784), "p50")
     assert out["latency_dense_b1_ms_p50"] > 0
     assert state["computed_while_timing"] == 0

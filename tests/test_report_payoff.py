@@ -17,6 +17,18 @@ LEVELS = {"p00": 0.0, "p90": 0.9, "p98": 0.98}
 NAT_LAYERS = (0.985, 0.973, 0.76)
 WIDTHS = {"p00": (784, 300, 100), "p90": (600, 200, 80), "p98": (300, 90, 40)}
 DENSE_FLOPS = 2 * (784 * 300 + 300 * 100 + 100 * 10)    # 532400
+WINDOW = {"p00": 784, "p90": 700, "p98": 400}           # the compacted forward's input window, pixels
+
+
+def run_flops(tag: str) -> float:
+    """FLOPs of the forward that runs: the window, hidden widths padded to multiples of 16."""
+    h1, h2 = (-(-w // 16) * 16 for w in WIDTHS[tag][1:])
+    return 2.0 * (WINDOW[tag] * h1 + h1 * h2 + h2 * 10)
+
+
+# Sparse VD at 90 % logged per-round speed-ups (median, q25, q75) per seed for these kernels at batch 1000; every
+# other cell has the ratio of the two medians only
+PER_ROUND = {"compact": ((4.5, 4.1, 4.8), (4.7, 4.3, 5.0)), "sparse": ((0.65, 0.6, 0.7), (0.75, 0.7, 0.8))}
 # per method: (config, compacted / CSR latency at batch 1000 and batch 1 per level, ms; dense is 2.0 ms (seed 1:
 # 2.2 ms) at batch 1000 and 0.05 ms at batch 1; OOD AUROC by entropy; mean rotated accuracy)
 ARMS = {
@@ -45,7 +57,7 @@ def level_metrics(tag: str, layers, seed: int, lat, auroc: float, shift: float, 
         w = WIDTHS[tag]
         m |= {**{f"compact_width_l{i}_{tag}": float(x) for i, x in enumerate(w)},
               f"flops_dense_{tag}": DENSE_FLOPS, f"flops_compact_{tag}": 2.0 * (w[0] * w[1] + w[1] * w[2] + w[2] * 10),
-              f"flops_nonzero_{tag}": 2.0 * float(np.dot(sizes, 1 - np.asarray(layers)))}
+              f"flops_nonzero_{tag}": 2.0 * float(np.dot(sizes, 1 - np.asarray(layers))), f"flops_run_{tag}": run_flops(tag)}
     if tag in ("p00", "p98"):
         m |= {f"shift_acc_r{a}_{tag}": shift + (0.4 if a == 0 else -0.1) for a in range(0, 181, 15)}
     if mc:
@@ -62,13 +74,16 @@ def results(new_metrics: bool = True) -> list[tuple[TrialResult, dict]]:
             m = {"train_wall_s": 30.0, "total_wall_s": 40.0}
             for tag, p in LEVELS.items():
                 m |= level_metrics(tag, (p, p, p), seed, lat[tag], auroc[tag], shift[tag], kw["method"] == "sparse_vd")
+            if kw["method"] == "sparse_vd":
+                m |= {f"latency_speedup_{k}_b1000{q}_p90": v[seed][i] for k, v in PER_ROUND.items()
+                      for i, q in enumerate(("", "_q25", "_q75"))}
             if kw["protocol"] == "natural":   # compacted to 200-50-20 inputs / units, 0.4 ms at batch 1000
                 m |= level_metrics("nat", NAT_LAYERS, seed, (0.4, 1.5, 0.02, 0.05), 0.9, 0.55, True)
                 m |= {"compact_width_l0_nat": 200.0, "compact_width_l1_nat": 50.0, "compact_width_l2_nat": 20.0,
                       "flops_dense_nat": DENSE_FLOPS, "flops_compact_nat": 2.0 * (200 * 50 + 50 * 20 + 20 * 10)}
             if not new_metrics:
-                m = {k: v for k, v in m.items() if not k.startswith(("latency_compact", "compact_", "flops_", "ood_",
-                                                                     "shift_"))}
+                m = {k: v for k, v in m.items() if not k.startswith(("latency_compact", "latency_speedup", "compact_",
+                                                                     "flops_", "ood_", "shift_"))}
             collapsed = label == "SGD + fine-tune" and seed == 1
             if collapsed:   # trained to chance: its accuracy says so at every level
                 m |= {f"test_acc_{t}": 0.1135 for t in LEVELS}
@@ -101,14 +116,37 @@ def test_speedup_table_ratios_flops_and_widths(store):
     _, out = store
     t = pd.read_csv(out / "tables" / "speedup_mnist.csv", dtype=str).set_index(["method", "level"])
     vd98 = t.loc[("Sparse VD", "98 %")]
-    # dense / compacted at batch 1000: 2.0 / 0.1 = 20 and 2.2 / 0.1 = 22 -> mean 21, std sqrt(2)
+    # dense / compacted at batch 1000: 2.0 / 0.1 = 20 and 2.2 / 0.1 = 22 -> mean 21, std sqrt(2); ratios of medians
+    # (no per-round ratios logged): one measurement per run, no quartiles
     assert vd98["speed-up x b1000 compacted"] == f"21.00 ± {np.sqrt(2):.2f} (n=2)"
     assert vd98["speed-up x b1 CSR"] == "1.25 ± 0.00 (n=2)"                     # 0.05 / 0.04
+    assert vd98["FLOPs x (run)"] == f"{DENSE_FLOPS / (2 * (400 * 96 + 96 * 48 + 48 * 10)):.1f} ± 0.0 (n=2)"
     assert vd98["compression x"] == "50.0 ± 0.0 (n=2)"
     assert vd98["FLOPs x (compacted)"] == f"{DENSE_FLOPS / 62000:.1f} ± 0.0 (n=2)"   # 2 (300*90 + 90*40 + 40*10)
     assert vd98["FLOPs x (nonzero)"] == "50.0 ± 0.0 (n=2)"
     assert vd98["compacted widths"] == "300-90-40" and vd98["total epochs"] == "20"
     assert t.loc[("SGD + fine-tune", "90 % †"), "total epochs"] == "14"             # 10 + 2 epochs x 2 levels > 0
+
+
+def test_speedups_are_the_per_round_median_with_quartiles_where_logged(store):
+    _, out = store
+    t = pd.read_csv(out / "tables" / "speedup_mnist.csv", dtype=str).set_index(["method", "level"])
+    vd90 = t.loc[("Sparse VD", "90 %")]
+    # per-round medians 4.5 and 4.7 (not the ratios of medians 2.0 / 0.5, 2.2 / 0.5): mean 4.6, std 0.1414;
+    # quartiles: mean of 4.1, 4.3 and of 4.8, 5.0
+    assert vd90["speed-up x b1000 compacted"] == "4.60 ± 0.14 [4.20, 4.90] (n=2)"
+    assert vd90["speed-up x b1000 CSR"] == "0.70 ± 0.07 [0.65, 0.75] (n=2)"
+    assert vd90["speed-up x b1 compacted"] == "1.25 ± 0.00 (n=2)"            # 0.05 / 0.04, ratio of medians
+    inference = table(out, "inference_mnist").loc["Sparse VD"]
+    assert inference["CSR x b1000 @90 %"] == "0.70 ± 0.07 [0.65, 0.75] (n=2)"
+    assert inference["CSR x b1 @90 %"] == f"{0.05 / 0.06:.2f} ± 0.00 (n=2)"
+    pair = np.array([2.0 / 3.0, 2.2 / 3.0])  # SGD + fine-tune: dense 2.0 / 2.2 ms over CSR 3.0 ms
+    assert table(out, "inference_mnist").loc["SGD + fine-tune", "CSR x b1000 @90 %"] == \
+        f"{pair.mean():.2f} ± {pair.std(ddof=1):.2f} (n=2)"
+    md = (out / "report.md").read_text()
+    assert md.count("is 1 measurement per run") == 2  # under the speed-up and the inference table
+    frame = pd.DataFrame({"x": [4.0, 2.0], "x_q25": [3.5, 1.5], "x_q75": [5.0, 2.5]})
+    assert not payoff.single(frame) and payoff.single(frame.assign(x_q25=[3.5, np.nan]))  # the note only where needed
 
 
 def test_break_even_level_per_kernel_and_batch(store):

@@ -43,7 +43,9 @@ def trials(mnist):
 def expected_names(cfg: TrialConfig, tag: str, curve: bool) -> set[str]:
     names = {f"compact_width_l{i}_{tag}" for i in range(len(cfg.hidden) + 1)}
     names |= {f"{k}_{kind}_{tag}" for k in ("params", "flops") for kind in ("dense", "nonzero", "compact")}
-    names |= {f"latency_compact_b{b}_ms_{tag}" for b in (1, 1000)}
+    names |= {f"latency_compact_b{b}_ms_{tag}" for b in (1, 1000)} | {f"flops_run_{tag}", f"latency_rounds_b1_{tag}"}
+    names |= {f"latency_speedup_{k}_b{b}{q}_{tag}" for k in ("sparse", "compact") for b in (1, 1000)
+              for q in ("", "_q25", "_q75")}
     names |= {f"ood_{k}_entropy_{tag}" for k in ("auroc", "aupr")}
     if cfg.method_cls.has_mc:
         names |= {f"ood_{k}_{s}_mc_{tag}" for k in ("auroc", "aupr") for s in ("entropy", "expected_entropy", "mi")}
@@ -67,6 +69,10 @@ def test_every_level_logs_what_compression_buys_and_costs(method, trials):
         assert not extra, f"{tag}: unexpected {sorted(extra)}"
         assert r.metrics[f"params_dense_{tag}"] == N_PARAMS and r.metrics[f"flops_dense_{tag}"] == FLOPS
         assert r.metrics[f"flops_compact_{tag}"] <= r.metrics[f"flops_dense_{tag}"]
+        assert r.metrics[f"flops_compact_{tag}"] <= r.metrics[f"flops_run_{tag}"]
+        for k in ("sparse", "compact"):
+            q25, q50, q75 = (r.metrics[f"latency_speedup_{k}_b1000{q}_{tag}"] for q in ("_q25", "", "_q75"))
+            assert 0 < q25 <= q50 <= q75
         for k in ("auroc", "aupr"):
             assert 0 <= r.metrics[f"ood_{k}_entropy_{tag}"] <= 1
         assert 0 <= r.metrics[f"shift_acc_mean_{tag}"] <= 1

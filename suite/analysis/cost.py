@@ -1,5 +1,5 @@
 """What training and inference cost: per dataset, each method's total training epochs (budget.py) beside
-its wall times and epochs to fit, and its dense / sparse latency and size; the cost and latency figures."""
+its wall times and epochs to fit, and its dense / sparse latency, speed-up and size; the cost and latency figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +12,7 @@ from . import figure
 from .document import Section, table, text
 from .files import replacing
 from .load import NAT, Experiment, by_level, ordered_labels
+from .payoff import SINGLE_NOTE, single, spread
 from .table import Table, cell, epochs_text
 
 TRAINING_NOTE = ("train = the training epochs only; compile = torch.compile warm-up before training; eval = pruning sweep, "
@@ -25,15 +26,18 @@ TRAINING_COST = [("time_per_epoch_s", "s / epoch", 2), ("train_wall_s", "train s
 INFERENCE_COST = [("latency_dense_b1_ms_p00", "dense b1 ms @0 %", 3), ("latency_sparse_b1_ms_p90", "sparse b1 ms @90 %", 3),
                   ("latency_dense_b1000_ms_p00", "dense b1000 ms @0 %", 2),
                   ("latency_sparse_b1000_ms_p90", "sparse b1000 ms @90 %", 2),
+                  *((f"x_sparse_b{b}_p90", f"CSR x b{b} @90 %", 2) for b in (1, 1000)),
                   ("size_dense_bytes_p00", "dense MB", 2), ("size_csr_bytes_p90", "CSR MB @90 %", 2)]
 
 
 def cost_table(df: pd.DataFrame, dataset: str, columns=TRAINING_COST) -> Table:
     """Per label, its total training epochs (training + retraining) and, mean ± std: TRAINING_COST (time
     per epoch; train, compile, eval and total wall time; epochs to fit with how many seeds got there) or
-    INFERENCE_COST (latency, size); empty when no run logged any of `columns`."""
+    INFERENCE_COST (latency; the CSR speed-up over dense at 90 %, measured in one run at that level, with its
+    per-round quartiles where logged, payoff.spread; size); empty when no run logged any of `columns`."""
     d = df[df.dataset == dataset].copy()
     d["time_per_epoch_s"] = d["train_wall_s"] / d["epochs"]
+    d = d.join(speedups(df, dataset))
     for col in ("size_dense_bytes_p00", "size_csr_bytes_p90"):
         if col in d:
             d[col] = d[col] / 1e6
@@ -50,11 +54,26 @@ def cost_table(df: pd.DataFrame, dataset: str, columns=TRAINING_COST) -> Table:
             if v.empty:
                 row[name] = f"never (0/{len(g)} fitted)" if col == "epochs_to_fit" else "-"
                 continue
-            row[name] = cell(v.mean(), v.std(), len(v), digits)
+            row[name] = cell(v.mean(), v.std(), len(v), digits, spread(g, col))
             if col == "epochs_to_fit" and len(v) < len(g):
                 row[name] += f" [{len(v)}/{len(g)} fitted]"
         rows[label] = row
     return Table(pd.DataFrame.from_dict(rows, orient="index").dropna(axis=1, how="all"))
+
+
+def speedups(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Per run of the dataset, the CSR speed-up over dense at 90 % and batch B, `x_sparse_bB_p90`: the per-round
+    median where logged, else the ratio of the two medians (both from the same run and level), with its
+    quartiles `_q25` / `_q75` (NaN where not logged); no columns where a run logged no latency at 90 %."""
+    d = df[df.dataset == dataset]
+    out = pd.DataFrame(index=d.index)
+    for b in (1, 1000):
+        x, dense, csr = f"x_sparse_b{b}_p90", f"latency_dense_b{b}_ms_p90", f"latency_sparse_b{b}_ms_p90"
+        if dense in d and csr in d:
+            logged = [d.get(f"latency_speedup_sparse_b{b}{q}_p90", pd.Series(float("nan"), index=d.index))
+                      for q in ("", "_q25", "_q75")]
+            out[x], out[x + "_q25"], out[x + "_q75"] = logged[0].fillna(d[dense] / d[csr]), logged[1], logged[2]
+    return out
 
 
 def subsections(df: pd.DataFrame, ds: str, tdir: Path) -> list[Section]:
@@ -62,7 +81,8 @@ def subsections(df: pd.DataFrame, ds: str, tdir: Path) -> list[Section]:
     out = [Section("Training cost", [table(cost_table(df, ds).write(tdir, f"cost_{ds}")), text(TRAINING_NOTE, note=True)])]
     inference = cost_table(df, ds, INFERENCE_COST)
     if not inference.empty:
-        out.append(Section("Inference cost", [table(inference.write(tdir, f"inference_{ds}"))]))
+        note = [text(SINGLE_NOTE, note=True)] if single(speedups(df, ds)) else []
+        out.append(Section("Inference cost", [table(inference.write(tdir, f"inference_{ds}")), *note]))
     return out
 
 

@@ -6,6 +6,10 @@ from the numbers, and speed-up against compression.
 Speed-up at a level = dense latency / latency of the same pruned network run another way, both
 measured in the same run at that level (so on the same machine, under the same lock): the compacted
 dense MLP (`latency_compact_*`) or the fastest CSR kernel (`latency_sparse_*`). > 1 = faster than dense.
+A run that logged per-round ratios (`latency_speedup_*`) is read at their median, with their quartiles
+beside it; an older run logged two medians only, so its speed-up is their ratio, one figure per run
+with no spread of its own: its cell shows no quartiles and a note under the table says so (SINGLE_NOTE;
+the cell itself reads as before, so quoted tables of committed runs stay valid).
 """
 from __future__ import annotations
 
@@ -26,9 +30,15 @@ OMITTED = ("Omitted: no run logged the compaction metrics (compact_width_*, flop
            "version of the suite log them at every level.")
 ABOUT = ("Speed-up = dense latency / latency of the same pruned network run as the compacted dense MLP (dead units "
          "removed, suite/evaluate/compact.py) or with the fastest CSR kernel, measured in the same run at that level; > 1 is "
-         "faster. FLOPs x = dense FLOPs / FLOPs of the nonzero weights or of the compacted net: the theoretical speed-up "
-         "beside the compression ratio (Blalock et al. 2020). Compacted widths: live input pixels, then each hidden "
-         "layer. Total epochs: training plus every retraining epoch of the protocol.")
+         "faster; the median over timing rounds of dense time / that forward's time in the same round, mean ± std over "
+         "seeds, and in brackets the 25th and 75th percentiles of the per-round ratios (mean over seeds): how much one "
+         "run's speed-up moved from round to round. FLOPs x = dense FLOPs / FLOPs of the nonzero weights, of the "
+         "compacted net (live units) or of the compacted forward that runs (its input window and padded widths): the "
+         "theoretical speed-up beside the compression ratio (Blalock et al. 2020). Compacted widths: live input pixels, "
+         "then each hidden layer. Total epochs: training plus every retraining epoch of the protocol.")
+SINGLE_NOTE = ("A speed-up without [q25, q75] is 1 measurement per run: its runs logged no per-round ratios (runs before "
+               "latency_speedup_*), so it is the ratio of the dense and the other forward's median latencies, with no spread "
+               "of its own.")
 BREAK_EVEN = ("Break-even: the lowest pruning level from which on the forward beats dense (mean speed-up > 1 there and at "
               "every higher level).")
 CAPTION = "{name}: speed-up over dense vs compression, batch 1 and 1000 (solid: compacted, dashed: CSR)"
@@ -47,19 +57,25 @@ def present(df: pd.DataFrame) -> bool:
 
 
 def levels(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and level (compression.levels' rows, error included) with the speed-ups `x_{kernel}_b{B}`, the FLOPs
-    ratios `flops_x_nonzero` and `flops_x_compact`, the sizes in MB and the compacted widths `width_l{i}`."""
+    """One row per run and level (compression.levels' rows, error included) with the speed-ups `x_{kernel}_b{B}` (the
+    per-round median where logged, else the ratio of the medians) and their quartiles `x_{kernel}_b{B}_q25` / `_q75`
+    (NaN where not logged), the FLOPs ratios `flops_x_nonzero`, `flops_x_compact` and `flops_x_run`, the sizes in MB
+    and the compacted widths `width_l{i}`."""
     out = compression.levels(df)
     for metric in [*(f"latency_{k}_b{b}_ms" for k in ("dense", *KERNELS) for b in BATCHES), *SIZES,
-                   *(f"flops_{k}" for k in ("dense", "nonzero", "compact")),
+                   *(f"latency_speedup_{k}_b{b}{q}" for k in KERNELS for b in BATCHES for q in ("", "_q25", "_q75")),
+                   *(f"flops_{k}" for k in ("dense", "nonzero", "compact", "run")),
                    *sorted({m[: m.rindex("_")] for m in df.columns if m.startswith("compact_width_l")})]:
         long = by_level(df, metric)[["run_id", "level", metric]]
         out = out.merge(long, on=["run_id", "level"], how="left") if not long.empty else out.assign(**{metric: np.nan})
     for k in KERNELS:
         for b in BATCHES:
-            out[f"x_{k}_b{b}"] = out[f"latency_dense_b{b}_ms"] / out[f"latency_{k}_b{b}_ms"]
-    out["flops_x_nonzero"] = out["flops_dense"] / out["flops_nonzero"]
-    out["flops_x_compact"] = out["flops_dense"] / out["flops_compact"]
+            of_medians = out[f"latency_dense_b{b}_ms"] / out[f"latency_{k}_b{b}_ms"]
+            out[f"x_{k}_b{b}"] = out[f"latency_speedup_{k}_b{b}"].fillna(of_medians)
+            for q in ("_q25", "_q75"):
+                out[f"x_{k}_b{b}{q}"] = out[f"latency_speedup_{k}_b{b}{q}"]
+    for k in ("nonzero", "compact", "run"):
+        out[f"flops_x_{k}"] = out["flops_dense"] / out[f"flops_{k}"]
     for s in SIZES:
         out[s] = out[s] / 1e6
     out = out.rename(columns={c: "width_" + c.removeprefix("compact_width_") for c in out if c.startswith("compact_width_")})
@@ -68,15 +84,29 @@ def levels(df: pd.DataFrame) -> pd.DataFrame:
 
 # (column of levels(), header, digits)
 COLUMNS = [("compression", "compression x", 1), ("flops_x_nonzero", "FLOPs x (nonzero)", 1),
-           ("flops_x_compact", "FLOPs x (compacted)", 1),
+           ("flops_x_compact", "FLOPs x (compacted)", 1), ("flops_x_run", "FLOPs x (run)", 1),
            *((f"x_{k}_b{b}", f"speed-up x b{b} {name}", 2) for b in BATCHES for k, name in KERNELS.items()),
            ("size_dense_bytes", "dense MB", 2), ("size_csr_bytes", "CSR MB", 2)]
 
 
+def spread(h: pd.DataFrame, col: str) -> str:
+    """The note of a speed-up cell: "[q25, q75]" (the seeds' mean quartiles) where every run of it logged per-round
+    ratios; "" where one did not (its figure is one ratio of medians: single) and for other columns."""
+    if f"{col}_q25" not in h:
+        return ""
+    q = h.loc[h[col].notna(), [f"{col}_q25", f"{col}_q75"]]
+    return "" if q.empty or q.isna().any(axis=None) else f"[{q[f'{col}_q25'].mean():.2f}, {q[f'{col}_q75'].mean():.2f}]"
+
+
+def single(frame: pd.DataFrame) -> bool:
+    """Does a speed-up column x of `frame` (one with x_q25 beside it) hold a figure without its quartiles?"""
+    return any((frame[c].notna() & frame[f"{c}_q25"].isna()).any() for c in frame if f"{c}_q25" in frame)
+
+
 def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
-    """Rows (method, level) with the epochs behind that level's models (budget.model_epochs); per column mean ± std over seeds;
-    compacted widths (input pixels, then each hidden layer) as the seeds' mean; a level with a collapsed
-    run is marked † (once per row: the whole row is that net's)."""
+    """Rows (method, level) with the epochs behind that level's models (budget.model_epochs); per column mean ± std over seeds,
+    speed-ups with their per-round quartiles or SINGLE (spread); compacted widths (input pixels, then each hidden layer) as
+    the seeds' mean; a level with a collapsed run is marked † (once per row: the whole row is that net's)."""
     d = df[df.dataset == dataset]
     lv = levels(d)
     if lv.empty:
@@ -92,7 +122,7 @@ def speedup_table(df: pd.DataFrame, dataset: str) -> Table:
             row = {"total epochs": epochs_text(model_epochs(d[d.label == label], level))}
             for c, header, digits in cols:
                 v = h[c].dropna()
-                row[header] = cell(v.mean(), v.std(), len(v), digits) if len(v) else "-"
+                row[header] = cell(v.mean(), v.std(), len(v), digits, spread(h, c)) if len(v) else "-"
             if widths and h[widths].notna().all(axis=None):
                 row["compacted widths"] = "-".join(str(int(round(w))) for w in h[widths].mean())
             rows.append(row)
@@ -212,7 +242,8 @@ def section(exp: Experiment, out: Path) -> Section:
         if t.empty:
             continue
         name = DATASET_NAMES.get(ds, ds)
-        blocks = [table(t.write(out / "tables", f"speedup_{ds}")), *footnote(df, ds), text(BREAK_EVEN, note=True),
+        blocks = [table(t.write(out / "tables", f"speedup_{ds}")), *footnote(df, ds),
+                  *([text(SINGLE_NOTE, note=True)] if single(levels(df[df.dataset == ds])) else []), text(BREAK_EVEN, note=True),
                   table(break_even(df, ds).write(out / "tables", f"break_even_{ds}"))]
         if ds in figs:
             blocks += images([figs[ds]], out, lambda p: CAPTION.format(name=name))

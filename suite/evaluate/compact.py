@@ -12,7 +12,9 @@ Units are removed from the weights alone, never from data (a unit that is live b
 on the test set stays).
 
 FLOPs per example count 2 per multiply-add of a weight matrix (a multiply and an add; bias adds
-and ReLUs, O(width), are left out). Blalock et al. 2020 ("What is the state of neural network
+and ReLUs, O(width), are left out). flops_compact counts the live units (the net's size); flops_run what
+the timed forward multiplies: the whole input window and the padded widths, so the FLOPs ratio a
+measured speed-up is read against. Blalock et al. 2020 ("What is the state of neural network
 pruning?") ask for this theoretical speed-up beside the compression ratio; ShrinkBench counts 1 per
 multiply-add, which gives the same ratios. Latency: suite.evaluate.latency times the compacted
 MLP beside the dense and CSR forwards.
@@ -81,6 +83,11 @@ class CompactMLP(nn.Module):
         """Compacted widths, input first: [live inputs, h1, ..., 10] (weight_0 has hi - lo columns)."""
         return [len(self.index), *(w.shape[0] for w, _ in self.layers())]
 
+    @property
+    def run_widths(self) -> list[int]:
+        """The widths forward() multiplies, input first: [hi - lo (the window), padded h1, ..., 10]."""
+        return [self.hi - self.lo, *(getattr(self, f"_run_weight_{i}").shape[0] for i in range(self.n_layers))]
+
 
 def point_layers(model: Method) -> list[tuple[Tensor, Tensor]]:
     """[(W [out, in], b [out])] views of the weights of the deterministic prediction."""
@@ -129,15 +136,17 @@ def flops(widths: list[int]) -> int:
 
 @torch.no_grad()
 def stats(model: Method, c: CompactMLP) -> dict[str, float]:
-    """Widths, parameter counts and FLOPs per example of a pruned model and its compaction
-    (unsuffixed names; measure() adds the level tag)."""
+    """Widths, parameter counts and FLOPs per example of a pruned model and its compaction: flops_compact
+    of the live units, flops_run of what CompactMLP.forward multiplies (unsuffixed names; measure() adds
+    the level tag)."""
     layers = point_layers(model)
     nnz_w = sum(int((w != 0).sum()) for w, _ in layers)
     out = {f"compact_width_l{i}": float(n) for i, n in enumerate(c.widths[:-1])}  # l0: live inputs
     out.update(params_dense=float(model.n_params),
                params_nonzero=float(nnz_w + sum(int((b != 0).sum()) for _, b in layers)),
                params_compact=float(flops(c.widths) // 2 + sum(c.widths[1:])),  # live inputs, not the window
-               flops_dense=float(flops(model.sizes)), flops_nonzero=float(2 * nnz_w), flops_compact=float(flops(c.widths)))
+               flops_dense=float(flops(model.sizes)), flops_nonzero=float(2 * nnz_w), flops_compact=float(flops(c.widths)),
+               flops_run=float(flops(c.run_widths)))
     return out
 
 

@@ -9,9 +9,10 @@ Candidates: torch CSR (CPU and CUDA) and scipy.sparse CSR (CPU only); every cand
 checked against the dense forward before it is timed, and the fastest is reported (its name goes
 into the results so a reader knows which kernel the number belongs to).
 Timing: the forwards of one batch size are timed side by side (each round calls every forward once,
-in turn), medians after warm-up, synchronised on CUDA. A neighbour's load or a clock change then
-hits dense, sparse and compacted alike, so their ratios (the speed-ups the report quotes) stay fair
-when trials share a node; each forward gets a small time budget so a level's phase stays short.
+in rotated order), medians after warm-up, synchronised on CUDA. A neighbour's load or a clock change then
+hits dense, sparse and compacted alike within a round, so the speed-ups are taken per round (dense time /
+the other forward's time in the same round) and logged as their median and quartiles; each forward
+gets a small time budget so a level's phase stays short.
 """
 from __future__ import annotations
 
@@ -35,25 +36,43 @@ BATCHES = (1, 1000)
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
-def medians_ms(fns: dict[str, Callable[[], object]], device: torch.device, budget_s: float = 0.05,
-               min_reps: int = 5, max_reps: int = 200, warmup: int = 3) -> dict[str, float]:
-    """Median wall time in ms of each fn, timed side by side: up to max_reps rounds of one call each,
-    at least min_reps, about budget_s per fn in all."""
+def round_times_ms(fns: dict[str, Callable[[], object]], device: torch.device, budget_s: float = 0.05,
+                   min_reps: int = 5, max_reps: int = 200, warmup: int = 3) -> dict[str, list[float]]:
+    """Wall time in ms of each fn in every round, timed side by side: up to max_reps rounds, at least
+    min_reps, about budget_s per fn in all. Round r calls every fn once, starting at the (r mod n)-th:
+    rotated, so no forward always runs right after the same neighbour (whose cache and clock state it
+    would inherit)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
     start, rounds = time.perf_counter(), 0
     while rounds < max_reps and (rounds < min_reps or time.perf_counter() - start < budget_s * len(fns)):
-        for k, fn in fns.items():
+        shift = rounds % len(names)
+        for k in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             sync()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(1000 * (time.perf_counter() - t0))
         rounds += 1
-    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def medians_ms(fns: dict[str, Callable[[], object]], device: torch.device, **kw) -> dict[str, float]:
+    """Median wall time in ms of each fn over round_times_ms' rounds (same keywords)."""
+    return {k: statistics.median(v) for k, v in round_times_ms(fns, device, **kw).items()}
+
+
+def ratio_quartiles(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median, 25th and 75th percentile (numpy's linear interpolation) of the per-round ratios
+    num[r] / den[r]. Why per round: both forwards of a round ran under the same load and clock, which
+    a ratio of two medians taken over different rounds does not guarantee; the quartiles say how much
+    the ratio moved from round to round."""
+    q25, q50, q75 = np.quantile(np.asarray(num) / np.asarray(den), [0.25, 0.5, 0.75])
+    return float(q50), float(q25), float(q75)
 
 
 def _layers(model: Method) -> list[tuple[Tensor, Tensor]]:
@@ -150,11 +169,17 @@ def _measure(model: Method, x: Tensor, tag: str, mc_samples: int,
         want = model(xb, weights)
         for fwd in same.values():
             torch.testing.assert_close(fwd(xb), want, rtol=1e-4, atol=1e-4)  # same numbers, or no timing
-        ms = medians_ms({"dense": lambda: model(xb, weights), **{k: (lambda f=f: f(xb)) for k, f in same.items()}}, device)
+        times = round_times_ms({"dense": lambda: model(xb, weights), **{k: (lambda f=f: f(xb)) for k, f in same.items()}},
+                               device)
+        ms = {k: statistics.median(v) for k, v in times.items()}
         best = min(sparse, key=ms.get)
         out[f"latency_sparse_b{bsz}_ms_{tag}"] = ms[best]
         info[f"sparse_format_b{bsz}_{tag}"] = best
         out.update({f"latency_{k}_b{bsz}_ms_{tag}": ms[k] for k in ("dense", *others)})
+        out[f"latency_rounds_b{bsz}_{tag}"] = float(len(times["dense"]))
+        for k, name in ((best, "sparse"), *((k, k) for k in others)):
+            stats = ratio_quartiles(times["dense"], times[k])
+            out.update({f"latency_speedup_{name}_b{bsz}{q}_{tag}": v for q, v in zip(("", "_q25", "_q75"), stats)})
         if mc_samples:  # n forwards and n weight draws: timed on its own, not to slow the rounds above
             out[f"latency_mc_b{bsz}_ms_{tag}"] = medians_ms({"mc": lambda: model.predict_mc(xb, mc_samples)}, device)["mc"]
     out["size_csr_bytes_" + tag] = float(sizes[info[f"sparse_format_b1000_{tag}"]])
