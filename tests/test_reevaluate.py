@@ -121,7 +121,8 @@ def histories(client, runs) -> dict:
 def test_a_grid_is_evaluated_again_exactly_and_suite_run_reevaluates_instead_of_training(tmp_path):
     """Every protocol through suite.run; `python -m suite.evaluate --force` reproduces every logged
     non-timing level metric exactly; with eval_version set back to 1, suite.run re-evaluates the runs
-    (no new run, no epoch trained, nothing of the history lost) and says nothing is left to train;
+    (no new run, no epoch trained, nothing of the history lost, the trials' numbers again) and says
+    nothing is left to train;
     the gradual run's retrained level exports."""
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(GRID))
     r = cli(["--grid", str(tmp_path / "grid.yaml"), "--experiment", "g"], tmp_path, timeout=900)
@@ -160,6 +161,8 @@ def test_a_grid_is_evaluated_again_exactly_and_suite_run_reevaluates_instead_of_
             assert now[run_id][k][:len(points)] == points, k
             assert all(step == EVAL_VERSION for step, _ in now[run_id][k][len(points):]), k
         assert now[run_id]["val_acc"] == metrics["val_acc"]
+    for x in after:  # the driver's own evaluation, in its process, reproduces the trials' numbers too
+        assert_reproduces(evaluated_again(client, x), trial[x.info.run_id], levels_of(trial[x.info.run_id]))
 
     gradual = next(x.info.run_id for x in after if x.data.tags["protocol"] == "gradual")
     x = subprocess.run([sys.executable, "-m", "suite.export", "--run-id", gradual, "--level", "90", "--tracking-uri", uri,
