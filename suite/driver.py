@@ -169,7 +169,7 @@ def drive(rt: Runtime, job: Job, dry_table: Callable[[set[str]], str]) -> Driven
     then train. `rt` has passed check_quick (the CLIs run it before loading the grid, which imports
     torch). Returns None when there was nothing to train (or --dry-run printed dry_table(finished))."""
     if rt.dry_run:
-        print(dry_table(read_finished(rt, job.experiment)[2]))
+        print(dry_table(grid_keys(read_finished(rt, job.experiment)[2])))
         return None
     with lock(rt, job.experiment):  # before the store is opened; held until the sweep ends
         client, exp, finished = read_finished(rt, job.experiment)
@@ -178,16 +178,21 @@ def drive(rt: Runtime, job: Job, dry_table: Callable[[set[str]], str]) -> Driven
         return train(rt, job, client, finished)
 
 
-def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
-    """The steps after the lock: pending grid points, compilers and data, Ray, resources, the
+def train(rt: Runtime, job: Job, client, runs: list) -> Driven | None:
+    """The steps after the lock (runs: the experiment's FINISHED runs): finished grid points of an
+    older evaluation re-evaluated, pending grid points, compilers and data, Ray, resources, the
     experiment (and a sqlite store, if new: a refused request creates none), the sweep."""
     from . import tracking
     from .sweep import Setup, resume_dir  # sets Ray's environment defaults before ray is imported
     search = isinstance(job, SearchJob)
+    finished = grid_keys(runs)
     pending = job.pending(finished)
     done = sum(t.grid_key() in finished for t in job.trials)
-    print(f"{job.title}: {len(job.trials)} trials, {done} already finished, {len(pending)} to run"
+    stale = outdated(job, runs)
+    print(f"{job.title}: {len(job.trials)} trials, {done} already finished"
+          f"{f' ({len(stale)} of an older evaluation: re-evaluated first)' if stale else ''}, {len(pending)} to run"
           f"{' (--rerun)' if job.rerun else ''} -> experiment {job.experiment!r} at {rt.tracking_uri}")
+    reevaluate_stale(rt, client, stale)
     if not pending and not search:  # a search still ranks its recipes under its parent run
         exp = client.get_experiment_by_name(job.experiment) if client else None
         if exp is not None:  # a run a dead driver left RUNNING beside finished ones (a retried create)
@@ -212,6 +217,32 @@ def train(rt: Runtime, job: Job, client, finished: set[str]) -> Driven | None:
     return Driven(client, exp_id, rows, len(pending) * sweeps, tracking.browse_hint(rt.tracking_uri, exp_id), parent_id)
 
 
+def outdated(job: Job, runs: list) -> list:
+    """The FINISHED runs of the job's grid points that an older evaluation code evaluated (their tag
+    eval_version, read from the runs already listed: nothing is downloaded). Only a grid's run
+    re-evaluates: --rerun trains them again anyway, a scaling job times every point afresh, and a
+    search's recipes are never evaluated."""
+    if job.rerun or isinstance(job, (ScalingJob, SearchJob)):
+        return []
+    from .reevaluate import needs
+    keys = {t.grid_key() for t in job.trials}
+    return [r for r in runs if r.data.tags.get("grid_key") in keys and needs(r)]
+
+
+def reevaluate_stale(rt: Runtime, client, runs: list) -> None:
+    """Re-evaluate `runs` from their stored weights, never retraining them; a run without weights is
+    reported in one line and stays finished. In-process, before the sweep: it needs no Ray (a grid
+    whose points are all finished starts none), its minutes come before the sweep's hours rather
+    than after an interruption may cut them off, and the runs it logs to are not being written by
+    the sweep's callback at the same time."""
+    if not runs:
+        return
+    from .reevaluate import Where, reevaluate
+    skipped = reevaluate(client, runs, Where(rt.device, rt.data_dir, int(rt.cpus_per_trial or 1)))
+    print(f"re-evaluated {len(runs) - len(skipped)} finished run(s)"
+          f"{f'; {len(skipped)} without the weights to rebuild them stay as they were' if skipped else ''}")
+
+
 def check_quick(rt: Runtime) -> None:
     """Seconds, before any heavy import: the tracking store (reachable, a sqlite file sound), and unless
     a dry run, that the store's and the storage path's folders take files and the Ray address answers."""
@@ -227,15 +258,19 @@ def check_quick(rt: Runtime) -> None:
         preflight.check_ray_address(rt.address)
 
 
-def read_finished(rt: Runtime, experiment: str) -> tuple[object, object, set[str]]:
-    """(client, experiment or None, grid keys with a FINISHED run). A sqlite store that does not
-    exist yet is not created here (client None): the driver creates it with the experiment, after
-    every check, and a dry run never."""
+def read_finished(rt: Runtime, experiment: str) -> tuple[object, object, list]:
+    """(client, experiment or None, its FINISHED runs). A sqlite store that does not exist yet is not
+    created here (client None): the driver creates it with the experiment, after every check, and a
+    dry run never."""
     from . import tracking
     db = preflight.sqlite_path(rt.tracking_uri)
     client = tracking.connect(rt.tracking_uri) if db is None or db.is_file() else None
     exp = client.get_experiment_by_name(experiment) if client else None
-    return client, exp, tracking.finished_keys(client, exp.experiment_id) if exp else set()
+    return client, exp, tracking.runs_by_status(client, exp.experiment_id, "FINISHED") if exp else []
+
+
+def grid_keys(runs: list) -> set[str]:
+    return {r.data.tags.get("grid_key") for r in runs}
 
 
 @contextmanager
@@ -243,17 +278,27 @@ def lock(rt: Runtime, experiment: str) -> Iterator[None]:
     """One driver per experiment in this tracking store, whatever its storage path, and one per
     resume folder (suite/locks.py); a second driver gets the PreflightError naming the first."""
     me = locks.Holder.me(rt.storage)
-    what = f"experiment {experiment!r} in {rt.tracking_uri}"
     with ExitStack() as held:
-        if (db := preflight.sqlite_path(rt.tracking_uri)) is not None:
-            held.enter_context(locks.file_lock(locks.experiment_file(db, experiment), me, what))
-        else:  # a server's lock is a tag on the experiment, so the experiment exists from here on
-            from . import tracking
-            client = tracking.connect(rt.tracking_uri)
-            held.enter_context(locks.Lease(client, tracking.ensure_experiment(client, experiment), me, what))
+        held.enter_context(experiment_lock(rt.tracking_uri, experiment, me))
         held.enter_context(locks.file_lock(rt.storage / experiment / ".driver.lock", me,
                                            f"the resume folders of experiment {experiment!r} in {rt.storage}"))
         yield
+
+
+@contextmanager
+def experiment_lock(uri: str, experiment: str, me: locks.Holder) -> Iterator[None]:
+    """One writer per experiment in this tracking store (a driver, or python -m suite.evaluate): an
+    flock beside a sqlite file, else a lease on the experiment's tag, so the experiment exists from
+    here on; a second writer gets the PreflightError naming the first."""
+    what = f"experiment {experiment!r} in {uri}"
+    if (db := preflight.sqlite_path(uri)) is not None:
+        with locks.file_lock(locks.experiment_file(db, experiment), me, what):
+            yield
+    else:
+        from . import tracking
+        client = tracking.connect(uri)
+        with locks.Lease(client, tracking.ensure_experiment(client, experiment), me, what):
+            yield
 
 
 def check_compilers(rt: Runtime, pending: list[TrialConfig]) -> None:

@@ -176,6 +176,22 @@ def finish_run(client: MlflowClient, run_id: str, metrics: dict[str, float], inf
     client.set_terminated(run_id, "FINISHED")
 
 
+def log_evaluation(client: MlflowClient, run_id: str, metrics: dict[str, float], info: dict[str, str],
+                   version: int) -> None:
+    """A finished run's metrics evaluated again (python -m suite.evaluate) by evaluation code `version`:
+    logged at step = version. MLflow's latest value of a metric (what run.data.metrics, the report
+    and a runs file read) is its point of greatest (step, timestamp), so the newest version's values
+    win over the trial's own (step 0) and every earlier point stays in the metric's history. Then the
+    level info as tags, and tag eval_version last: a run cut off before it keeps its older version
+    and is evaluated again next time."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, version) for k, v in metrics.items()]
+    for i in range(0, len(items), BATCH):
+        client.log_batch(run_id, metrics=items[i:i + BATCH])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in info.items()])
+    client.set_tag(run_id, "eval_version", str(version))
+
+
 def log_result_locally(client: MlflowClient, exp_id: str, result, tags: dict[str, str]) -> str:
     """Log an in-process TrialResult as one finished run (the analysis tests build real stores with it)."""
     run_id = start_run(client, exp_id, result.config, tags)

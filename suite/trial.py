@@ -22,7 +22,9 @@ import torch
 from . import collapse, methods, preflight, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
-from .evaluate.level import curve_levels, evaluate_level, histograms, level_seed, probes, weight_std
+from .evaluate import EVAL_VERSION
+from .evaluate.level import histograms, level_seed, weight_std
+from .evaluate.levels import LevelEvaluator, OnLevel, progress_line
 from .evaluate.ood import PARTNER
 from .fpmode import flush_denormals
 from .methods import Method
@@ -110,12 +112,14 @@ class ResumeError(ValueError):
 
 
 def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays | None = None,
-              resume: dict | None = None, evaluate: bool = True, ood_images: np.ndarray | None = None) -> TrialResult:
+              resume: dict | None = None, evaluate: bool = True, ood_images: np.ndarray | None = None,
+              on_level: OnLevel | None = None) -> TrialResult:
     """Train, then evaluate every level of cfg.protocol (suite/protocols/); pure in cfg.
     evaluate=False stops after training (a recipe search: it selects on validation metrics only and
     never touches the test split). ood_images: the out-of-distribution test images, uint8
     [N, 28, 28] (the x_test of dataset evaluate.ood.PARTNER[cfg.dataset]); None: loaded here, before
     training, so a missing dataset fails before any work is done (not needed when evaluate=False).
+    on_level: called as each level is evaluated (evaluate.levels.LevelDone), for progress lines.
 
     Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
     train_wall_s (the epochs), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
@@ -173,7 +177,7 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         out["total_wall_s"] = time.perf_counter() - t_start + resumed
         return TrialResult(cfg, out, history, info)
     t_eval = time.perf_counter()
-    m, i, artifacts = evaluate_pruned(model, cfg, data, levels, on_epoch, state, x_ood)
+    m, i, artifacts = evaluate_pruned(model, cfg, data, levels, on_epoch, state, x_ood, on_level)
     out.update(m)
     info.update(i)
     out["eval_wall_s"] = time.perf_counter() - t_eval
@@ -191,26 +195,27 @@ def epochs_trained(history: list[dict], levels: dict[str, dict]) -> int:
 @torch.no_grad()
 def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[str, dict] | None = None,
                     on_epoch: OnEpoch | None = None, state: Callable[[], dict] | None = None,
-                    x_ood: torch.Tensor | None = None):
+                    x_ood: torch.Tensor | None = None, on_level: OnLevel | None = None):
     """The pruning sweep on the test split: every level of the protocol gets its model (a pruned
-    copy, retrained if the protocol says so) and is evaluated (suite.evaluate.level; x_ood: out-of-distribution inputs,
-    [N, 784] on the model's device). `store` holds the resumable progress and the finished results
-    of the levels that retrain. Returns (metrics, info, artifacts)."""
-    x, y = data.x_test, data.y_test
+    copy, retrained if the protocol says so) and is evaluated (suite.evaluate.levels, the path a run's
+    stored weights are evaluated by too: suite.stored; x_ood: out-of-distribution inputs, [N, 784] on
+    the model's device; on_level: called as each level is evaluated). `store` holds the resumable
+    progress and the finished results of the levels that retrain. Returns (metrics, info, artifacts);
+    info carries eval_version, the evaluation code's version (suite.evaluate.EVAL_VERSION)."""
     store = {} if store is None else store
     model.eval()
     proto = cfg.protocol_cls(cfg, model, data, store, on_epoch, state)
-    out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
+    out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol, "eval_version": str(EVAL_VERSION)}
     masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
     thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
-    curves = curve_levels(p for p, _, _ in masks)
-    probe = probes(x, y, x_ood)
+    evaluator = LevelEvaluator(cfg, [p for p, _, _ in masks], data.x_test, data.y_test, x_ood, on_level)
     for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)
         done = store.get(tag, {})
         if "metrics" not in done:
+            started = time.perf_counter()
             progress = store.setdefault(tag, {}) if proto.retrains(p) else {}
-            # reseed per level, before its work and again before its evaluation: the Monte Carlo
+            # reseed per level, before its work and again before its evaluation (evaluator.evaluate): the Monte Carlo
             # predictions depend neither on how training (or retraining) used the RNG nor on how many
             # timed repetitions the previous level's latency phase happened to run
             torch.manual_seed(level_seed(cfg.seed, i))
@@ -218,8 +223,7 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             own[f"model_epochs_{tag}"] = float(proto.model_epochs(p, progress))
             # a retrained level's weights, taken before its evaluation (held_state draws no random numbers)
             weights = prune.held_state(m) if proto.retrains(p) else None
-            torch.manual_seed(level_seed(cfg.seed, i))
-            level, level_info = evaluate_level(m, cfg, x, y, tag, probe, p in curves)
+            level, level_info = evaluator.evaluate(i, m, started)
             done = {"metrics": {**own, **level}, "info": level_info}
             if proto.retrains(p):  # kept, with its sparse weights, so a resumed trial neither redoes nor loses the level
                 store[tag] = done = {"history": progress.get("history", []), **done, "weights": weights}
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {log['epoch']:3d}/{cfg.total_epochs}  loss {log['train_loss']:.4f} nll {log['train_nll']:.4f}{kl}"
               f"  val_acc {log['val_acc']:.4f}  {log['epoch_time_s']:.1f}s", flush=True)
     try:
-        result = run_trial(cfg, progress)
+        result = run_trial(cfg, progress, on_level=lambda d: print(progress_line(d), flush=True))
     except (DataError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

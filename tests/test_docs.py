@@ -6,7 +6,8 @@ Each runs from an empty folder against an empty MLflow store, cut down so it fin
 grids and searches with `--dry-run` (a grid file named by path is the repository's), one trial
 with tiny sizes, the report against a store that lacks the experiment or a runs file that is not
 there (it must fail with its own one-line error, which it reaches only after its flags parsed; so
-must runs-file export / import and the model export, which need a store or a file with runs), the
+must runs-file export / import, the model export and the re-evaluation, which need a store or a
+file with runs), the
 bench with `--help` (every flag shown must be one it lists).
 """
 import json
@@ -22,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CLIS = {"suite.run", "suite.search", "suite.trial", "suite.analysis.report", "suite.analysis.results", "suite.export",
-        "suite.bench", "suite.config", "suite.analysis.quote"}
+        "suite.evaluate", "suite.bench", "suite.config", "suite.analysis.quote"}
 TINY_TRIAL = ["--epochs", "1", "--train-subset", "2000", "--hidden", "32", "--compile", "false",
               "--sparsities", "0,0.5", "--test-samples", "2"]
 
@@ -131,7 +132,7 @@ def test_documented_command_runs(page, argv, tmp_path):
         expected = "error: no runs file" if "--runs" in argv else "error: no MLflow store"  # a reader creates none
         assert expected in r.stderr, f"{page}: flags did not parse\n{r.stderr[-2000:]}"
         assert not (tmp_path / "mlflow.db").exists()
-    elif module in ("suite.analysis.results", "suite.export"):
+    elif module in ("suite.analysis.results", "suite.export", "suite.evaluate"):
         r = _run(argv, tmp_path, uri)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert r.stderr.startswith("error: no "), f"{page}: flags did not parse\n{r.stderr[-2000:]}"

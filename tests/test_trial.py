@@ -83,3 +83,15 @@ def test_cli_writes_every_contract_metric(tmp_path):
         assert name in m
     assert set(res["history"][0]) == {"epoch", "train_loss", "train_nll", "train_kl", "val_acc", "step_time_ms",
                                       "epoch_time_s"}
+
+
+def test_cli_prints_a_line_per_level_as_it_goes_and_records_the_evaluation_version(tmp_path, capsys, mnist, fmnist):
+    from suite.evaluate import EVAL_VERSION
+    from suite.trial import main
+    out = tmp_path / "r.json"
+    assert main(["--epochs", "1", "--train-subset", "1000", "--hidden", "32", "--sparsities", "0,0.5,0.9",
+                 "--compile", "false", "--threads", "1", "--json", str(out)]) == 0
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("level ")]
+    assert [ln[1:4] for ln in lines] == [["p00", "1/3", "acc"], ["p50", "2/3", "acc"], ["p90", "3/3", "acc"]]
+    assert all(ln[5].endswith("s") for ln in lines)
+    assert json.loads(out.read_text())["info"]["eval_version"] == str(EVAL_VERSION)
