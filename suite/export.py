@@ -3,10 +3,10 @@
     python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors] [--overwrite]
 
 Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
-model, prunes it at the level exactly as the trial's evaluation did (the run's pruner, scope and
-seed; a level its protocol retrained gets the retrained weights of its levels/pNN.npz artifact,
-prune.held_model), compacts it, and writes into DIR (default export/<run id>; files already there are replaced only
-with --overwrite; each file is written whole or not at all):
+model at the level exactly as the trial's evaluation did (suite.stored: the protocol's mask from the
+run's pruner, scope and seed; a level its protocol retrained from its levels/pNN.npz artifact),
+compacts it, and writes into DIR (default export/<run id>; files already there are replaced only with
+--overwrite; each file is written whole or not at all):
   model_pNN.safetensors  the compacted float32 weights, layer i as weight_i [out, in] or, where that
                          takes fewer bytes (more than a third zeros), as CSR: weight_i.values (float32),
                          weight_i.col (int16 below 32768 inputs, else int32), weight_i.rowptr (int32);
@@ -74,13 +74,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import methods, preflight, prune
-from .config import ConfigError, TrialConfig, from_dict
+from . import preflight, prune, stored
 from .evaluate import compact
-from .methods import Method
 from .preflight import PreflightError
 
 FORMATS = ("safetensors", "onnx")
@@ -141,10 +138,10 @@ def evaluated_levels(run) -> list[str]:
     return sorted(tags, key=lambda t: (t == "nat", int(t[1:]) if t != "nat" else 0))
 
 
-def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[TrialConfig, Method, int, dict | None]:
-    """The run's config and trained (unpruned) model, the size of its model.pt in bytes, and the
-    retrained level's stored weights (levels/pNN.npz as tensors; None where the protocol does not
-    retrain the level); the run must have evaluated `level` (another level's pruned model was never measured)."""
+def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> stored.Stored:
+    """What the run stored (suite.stored.read: config, model.pt, the level's levels/pNN.npz where
+    its protocol retrains it), downloaded into dst; the run must have evaluated `level` (another
+    level's pruned model was never measured)."""
     try:
         client = preflight.open_store(uri)
     except PreflightError as e:
@@ -160,43 +157,13 @@ def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[Tria
     if prune.level_tag(level) not in levels:
         raise ExportError(f"run {run_id} was not evaluated at level {prune.level_tag(level)}: its levels are "
                           f"{', '.join(levels) or 'none'}; pass one of them as --level (98 for p98).")
-    folder = Path(client.download_artifacts(run_id, "", str(dst)))
-    if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
-        raise ExportError(f"run {run_id} has no model.pt / config.json artifact: it was not logged by a trial.")
     try:
-        cfg = from_dict(json.loads((folder / "config.json").read_text()), where=f"run {run_id} config.json")
-    except ConfigError as e:
-        raise ExportError(f"{e} (a plug-in method: set $BPB_PLUGINS as when the run was made)") from e
-    model = methods.build(cfg.replace(compile=False))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    retrained = None
-    if cfg.protocol_cls.retrains(level):
-        path = folder / "levels" / f"{prune.level_tag(level)}.npz"
-        if not path.is_file():
-            raise ExportError(f"run {run_id} was logged before retrained levels were kept (no artifact levels/{path.name}): "
-                              f"its level {prune.level_tag(level)} cannot be rebuilt; rerun the grid point to export it.")
-        with np.load(path) as z:
-            retrained = {k: torch.from_numpy(z[k]) for k in z.files}
-    return cfg, model.eval(), (folder / "model.pt").stat().st_size, retrained
+        return stored.read(Path(client.download_artifacts(run_id, "", str(dst))), [level])
+    except stored.MissingArtifacts as e:
+        raise ExportError(f"run {run_id}: {e}; it cannot be exported at {prune.level_tag(level)}.") from None
 
 
-def pruned_at(model: Method, cfg: TrialConfig, level: float | str, retrained: dict | None = None) -> Method:
-    """The model the trial's evaluation used at `level` (trial.evaluate_pruned): the retrained level's
-    stored weights (prune.held_model), or a pruned copy with the level's mask."""
-    if retrained is not None:
-        return prune.held_model(model, retrained).eval()
-    allowed = prune.prunable(model, cfg.prune_biases)
-    if level == "nat":
-        if not model.has_natural:
-            raise ExportError(f"--level nat: method {cfg.method} has no natural mask; give a percentage.")
-        keep = model.natural_keep().cpu() & allowed | ~allowed
-    else:
-        score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
-        keep = prune.keep_mask(score, allowed, level, cfg.prune_scope, model)[0]
-    return prune.pruned_copy(model, keep).eval()
-
-
-def stored(w: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+def layer_tensors(w: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
     """Layer weight `w` [out, in] as the loader reads it: dense, or CSR where that takes fewer bytes."""
     col = torch.int16 if w.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
     csr = w.to_sparse_csr()
@@ -213,7 +180,7 @@ def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Pat
     from safetensors.torch import save_file
     tensors = {}
     for i, (w, b) in enumerate(c.layers()):
-        tensors.update(stored(w, f"weight_{i}"), **{f"bias_{i}": b})
+        tensors.update(layer_tensors(w, f"weight_{i}"), **{f"bias_{i}": b})
     try:
         save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
     except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
@@ -245,8 +212,10 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     """Write the formats for one run and level; returns the report lines (sizes, checks)."""
     require(formats)
     with tempfile.TemporaryDirectory() as d:
-        cfg, model, pt_bytes, retrained = load_run(run_id, uri, level, Path(d))
-    m = pruned_at(model, cfg, level, retrained)
+        run = load_run(run_id, uri, level, Path(d))
+        pt_bytes = (Path(d) / "model.pt").stat().st_size
+    cfg, proto = run.cfg, stored.protocol(run)
+    model, m = proto.model, stored.model_at(proto, run, level)
     c = compact.compact(m)
     x = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0))
     diff = float((c(x) - m(x)).abs().max())

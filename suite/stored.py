@@ -25,6 +25,8 @@ from .config import ConfigError, TrialConfig, from_dict
 from .data import Splits
 from .evaluate.level import weight_std
 from .evaluate.levels import LevelEvaluator, OnLevel
+from .methods import Method
+from .protocols.base import Protocol
 
 
 class MissingArtifacts(ValueError):
@@ -43,9 +45,9 @@ class Stored:
     kept: Mapping[str, Mapping[str, np.ndarray]]
 
 
-def read(folder: Path) -> Stored:
+def read(folder: Path, levels: list[float | str] | None = None) -> Stored:
     """A run's artifacts as downloaded into `folder` (model.pt, config.json, levels/*.npz); raises
-    MissingArtifacts naming what its levels need and it lacks."""
+    MissingArtifacts naming what `levels` (default: every level of its protocol) need and it lacks."""
     missing = [n for n in ("model.pt", "config.json") if not (folder / n).is_file()]
     if missing:
         raise MissingArtifacts(f"no {' / '.join(missing)} artifact (a run imported from a runs file carries no weights)")
@@ -57,12 +59,28 @@ def read(folder: Path) -> Stored:
     for path in sorted((folder / "levels").glob("*.npz")):
         with np.load(path) as z:
             kept[path.stem] = {k: z[k] for k in z.files}
-    levels = cfg.protocol_cls.levels(cfg)
+    levels = cfg.protocol_cls.levels(cfg) if levels is None else levels
     missing = [prune.level_tag(p) for p in levels if cfg.protocol_cls.retrains(p) and prune.level_tag(p) not in kept]
     if missing:
         raise MissingArtifacts(f"no levels/{', levels/'.join(t + '.npz' for t in missing)} artifact (logged before "
                                "retrained levels were kept): rerun the grid point to evaluate it again")
     return Stored(cfg, torch.load(folder / "model.pt", map_location="cpu", weights_only=True), kept)
+
+
+def protocol(run: Stored, device: torch.device | str = "cpu") -> Protocol:
+    """The run's protocol over its trained model (model.pt on `device`, in eval mode), ready for
+    model_at; data is None: nothing is retrained."""
+    model = methods.build(run.cfg)
+    model.load_state_dict(run.state_dict)
+    return run.cfg.protocol_cls(run.cfg, model.to(device).eval(), None, {})
+
+
+def model_at(proto: Protocol, run: Stored, level: float | str) -> Method:
+    """The model the trial evaluated at `level`: a retrained level's stored weights
+    (prune.held_model), any other level a pruned copy at the protocol's mask."""
+    if proto.retrains(level):
+        return prune.held_model(proto.model, run.kept[prune.level_tag(level)]).eval()
+    return prune.pruned_copy(proto.model, proto.mask(level)[0]).eval()
 
 
 @torch.no_grad()
@@ -72,22 +90,14 @@ def evaluate_stored(run: Stored, data: Splits, x_ood: torch.Tensor | None,
     on the test split of `data` (make_splits of the run's dataset and config) and x_ood (the partner
     dataset's test images, [M, 784]), on data's device. Returns (metrics, info): every level's
     metrics and weight_std, named as the trial logs them, and the level info (latency kernels)."""
-    cfg = run.cfg
-    model = methods.build(cfg)
-    model.load_state_dict(run.state_dict)
-    model = model.to(data.x_test.device).eval()
-    proto = cfg.protocol_cls(cfg, model, data, {})
+    cfg, proto = run.cfg, protocol(run, data.x_test.device)
     levels = proto.levels(cfg)
     evaluator = LevelEvaluator(cfg, levels, data.x_test, data.y_test, x_ood, on_level)
     out, info = {}, {}
     for i, p in enumerate(levels):
         started = time.perf_counter()
-        if proto.retrains(p):
-            m = prune.held_model(model, run.kept[prune.level_tag(p)])
-        else:
-            m = prune.pruned_copy(model, proto.mask(p)[0])
-        level, level_info = evaluator.evaluate(i, m, started)
+        level, level_info = evaluator.evaluate(i, model_at(proto, run, p), started)
         out.update(level)
         info.update(level_info)
-    out["weight_std"] = weight_std(model)
+    out["weight_std"] = weight_std(proto.model)
     return out, info

@@ -5,13 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite import methods
+from suite import methods, stored
 from suite.config import TrialConfig
 from suite.data import images
 from suite.driver import Runtime, load_data
 from suite.evaluate import compact, metrics, ood
 from suite.evaluate.level import PROBE_IMAGES, evaluate_state
-from suite.export import pruned_at
 from suite.prune import level_tag
 from suite.train import epoch_seed
 from suite.trial import run_trial
@@ -80,13 +79,17 @@ def test_every_level_logs_what_compression_buys_and_costs(method, trials):
         assert "compact_width_l1_nat" in r.metrics
 
 
+def at_level(r, level):
+    """The trial's model at a level not retrained, rebuilt from its trained weights as suite.stored does."""
+    run = stored.Stored(r.config, r.state_dict, {})
+    return stored.model_at(stored.protocol(run), run, level)
+
+
 def test_the_logged_compaction_is_the_trials_pruned_copy_compacted(trials, mnist):
     """Rebuild the p90 copy from the trial's trained weights and mask: its compaction computes the
     same outputs on the whole test set, and its widths and sizes are the ones the trial logged."""
     r = trials["sgd"]
-    model = methods.build(r.config)
-    model.load_state_dict(r.state_dict)
-    pruned = pruned_at(model.eval(), r.config, 0.9)
+    pruned = at_level(r, 0.9)
     c = compact.compact(pruned)
     x = torch.tensor(mnist.x_test, dtype=torch.float32).reshape(-1, 784) / 255
     torch.testing.assert_close(c(x), pruned(x), rtol=0, atol=1e-5)
@@ -125,12 +128,10 @@ def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(method, trials, 
     i, reseeded with epoch_seed(seed, 10_000 + i), one weight sample for the sparsity measurement,
     then predict_mc."""
     r = trials[method]
-    model = methods.build(r.config)
-    model.load_state_dict(r.state_dict)
     x = torch.tensor(mnist.x_test, dtype=torch.float32).reshape(-1, 784) / 255
     y = torch.tensor(mnist.y_test, dtype=torch.int64)
     for i, p in enumerate(r.config.sparsities):
-        m = pruned_at(model.eval(), r.config, p)
+        m = at_level(r, p)
         torch.manual_seed(epoch_seed(r.config.seed, 10_000 + i))
         with torch.no_grad():
             m.sample()
