@@ -247,20 +247,23 @@ def summary(r: TrialResult) -> str:
              f"epochs_to_fit {m.get('epochs_to_fit', 'never')}, pruner {r.info['pruner']}, protocol {c.protocol}",
              f"{'level':>6} {'sparsity':>8} {'acc':>7} {'acc_mc':>7} {'nll':>7} {'ece':>6} "
              f"{'dense_b1':>9} {'sparse_b1':>9} {'dense_b1k':>9} {'sparse_b1k':>10} {'csr_kB':>8} "
-             f"{'compact widths':>14} {'compact_b1k':>11} {'flops_x':>7} {'ood_auroc':>9}"]
+             f"{'compact widths':>14} {'compact_b1k':>11} {'x_b1k [q25, q75]':>18} {'flops_x':>7} {'ood_auroc':>9}"]
     for p in c.protocol_cls.levels(c):
         t = prune.level_tag(p)
         mc = f"{m[f'test_acc_mc_{t}']:.4f}" if f"test_acc_mc_{t}" in m else "-"
         widths = "-".join(str(int(m[f"compact_width_l{j}_{t}"])) for j in range(len(c.hidden) + 1))
         auroc = f"{m[f'ood_auroc_entropy_{t}']:.4f}" if f"ood_auroc_entropy_{t}" in m else "-"
-        flops = m[f"flops_compact_{t}"]
-        speedup = m[f"flops_dense_{t}"] / flops if flops else float("inf")  # inf: every weight pruned
+        # FLOPs of the compacted net that runs (its input window, padded widths), not of its live units
+        flops = m[f"flops_run_{t}"]
+        fewer = m[f"flops_dense_{t}"] / flops if flops else float("inf")  # inf: every weight pruned
+        x = [m[f"latency_speedup_compact_b1000{q}_{t}"] for q in ("", "_q25", "_q75")]  # per-round dense / compacted
+        faster = f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
         lines.append(f"{t:>6} {m[f'sparsity_{t}']:8.4f} {m[f'test_acc_{t}']:7.4f} {mc:>7} {m[f'test_nll_{t}']:7.4f} "
                      f"{m[f'test_ece_{t}']:6.4f} {m[f'latency_dense_b1_ms_{t}']:8.3f}ms "
                      f"{m[f'latency_sparse_b1_ms_{t}']:8.3f}ms {m[f'latency_dense_b1000_ms_{t}']:8.2f}ms "
                      f"{m[f'latency_sparse_b1000_ms_{t}']:9.2f}ms {m[f'size_csr_bytes_{t}'] / 1e3:8.1f} "
-                     f"{widths:>14} {m[f'latency_compact_b1000_ms_{t}']:9.2f}ms "
-                     f"{speedup:6.1f}x {auroc:>9}")
+                     f"{widths:>14} {m[f'latency_compact_b1000_ms_{t}']:9.2f}ms {faster:>18} "
+                     f"{fewer:6.1f}x {auroc:>9}")
     if r.info.get(collapse.TAG) == "true":
         lines.append(collapse.warning(r.history[-1]["val_acc"]))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ BUILT_IN = {
     "SGD": (0.0, "#1f77b4"),
     "SGD + fine-tune": (0.5, "#17becf"),
     "SGD + gradual": (0.6, "#393b79"),
+    "SGD + gradual in training": (0.65, "#6b6ecf"),
     "SGD + iterative": (0.7, "#637939"),
     "BBB": (10.0, "#d62728"),
     "Sparse VD": (20.0, "#8c564b"),

@@ -14,4 +14,7 @@ Import the modules: `from suite.evaluate.level import evaluate_level`.
 # The version of the evaluation code, logged with every evaluated run as tag eval_version (runs
 # without the tag: 1). Bump it whenever a metric of the same weights would change; a run of an older
 # version is re-evaluated from its stored weights (python -m suite.evaluate), not retrained.
+# 2: OOD detection and the rotation shift on the full test splits (1: the first 2000 images, a biased
+# subset); masks break score ties by |point weight|, then index (prune.pruning_order); per-round
+# latency ratios with quartiles; flops_run.
 EVAL_VERSION = 2
