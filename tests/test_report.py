@@ -272,11 +272,18 @@ def test_html_report_has_tables_images_toc_and_bold_best(lenet):
     assert page.links and set(page.links) <= page.ids                        # every TOC entry lands
     assert len(page.tables) >= 10
     headline = page.tables[0]
-    assert [c for c, _ in headline[0]][-2:] == ["vs SGD at 99 %", "highest compression within the error bar"]
+    assert [c for c, _ in headline[0]][-4:] == ["vs SGD at 99 %", "highest compression within the error bar",
+                                                 "epochs per model (dense / 99 %)", "epochs per trial"]
+    budgets = {next(c for c, _ in row if c in LENET): [c for c, _ in row[-2:]] for row in headline[1:]}
+    assert budgets["SGD"] == ["50 / 50", "50"] and budgets["Sparse VD"] == ["200 / 200", "200"]
+    assert budgets["SGD + fine-tune"] == ["50 / -", "-"]   # no finetune_epochs param logged: its retraining is unknown
     bold = [c for row in headline for c, cid in row if page.bold(cid)]
     assert sorted(bold) == sorted(["0.9863 ± 0.0004(n=3)", "0.8965 ± 0.0003(n=3)", "100.0x", "100.0x",   # dense: Dropout
                                    "0.9814 ± 0.0004(n=3)", "0.8913 ± 0.0003(n=3)"])                   # 99 %: Sparse VD
-    acc = next(t for t in page.tables if any(c == "natural" for c, _ in t[0]))
+    budget = next(t for t in page.tables if {"0 %", "epochs per trial"} <= {c for c, _ in t[0]})
+    assert [c for c, _ in budget[0]][1:] == ["0 %", "50 %", "90 %", "95 %", "98 %", "99 %", "natural", "epochs per trial"]
+    acc = next(t for t in page.tables if any(c == "natural" for c, _ in t[0]) and "±" in t[1][1][0])
+    assert page.tables.index(budget) < page.tables.index(acc)   # the budget opens the dataset's section
     rows = {r[0][0]: r[1:] for r in acc[1:]}
     best_dense = max(rows, key=lambda lab: float(rows[lab][0][0].split()[0]))
     assert page.bold(rows[best_dense][0][1]) and best_dense == "Dropout 0.5"

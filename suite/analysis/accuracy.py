@@ -1,5 +1,6 @@
-"""Accuracy, likelihood and calibration after pruning: per dataset, one table per metric of
-levels.ACCURACY (method x level), and the accuracy and calibration curves against the pruned fraction."""
+"""Accuracy, likelihood and calibration after pruning: per dataset, the training budget behind every cell
+(epochs per model at each level, epochs per trial), one table per metric of levels.ACCURACY (method x level),
+and the accuracy and calibration curves against the pruned fraction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,14 +12,21 @@ from . import figure
 from .document import Section, footnote, table, text
 from .levels import ACCURACY, level_table
 from .load import DATASET_NAMES, NAT, Experiment, by_level, ordered_datasets
+from .table import BUDGET_NOTE, budget_table
 
-ABOUT = "{what}; mean ± std over seeds (n){best}."
+ABOUT = "{what}; mean ± std over seeds (n){best}. The epochs behind each cell: the Training budget table."
 BEST = "; best per column in bold"
+BUDGET = ("Training epochs behind the models of the tables below: per level, the epochs per model evaluated there; "
+          "last column, the epochs per trial.")
 
 
 def subsections(df: pd.DataFrame, ds: str, tdir: Path) -> list[Section]:
-    """One subsection per metric of ACCURACY some run of the dataset logged."""
+    """The training budget, then one subsection per metric of ACCURACY some run of the dataset logged."""
     out = []
+    budget = budget_table(df, ds)
+    if not budget.empty:
+        out.append(Section("Training budget", [text(BUDGET), table(budget.write(tdir, f"budget_{ds}")),
+                                               text(BUDGET_NOTE, note=True)]))
     for metric, (title, what, higher) in ACCURACY.items():
         t = level_table(df, metric, ds)
         if t.empty:

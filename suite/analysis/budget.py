@@ -4,7 +4,13 @@ Trials log their budget as metrics: `total_epochs` (every epoch the trial traine
 retraining epoch) and `model_epochs_<level>` (per evaluated level, tagged as test_acc_<level>: the epochs
 behind the model evaluated there, i.e. training plus that model's own retraining, an iterative model's
 earlier rounds included). They are read as logged. Runs logged before trials recorded their budget
-have neither: their total comes from `budget_from_params`, and a level's budget is the run's total.
+have neither: both come from the run's params (`budget_from_params`, `model_epochs_from_params`), restated
+from the built-in protocols; a plug-in protocol's old runs have a total only where it was logged, and a
+level's budget is then the run's total.
+
+Two budgets, because they differ: an arm that retrains one copy per level (fine-tune, gradual) trains many
+models per trial, each with training plus its own retraining; summed epochs per trial and epochs behind
+the model shown are both needed to say what "equal budgets" means.
 """
 from __future__ import annotations
 
@@ -23,9 +29,50 @@ def total_epochs(protocol: str, params: dict[str, str], metrics: dict[str, float
 
 def model_epochs(runs: pd.DataFrame, level: str) -> pd.Series:
     """Per run, the epochs behind its model at `level` (pNN or nat): the `model_epochs_<level>` metric where
-    logged, else the run's total_epochs."""
+    logged, else model_epochs_from_params on the run's params (`param.*` columns), else the run's total_epochs."""
     col = f"model_epochs_{level}"
-    return runs[col].fillna(runs["total_epochs"]) if col in runs else runs["total_epochs"]
+    logged = runs[col] if col in runs else pd.Series(math.nan, index=runs.index, dtype=float)
+    params = [c for c in runs.columns if c.startswith("param.")]
+    derived = pd.Series([model_epochs_from_params(str(r.get("protocol") or "oneshot"),
+                                                  {c[6:]: r[c] for c in params if isinstance(r[c], str)}, level)
+                         for _, r in runs.iterrows()], index=runs.index, dtype=float)
+    total = runs["total_epochs"] if "total_epochs" in runs else pd.Series(math.nan, index=runs.index, dtype=float)
+    return logged.astype(float).fillna(derived).fillna(total)
+
+
+def model_epochs_from_params(protocol: str, params: dict[str, str], level: str) -> float:
+    """The fallback for a level's model_epochs_<level> (pNN or nat), restated from suite/protocols:
+      oneshot, natural, and level 0 of every built-in protocol: the training epochs (nothing retrains it);
+      finetune, gradual: training plus that level's own finetune_epochs;
+      iterative: training plus finetune_epochs per round up to this level, earlier levels' rounds included.
+    Another protocol, or a missing param, gives NaN."""
+    try:
+        epochs = int(params["epochs"])
+        if protocol in ("oneshot", "natural"):
+            return float(epochs)
+        if protocol not in ("finetune", "gradual", "iterative") or not level.startswith("p"):
+            return math.nan
+        pct = int(level[1:])
+        if pct == 0:
+            return float(epochs)
+        k = int(params["finetune_epochs"])
+        if protocol in ("finetune", "gradual"):
+            return float(epochs + k)
+        upto = [p for p in json.loads(params["sparsities"]) if p != 0 and round(p * 100) <= pct]
+        return float(epochs + k * _rounds(sorted(upto), float(params["iterative_fraction"])))
+    except (KeyError, ValueError, TypeError):
+        return math.nan
+
+
+def _rounds(levels: list[float], fraction: float) -> int:
+    """Iterative pruning's rounds to pass the ascending levels: each prunes `fraction` of the remaining
+    weights, a level's last round stops at the level (suite/protocols/iterative.round_targets)."""
+    rounds, s = 0, 0.0
+    for p in levels:
+        while s < p:
+            s = min(p, 1 - (1 - s) * (1 - fraction))
+            rounds += 1
+    return rounds
 
 
 def budget_from_params(protocol: str, params: dict[str, str]) -> float:
@@ -45,12 +92,7 @@ def budget_from_params(protocol: str, params: dict[str, str]) -> float:
         if protocol in ("finetune", "gradual"):
             return float(epochs + k * len(levels))
         if protocol == "iterative":
-            fraction, rounds, s = float(params["iterative_fraction"]), 0, 0.0
-            for p in levels:
-                while s < p:
-                    s = min(p, 1 - (1 - s) * (1 - fraction))
-                    rounds += 1
-            return float(epochs + k * rounds)
+            return float(epochs + k * _rounds(sorted(levels), float(params["iterative_fraction"])))
     except (KeyError, ValueError, TypeError):
         pass
     return math.nan

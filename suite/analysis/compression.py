@@ -16,12 +16,23 @@ import pandas as pd
 from . import figure, references
 from .document import Section, images, table, text
 from .load import DATASET_NAMES, NAT, Experiment, baseline_label, by_level, ordered_datasets, ordered_labels, weights_left
-from .table import DAGGER, Table, collapsed_cells, level_name
+from .table import (
+    BUDGET_NOTE,
+    DAGGER,
+    EPOCHS_MODEL,
+    EPOCHS_TRIAL,
+    Table,
+    collapsed_cells,
+    level_name,
+    model_epochs_text,
+    trial_epochs_text,
+)
 
 INTRO = ("Compression ratio = dense weights / nonzero weights of the network whose accuracy is shown (the point "
          "estimate), weights only (biases not counted), counted by the compaction metrics where logged, else from the "
          "measured per-layer sparsities. Final-epoch numbers.")
-THRESHOLD = "Highest compression at which {threshold} (any level, the natural one included)."
+THRESHOLD = ("Highest compression at which {threshold} (any level, the natural one included); beside it the epochs "
+             "behind the model at that level and the epochs its trial summed.")
 PUBLISHED = ("Published on the same architecture (sources and how each ratio is counted: "
              "`suite/analysis/reference/lenet300100.csv`):")
 UNPUBLISHED = ("No published results for this dataset and architecture (suite/analysis/reference/lenet300100.csv "
@@ -78,7 +89,8 @@ def thresholds(df: pd.DataFrame) -> dict[str, float]:
 
 def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
     """Per label: the highest compression (dense weights / nonzero weights) among levels whose mean test
-    error meets the dataset's threshold (final-epoch numbers). Returns the table and the threshold in words."""
+    error meets the dataset's threshold (final-epoch numbers), with the epochs per model at that level (at the
+    lowest-error level when none meets it) and per trial. Returns the table and the threshold in words."""
     s = summary(df[df.dataset == dataset])
     if s.empty:
         return Table(pd.DataFrame()), ""
@@ -92,14 +104,16 @@ def compression_table(df: pd.DataFrame, dataset: str) -> tuple[Table, str]:
         if ok.empty:
             low = g.loc[g.error.idxmin()]
             rows[label] = {"compression": "none meets the bar", "weights removed": "-", "level": "-",
-                           "test error": f"lowest {low.error:.2%} at {level_name(low.level)}"}
+                           "test error": f"lowest {low.error:.2%} at {level_name(low.level)}",
+                           EPOCHS_MODEL: model_epochs_text(d, label, low.level), EPOCHS_TRIAL: trial_epochs_text(d, label)}
             means[label] = {"compression": np.nan}
             continue
         top = ok.loc[ok.compression.idxmax()]
         err = f"{top.error:.2%}" + (f" ± {top.error_std:.2%} (n={top.n})" if top.n > 1 else " (1 seed)")
         rows[label] = {"compression": f"{top.compression:.1f}x" + ("" if top.exact else " *"),
                        "weights removed": f"{top.removed:.1%}", "test error": err,
-                       "level": level_name(top.level) + (f" {DAGGER}" if dead[(label, top.level)] else "")}
+                       "level": level_name(top.level) + (f" {DAGGER}" if dead[(label, top.level)] else ""),
+                       EPOCHS_MODEL: model_epochs_text(d, label, top.level), EPOCHS_TRIAL: trial_epochs_text(d, label)}
         means[label] = {"compression": top.compression}
     cells = pd.DataFrame.from_dict(rows, orient="index")
     if not s.exact.all():
@@ -186,7 +200,8 @@ def section(exp: Experiment, out: Path) -> Section:
         if t.empty:
             continue
         name = DATASET_NAMES.get(ds, ds)
-        blocks = [text(THRESHOLD.format(threshold=threshold)), table(t.write(out / "tables", f"compression_{ds}"))]
+        blocks = [text(THRESHOLD.format(threshold=threshold)), table(t.write(out / "tables", f"compression_{ds}")),
+                  text(BUDGET_NOTE, note=True)]
         pub = references.published_markers(df[df.dataset == ds])
         if not pub.empty:
             cells = pub.assign(test_error=(100 * pub.test_error).map("{:.2f} %".format),

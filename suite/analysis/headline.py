@@ -1,6 +1,7 @@
 """The headline: the comparison the experiment was run for, first in the report. Every method against
 the baseline (tag baseline=true), unpruned and at the highest level every method has, in one table and
-one figure (test error vs compression for compression benchmarks, test accuracy vs pruned fraction otherwise)."""
+one figure (test error vs compression for compression benchmarks, test accuracy vs pruned fraction otherwise).
+Every row carries its budget: the epochs behind its dense and pruned models, and the epochs its trial summed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,16 +11,29 @@ import pandas as pd
 from . import accuracy, compression, figure
 from .document import Block, Section, table, text
 from .load import DATASET_NAMES, NAT, Experiment, baseline_label, by_level, level_key, ordered_datasets, ordered_labels
-from .table import DAGGER, Table, cell, collapsed_cells, level_name, summarize
+from .table import (
+    BUDGET_NOTE,
+    DAGGER,
+    EPOCHS_TRIAL,
+    Table,
+    cell,
+    collapsed_cells,
+    level_name,
+    model_epochs_text,
+    summarize,
+    trial_epochs_text,
+)
 
 WHO = "every method against the baseline **{base}** (runs tagged `baseline=true`)"
 NO_BASELINE = "every method (no run is tagged `baseline=true`, so no difference to a baseline is shown)"
 SQUEEZE = " and the highest compression at which its error stays within the bar of the Compression section"
 INTRO = ("The comparison this experiment was run for: {who}, unpruned and at the highest pruning level every method was "
-         "evaluated at ({levels}){squeeze}; mean ± std over seeds, best per dataset in bold.")
+         "evaluated at ({levels}){squeeze}; mean ± std over seeds, best per dataset in bold. Beside each method its budget: "
+         "the epochs per model (dense / pruned) and per trial.")
 CAPTION_COMPRESSION = "Test error vs compression ratio (published results of the same architecture as black diamonds)"
 CAPTION_SPARSITY = "Test accuracy vs fraction of weights pruned (band: ±1 std over seeds)"
 SQUEEZE_COLUMN = "highest compression within the error bar"
+MODEL_COLUMN = "epochs per model ({levels})"
 
 
 def uses_compression(df: pd.DataFrame) -> bool:
@@ -58,6 +72,10 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
             if lab in squeeze.index:
                 row[SQUEEZE_COLUMN] = squeeze.loc[lab, "compression"]
                 mrow[SQUEEZE_COLUMN] = pd.to_numeric(squeeze.loc[lab, "compression"].split("x")[0], errors="coerce")
+            shown = [lv for lv in dict.fromkeys(("p00", top)) if lv is not None]
+            names = " / ".join("dense" if lv == "p00" else level_name(lv) for lv in shown)
+            row[MODEL_COLUMN.format(levels=names)] = " / ".join(model_epochs_text(d, lab, lv) for lv in shown)
+            row[EPOCHS_TRIAL] = trial_epochs_text(d, lab)
             rows.append(row)
             means.append(mrow)
         name = DATASET_NAMES.get(ds, ds)
@@ -91,7 +109,7 @@ def section(exp: Experiment, out: Path) -> Section:
     fig = headline_figure(exp, out / "plots", by_compression)
     intro = INTRO.format(who=WHO.format(base=base) if base else NO_BASELINE, levels=levels,
                          squeeze=SQUEEZE if by_compression else "")
-    return Section("Headline", [text(intro), table(t.write(out / "tables", "headline")),
+    return Section("Headline", [text(intro), table(t.write(out / "tables", "headline")), text(BUDGET_NOTE, note=True),
                                 Block("image", path=str(fig.relative_to(out)),
                                       caption=CAPTION_COMPRESSION if by_compression else CAPTION_SPARSITY)],
                    headline=True)

@@ -34,7 +34,7 @@ import pandas as pd
 from . import compression, cost, payoff, scaling
 from .levels import METRICS, level_table
 from .load import AnalysisError, load_file
-from .table import COLLAPSED_NOTE, DAGGER, Table, level_name
+from .table import COLLAPSED_NOTE, DAGGER, Table, budget_table, level_name
 
 OPEN = re.compile(r"^<!-- table: (?P<spec>.*?) -->$")
 END = "<!-- end table -->"
@@ -46,6 +46,7 @@ KINDS = {
     "cost": (("dataset",), cost.cost_table),
     "inference": (("dataset",), lambda df, ds: cost.cost_table(df, ds, cost.INFERENCE_COST)),
     "compression": (("dataset",), lambda df, ds: compression.compression_table(df, ds)[0]),
+    "budget": (("dataset",), budget_table),
     "speedup": (("dataset",), payoff.speedup_table),
     "width": (("cost",), scaling.width_table),
     "concurrency": ((), scaling.concurrency_table),

@@ -1,6 +1,8 @@
 """The report's table type and its cell formats. A `Table` renders markdown (report.md, README quotes),
 HTML (index.html), CSV and LaTeX from one set of cells, so every format shows the same numbers; cells
-read `mean ± std (n=seeds)` or `mean (1 seed)`; a cell holding a collapsed run is marked †."""
+read `mean ± std (n=seeds)` or `mean (1 seed)`; a cell holding a collapsed run is marked †. Every
+comparison of methods carries their budgets (budget.py): the epochs behind the model shown and the epochs
+summed over the trial, which differ for arms that retrain a copy per level."""
 from __future__ import annotations
 
 import html
@@ -11,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .budget import model_epochs
 from .files import replacing
-from .load import NAT
+from .load import NAT, by_level, level_key, ordered_labels
 
 DAGGER = "†"
 COLLAPSED_NOTE = (f"{DAGGER} at chance: collapsed. A run of the cell ended training at chance validation accuracy "
@@ -124,3 +127,40 @@ def epochs_text(values: pd.Series) -> str:
         return "-"
     lo, hi = int(round(v.min())), int(round(v.max()))
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+EPOCHS_MODEL = "epochs per model"
+EPOCHS_TRIAL = "epochs per trial"
+BUDGET_NOTE = ("Budgets: *epochs per model* = the epochs behind the model a cell evaluates (training plus that model's own "
+               "retraining; an iterative model's earlier rounds included; 0 % is never retrained); *epochs per trial* = "
+               "every epoch the trial trained, summed over all the copies it retrained (fine-tune and gradual retrain one "
+               "copy per level). For arms that retrain the two differ, so \"equal budgets\" must say which of them is equal.")
+
+
+def model_epochs_text(d: pd.DataFrame, label: str, level: str) -> str:
+    """The epochs behind `label`'s models at `level` over its runs in d: "110", "100-110", or "-"."""
+    g = d[d.label == label]
+    return epochs_text(model_epochs(g, level)) if not g.empty else "-"
+
+
+def trial_epochs_text(d: pd.DataFrame, label: str) -> str:
+    """Every epoch `label`'s trials trained (total_epochs) over its runs in d."""
+    g = d[d.label == label]
+    return epochs_text(g["total_epochs"]) if "total_epochs" in g else "-"
+
+
+def budget_table(df: pd.DataFrame, dataset: str) -> Table:
+    """Rows = labels in order; one column per level evaluated (headers as level tables': "0 %" ... "natural")
+    holding the epochs per model at that level ("-" where the label has no such level), then the epochs
+    per trial. Empty when the dataset has no per-level accuracy."""
+    d = df[df.dataset == dataset]
+    long = by_level(d, "test_acc")
+    if long.empty:
+        return Table(pd.DataFrame())
+    levels = sorted(long.level.unique(), key=level_key)
+    has = set(zip(long.label, long.level))
+    rows = {}
+    for label in [lab for lab in ordered_labels(d) if lab in set(long.label)]:
+        row = {level_name(lv): model_epochs_text(d, label, lv) if (label, lv) in has else "-" for lv in levels}
+        rows[label] = {**row, EPOCHS_TRIAL: trial_epochs_text(d, label)}
+    return Table(pd.DataFrame.from_dict(rows, orient="index"))
