@@ -6,7 +6,6 @@ tracking store, and a sqlite store has exactly one writer, so no metric is lost 
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -103,17 +102,10 @@ def repro_tags() -> dict[str, str]:
     import ray
     import torch
 
-    from . import __version__
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "suite_version": __version__,
+    from . import __version__, build_commit, build_dirty
+    dirty = build_dirty()  # the checkout's HEAD, or the commit an installed wheel was built from (setup.py)
+    return {"git_commit": build_commit(), "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+            "suite_version": __version__,
             "torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
 
 

@@ -16,6 +16,7 @@ with the intro, and writes report.md and index.html, two renderings of one struc
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ NO_TEST_METRICS = ("experiment {name!r} has no test metrics: a recipe search (su
                    "Report the grid its winners ran in (e.g. --experiment tuned); that report lists the searches of its methods.")
 
 
+HEX = re.compile(r"[0-9a-f]{40}")  # a commit hash, shortened; anything else (an unknown commit) as it is
+
+
 def intro(exp: Experiment) -> list[str]:
     """What the report is built from: runs by status, seeds per cell, code and device; sweeps and pooled cells."""
     df = exp.runs
@@ -44,7 +48,7 @@ def intro(exp: Experiment) -> list[str]:
                        dropped=DROPPED.format(n=exp.duplicates_dropped) if exp.duplicates_dropped else "",
                        low=seeds.min(), high=seeds.max(),
                        one_seed=" (one seed: no spread is shown; cells say so)." if seeds.max() == 1 else ".",
-                       commits=", ".join(sorted(set(df.git_commit.dropna().str[:10]))),
+                       commits=", ".join(sorted({c[:10] if HEX.fullmatch(c) else c for c in df.git_commit.dropna()})),
                        devices=", ".join(sorted(set(df.device.dropna()))))]
     sweeps = sorted(s for s in df.sweep.unique() if s)
     if sweeps:

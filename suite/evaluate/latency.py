@@ -130,7 +130,11 @@ def exclusive(path: Path = LOCK):
     for the same cores and memory bandwidth; taking turns keeps latency runs from disturbing each
     other (suite.bench --isolation measures the effect). Training neighbours still run meanwhile."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why nothing moves: another trial or test on this machine is timing
+            print(f"waiting for the latency lock ({path}): another process on this machine is timing", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
