@@ -2,15 +2,17 @@
 (suite.evaluate.level.evaluate_level): compaction, out-of-distribution detection, rotation shift."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score  # the second implementation (installed with mlflow)
 
 from suite import methods
 from suite.config import TrialConfig
 from suite.data import images
 from suite.driver import Runtime, load_data
 from suite.evaluate import compact, metrics, ood
-from suite.evaluate.level import PROBE_IMAGES, evaluate_state
+from suite.evaluate.level import evaluate_state
 from suite.export import pruned_at
 from suite.prune import level_tag
 from suite.train import epoch_seed
@@ -91,18 +93,25 @@ def test_the_logged_compaction_is_the_trials_pruned_copy_compacted(trials, mnist
     assert r.metrics["flops_compact_p90"] < FLOPS  # at 90 % some pixel or unit has lost every weight
 
 
-def test_the_shift_at_0_degrees_is_the_first_test_images(trials, mnist):
-    """shift_*_r0 is the unrotated prediction on the first PROBE_IMAGES test images: recomputed here."""
+def test_the_shift_at_0_degrees_and_the_ood_scores_cover_every_test_image(trials, mnist, fmnist):
+    """shift_*_r0 is the unrotated prediction on all 10k MNIST test images, and the OOD AUROC ranks the
+    entropies of all of them against all 10k Fashion-MNIST test images: recomputed here, the entropy by
+    hand and the AUROC by scikit-learn."""
     r = trials["sgd"]
     model = methods.build(r.config)
     model.load_state_dict(r.state_dict)
     model.eval()
-    x = torch.tensor(mnist.x_test[:PROBE_IMAGES], dtype=torch.float32).reshape(-1, 784) / 255
-    y = torch.tensor(mnist.y_test[:PROBE_IMAGES], dtype=torch.int64)
+    x, x_ood = (torch.tensor(a.x_test, dtype=torch.float32).reshape(-1, 784) / 255 for a in (mnist, fmnist))
+    y = torch.tensor(mnist.y_test, dtype=torch.int64)
+    assert len(x) == len(x_ood) == 10_000  # the published test splits
     with torch.no_grad():
-        ref = metrics.classification(model.predict(x), y)
+        p, q = model.predict(x), model.predict(x_ood)
+    ref = metrics.classification(p, y)
     assert r.metrics["shift_acc_r0_p00"] == pytest.approx(ref["acc"], abs=1e-7)
     assert r.metrics["shift_nll_r0_p00"] == pytest.approx(ref["nll"], rel=1e-6)
+    entropy = [-(torch.where(v > 0, v * v.log(), 0.0)).sum(1).numpy() for v in (p, q)]
+    auroc = roc_auc_score(np.r_[np.zeros(10_000), np.ones(10_000)], np.concatenate(entropy))
+    assert r.metrics["ood_auroc_entropy_p00"] == pytest.approx(auroc, abs=1e-6)
 
 
 def test_a_trained_mnist_net_tells_fashion_mnist_apart(trials):
