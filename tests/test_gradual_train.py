@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 
-from suite import methods
+from suite import methods, stored
 from suite.config import ConfigError, TrialConfig
-from suite.data import images
-from suite.evaluate.level import evaluate_state
+from suite.data import make_splits
 from suite.protocols import PROTOCOLS
 from suite.trial import run_trial
 
@@ -79,8 +78,8 @@ def test_the_net_prunes_on_schedule_holds_zeros_and_rebuilds_from_model_pt(mnist
     keep = PROTOCOLS["gradual_train"](cfg, model.eval(), None, {}).mask(0.9)[0]
     assert torch.equal(keep, ~earlier | ~model.weight_entries())
     assert torch.equal(keep, PROTOCOLS["oneshot"](cfg, model, None, {}).mask(0.9)[0])  # the magnitude mask export uses
-    x, y = images(mnist.x_test, torch.device("cpu")), torch.tensor(mnist.y_test, dtype=torch.int64)
-    got, _ = evaluate_state(cfg, r.state_dict, {0.9: keep}, x, y)
+    data = make_splits(mnist, cfg.val_size, cfg.train_subset, cfg.seed, torch.device("cpu"))
+    got, _ = stored.evaluate_stored(stored.Stored(cfg, r.state_dict, {}), data, None)
     for k in ("test_acc_p90", "test_nll_p90", "test_ece_p90", "sparsity_p90"):
         assert got[k] == r.metrics[k], k
 

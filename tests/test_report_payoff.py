@@ -11,6 +11,7 @@ from suite import tracking
 from suite.analysis import budget, figure, payoff, report
 from suite.analysis.load import load
 from suite.config import TrialConfig
+from suite.evaluate import EVAL_VERSION
 from suite.trial import TrialResult
 
 LEVELS = {"p00": 0.0, "p90": 0.9, "p98": 0.98}
@@ -87,8 +88,9 @@ def results(new_metrics: bool = True) -> list[tuple[TrialResult, dict]]:
             collapsed = label == "SGD + fine-tune" and seed == 1
             if collapsed:   # trained to chance: its accuracy says so at every level
                 m |= {f"test_acc_{t}": 0.1135 for t in LEVELS}
-            out.append((TrialResult(cfg, m, [{"epoch": 1, "train_loss": 0.3, "val_acc": 0.95}], {"device": "cpu"}),
-                        {"git_commit": "test", **({"collapsed": "true"} if collapsed else {})}))
+            # tagged with the current evaluation version: their OOD and shift figures are reported (load.PROBES_SINCE)
+            tags = {"git_commit": "test", "eval_version": str(EVAL_VERSION), **({"collapsed": "true"} if collapsed else {})}
+            out.append((TrialResult(cfg, m, [{"epoch": 1, "train_loss": 0.3, "val_acc": 0.95}], {"device": "cpu"}), tags))
     return out
 
 

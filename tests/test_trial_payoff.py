@@ -2,15 +2,16 @@
 (suite.evaluate.level.evaluate_level): compaction, out-of-distribution detection, rotation shift."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score  # the second implementation (installed with mlflow)
 
 from suite import methods, stored
 from suite.config import TrialConfig
-from suite.data import images
+from suite.data import images, make_splits
 from suite.driver import Runtime, load_data
 from suite.evaluate import compact, metrics, ood
-from suite.evaluate.level import PROBE_IMAGES, evaluate_state
 from suite.prune import level_tag
 from suite.train import epoch_seed
 from suite.trial import run_trial
@@ -100,18 +101,25 @@ def test_the_logged_compaction_is_the_trials_pruned_copy_compacted(trials, mnist
     assert r.metrics["flops_compact_p90"] < FLOPS  # at 90 % some pixel or unit has lost every weight
 
 
-def test_the_shift_at_0_degrees_is_the_first_test_images(trials, mnist):
-    """shift_*_r0 is the unrotated prediction on the first PROBE_IMAGES test images: recomputed here."""
+def test_the_shift_at_0_degrees_and_the_ood_scores_cover_every_test_image(trials, mnist, fmnist):
+    """shift_*_r0 is the unrotated prediction on all 10k MNIST test images, and the OOD AUROC ranks the
+    entropies of all of them against all 10k Fashion-MNIST test images: recomputed here, the entropy by
+    hand and the AUROC by scikit-learn."""
     r = trials["sgd"]
     model = methods.build(r.config)
     model.load_state_dict(r.state_dict)
     model.eval()
-    x = torch.tensor(mnist.x_test[:PROBE_IMAGES], dtype=torch.float32).reshape(-1, 784) / 255
-    y = torch.tensor(mnist.y_test[:PROBE_IMAGES], dtype=torch.int64)
+    x, x_ood = (torch.tensor(a.x_test, dtype=torch.float32).reshape(-1, 784) / 255 for a in (mnist, fmnist))
+    y = torch.tensor(mnist.y_test, dtype=torch.int64)
+    assert len(x) == len(x_ood) == 10_000  # the published test splits
     with torch.no_grad():
-        ref = metrics.classification(model.predict(x), y)
+        p, q = model.predict(x), model.predict(x_ood)
+    ref = metrics.classification(p, y)
     assert r.metrics["shift_acc_r0_p00"] == pytest.approx(ref["acc"], abs=1e-7)
     assert r.metrics["shift_nll_r0_p00"] == pytest.approx(ref["nll"], rel=1e-6)
+    entropy = [-(torch.where(v > 0, v * v.log(), 0.0)).sum(1).numpy() for v in (p, q)]
+    auroc = roc_auc_score(np.r_[np.zeros(10_000), np.ones(10_000)], np.concatenate(entropy))
+    assert r.metrics["ood_auroc_entropy_p00"] == pytest.approx(auroc, abs=1e-6)
 
 
 def test_a_trained_mnist_net_tells_fashion_mnist_apart(trials):
@@ -142,33 +150,20 @@ def test_monte_carlo_metrics_are_predict_mc_with_the_level_seed(method, trials, 
 
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_the_stored_weights_at_the_protocols_masks_give_the_trials_metrics(method, trials, mnist, fmnist):
-    """evaluate_state on what a trial stores (model.pt: the trained state dict) and the keep masks its
-    protocol makes from it recomputes every level's metrics bit for bit, and weight_std; one level alone
-    too (it is seeded by its place among the trial's levels). latency_* are medians of wall-clock
-    time, so they are only required to be there."""
+    """suite.stored on what a trial stores (model.pt: the trained state dict; no level here retrains)
+    rebuilds every level at its protocol's mask and recomputes its metrics bit for bit, and weight_std.
+    latency_* are medians of wall-clock time, so they are only required to be there."""
     r = trials[method]
-    cfg = r.config
-    model = methods.build(cfg)
-    model.load_state_dict(r.state_dict)
-    proto = cfg.protocol_cls(cfg, model.eval(), None, {})
-    levels = proto.levels(cfg)
-    masks = {p: proto.mask(p)[0] for p in levels}
-    cpu = torch.device("cpu")
-    x, y, x_ood = images(mnist.x_test, cpu), torch.tensor(mnist.y_test, dtype=torch.int64), images(fmnist.x_test, cpu)
-    got, info = evaluate_state(cfg, r.state_dict, masks, x, y, x_ood)
+    cfg, cpu = r.config, torch.device("cpu")
+    data = make_splits(mnist, cfg.val_size, cfg.train_subset, cfg.seed, cpu)
+    got, info = stored.evaluate_stored(stored.Stored(cfg, r.state_dict, {}), data, images(fmnist.x_test, cpu))
+    levels = cfg.protocol_cls.levels(cfg)
     logged = {k for k in r.metrics if k.endswith(tuple("_" + level_tag(p) for p in levels))
               and not k.startswith("model_epochs_")} | {"weight_std"}  # the epochs behind a model are training's record
     assert set(got) == logged
     assert set(info) <= set(r.info)
-
-    def values(m: dict, keys) -> dict:
-        return {k: m[k] for k in keys if not k.startswith("latency_")}
-    assert values(got, got) == values(r.metrics, got)
-    last = levels[-1]
-    alone, _ = evaluate_state(cfg, r.state_dict, {last: masks[last]}, x, y, x_ood)
-    assert values(alone, alone) == values(r.metrics, alone) and len(alone) > 1
-    with pytest.raises(ValueError, match="not levels of protocol"):
-        evaluate_state(cfg, r.state_dict, {0.33: masks[levels[0]]}, x, y)
+    numbers = [k for k in got if not k.startswith("latency_")]
+    assert {k: got[k] for k in numbers} == {k: r.metrics[k] for k in numbers}
 
 
 def test_trials_get_the_partner_datasets_test_images_but_a_search_does_not(tmp_path: Path):

@@ -12,11 +12,13 @@ import pandas as pd
 from . import compression, figure
 from .document import Block, Section, footnote, images, table, text
 from .levels import TRUST, level_table
-from .load import DATASET_NAMES, LEVEL, NAT, Experiment, by_level, level_key, ordered_datasets
+from .load import DATASET_NAMES, LEVEL, NAT, PROBES_SINCE, Experiment, by_level, level_key, ordered_datasets
 from .table import level_name
 
 OMITTED = ("Omitted: no run logged the OOD or rotation metrics (ood_auroc_*, shift_*); runs of this version of the suite "
            "log them.")
+DROPPED = ("Not shown: the OOD and rotation figures of {n} of {total} runs, since figures of runs evaluated before version "
+           "{since} used the first 2000 test images only, a biased subset; re-evaluate with `python -m suite.evaluate`.")
 ABOUT = "**{title}**: {what}; mean ± std over seeds (n); best per column in bold."
 CAPTION_METRICS = "{name}: OOD AUROC and rotation vs compression"
 CAPTION_ANGLES = "{name}: accuracy per rotation angle, unpruned and pruned"
@@ -149,8 +151,12 @@ def rotation_figures(exp: Experiment, out: Path) -> dict[str, Path]:
 def section(exp: Experiment, out: Path) -> Section:
     """OOD detection and accuracy / calibration under rotation per level, and a headline from the numbers."""
     df, sec = exp.runs, Section("Uncertainty under pruning")
+    dropped = int(df.probes_dropped.sum())  # runs older than load.PROBES_SINCE: their figures were dropped on load
+    if dropped:
+        sec.blocks.append(text(DROPPED.format(n=dropped, total=len(df), since=PROBES_SINCE)))
     if not present(df):
-        sec.blocks.append(text(OMITTED))
+        if not dropped:
+            sec.blocks.append(text(OMITTED))
         return sec
     sec.blocks.append(Block("list", items=headline(df)))
     metrics, angles = uncertainty_figures(exp, out / "plots"), rotation_figures(exp, out / "plots")

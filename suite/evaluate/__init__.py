@@ -3,10 +3,13 @@ on stored weights alike.
 
     metrics.py  accuracy / NLL / ECE of predicted probabilities; weight and SNR histogram bins
     ood.py      out-of-distribution detection (AUROC / AUPR of entropy scores) and rotation shift
-    compact.py  a pruned MLP as the small dense MLP it is: widths, parameters, FLOPs
-    latency.py  dense, CSR and compacted forwards timed side by side; sizes in bytes
+    compact.py  a pruned MLP as the small dense MLP it is: widths, parameters, FLOPs (live and run)
+    latency.py  dense, CSR and compacted forwards timed side by side in rounds; per-round speed-ups; sizes
     level.py    one level's metrics (evaluate_level), its probes, the level seeds, the trained weights'
-                histograms, and evaluate_state: a stored state dict evaluated at given keep masks
+                histograms
+    levels.py   LevelEvaluator: a trial's levels evaluated in turn, each reseeded, with progress; the
+                trial and suite.stored (a run rebuilt from its artifacts) share it
+    __main__.py python -m suite.evaluate: finished runs evaluated again from their stored weights
 
 Import the modules: `from suite.evaluate.level import evaluate_level`.
 """

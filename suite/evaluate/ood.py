@@ -8,10 +8,11 @@ first, with no interpolation (scikit-learn's average_precision_score, the tests'
 Scores: predictive entropy H[p] in nats. For a Monte Carlo ensemble of S softmax outputs, the total
 entropy H[mean_s p_s] splits into the expected entropy mean_s H[p_s] (aleatoric) and the mutual
 information between prediction and weights, total - expected (epistemic; Depeweg et al. 2018,
-Smith and Gal 2018).
+Smith and Gal 2018). A trial scores its whole test split against the partner dataset's whole test split
+(PARTNER; suite.evaluate.level.probes): a subset is not a random sample unless drawn as one.
 
 Shift (Ovadia et al. 2019, "Can you trust your model's uncertainty?", rotated MNIST): test images
-rotated counter-clockwise by 0..180 degrees in 30 degree steps (ANGLES) with torchvision's rotate (bilinear,
+(all of them) rotated counter-clockwise by 0..180 degrees in 30 degree steps (ANGLES) with torchvision's rotate (bilinear,
 about the image centre, zero fill: the black background of inputs scaled to [0, 1]); accuracy, NLL
 and ECE per angle from suite.evaluate.metrics.classification, and their mean over the angles.
 """
@@ -47,7 +48,6 @@ def decompose(samples: Tensor) -> dict[str, Tensor]:
     return {"entropy": total, "expected_entropy": expected, "mi": total - expected}
 
 
-@torch.no_grad()
 @torch.no_grad()
 def mc_samples_on(model: Method, xs: Sequence[Tensor], n: int) -> list[Tensor]:
     """[n, N_i, C] softmax outputs of n weight samples for each input set x_i: each sample is applied to
