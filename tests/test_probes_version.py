@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite.analysis import load, report, runsfile
+from suite.analysis import load, report, runsfile, trust
 
 # run -> (eval_version tag or None, seed, AUROC at p00, rotated accuracy at p00); every run SGD on MNIST
 RUNS = {"old0": (None, 0, 0.50, 0.30), "old1": ("1", 1, 0.55, 0.35), "new2": ("2", 2, 0.90, 0.60),
@@ -70,3 +70,23 @@ def test_the_analysis_threshold_is_the_evaluation_version():
     until someone decides whether the previous version's OOD and shift figures still stand."""
     from suite.evaluate import EVAL_VERSION
     assert load.PROBES_SINCE == EVAL_VERSION
+
+
+def test_the_uncertainty_headline_ranks_two_methods_or_none(tmp_path):
+    """"Best for" needs a second method: with the OOD figures of one label (e.g. the only runs of the
+    current evaluation version) the section states no ranking."""
+    def runs(labels):
+        out = []
+        for i, label in enumerate(labels):
+            r = record(f"new{i}", "2", i, 0.9, 0.5)
+            r.tags["label"], r.tags["grid_key"] = label, f"key{i}"
+            r.metrics.extend([(k, 0, 0, v) for k, v in {"test_acc_p90": 0.96, "sparsity_p90": 0.9,
+                                                      "ood_auroc_entropy_p90": 0.7 + i / 10,
+                                                      "shift_acc_mean_p90": 0.4}.items()])
+            out.append(r)
+        return runsfile.write(runsfile.RunsExport("probes", out, status_counts={"FINISHED": len(out)}),
+                              tmp_path / f"runs{len(labels)}.parquet")
+    assert trust.headline(load.load_file(runs(["SGD"])).runs) == []
+    two = trust.headline(load.load_file(runs(["SGD", "BBB"])).runs)
+    assert two[0] == ("MNIST: at 90 % pruned, OOD detection by predictive entropy is best for BBB (AUROC 0.800, "
+                      "-0.100 vs unpruned) and worst for SGD (AUROC 0.700, -0.200 vs unpruned).")

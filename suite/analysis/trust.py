@@ -67,13 +67,15 @@ def _at(df: pd.DataFrame, metric: str) -> tuple[str | None, pd.Series, pd.Series
 
 def headline(df: pd.DataFrame) -> list[str]:
     """Per dataset, from the numbers: the best and worst OOD AUROC (entropy) at the highest pruned
-    level every method has, each with its change from unpruned; the best accuracy under rotation there."""
+    level every method has, each with its change from unpruned; the best accuracy under rotation there;
+    nothing where fewer than two methods have the metric."""
     lines = []
     for ds in ordered_datasets(df):
         d = df[df.dataset == ds]
         name = DATASET_NAMES.get(ds, ds)
+        # a ranking needs two methods: with one (e.g. the only runs of the current evaluation version) it says nothing
         top, at, dense = _at(d, "ood_auroc_entropy")
-        if top is not None:
+        if top is not None and len(at) > 1:
             def change(lab: str) -> str:
                 return f", {at[lab] - dense[lab]:+.3f} vs unpruned" if lab in dense.index else ""
             best, worst = at.idxmax(), at.idxmin()
@@ -81,7 +83,7 @@ def headline(df: pd.DataFrame) -> list[str]:
             lines.append(s + (WORST_OOD.format(worst=worst, at_worst=at[worst], change_worst=change(worst))
                               if worst != best else "."))
         top, at, dense = _at(d, "shift_acc_mean")
-        if top is not None:
+        if top is not None and len(at) > 1:
             best = at.idxmax()
             lines.append(ROTATION.format(name=name, level=level_name(top), best=best, at_best=at[best],
                                          unpruned=f"; {dense[best]:.1%} unpruned" if best in dense.index else ""))
