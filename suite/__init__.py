@@ -1,6 +1,7 @@
 """bayes-prune-bench: do Bayes-by-Backprop networks survive unstructured pruning better than SGD and Dropout?"""
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def _checkout_state() -> tuple[str, bool] | None:
         return None
 
 
+@functools.cache  # once per process: the commit and the dirty flag of one moment, and git asked once
 def _state() -> tuple[str, bool | None]:
     live = _checkout_state()
     if live is not None:

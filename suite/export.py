@@ -215,6 +215,8 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
         run = load_run(run_id, uri, level, Path(d))
         pt_bytes = (Path(d) / "model.pt").stat().st_size
     cfg, proto = run.cfg, stored.protocol(run)
+    # the level as the run evaluated it: --level 98 is the run's p98, which may be 0.984
+    level = next(p for p in proto.levels(cfg) if prune.level_tag(p) == prune.level_tag(level))
     model, m = proto.model, stored.model_at(proto, run, level)
     c = compact.compact(m)
     x = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0))

@@ -50,7 +50,7 @@ def pruning_order(score: Tensor, magnitude: Tensor) -> Tensor:
 def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method) -> tuple[Tensor, float]:
     """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
     fraction of every weight matrix / bias vector (layer), first in pruning_order: lowest score, ties
-    by the smaller |point weight| (model.point_weights(): the value pruning zeroes), then the lower
+    by the smaller |point weight| (model.point_weights(): the weights the prediction uses), then the lower
     flat index. Also returns the score threshold (largest pruned score; -inf if none; NaN for layer
     scope, where every layer has its own) for the plots."""
     keep = torch.ones_like(allowed)

@@ -94,6 +94,8 @@ class Reevaluator:
         data = make_splits(self._arrays(cfg.dataset, cfg.data_dir or None), cfg.val_size, cfg.train_subset, cfg.seed, device)
         x_ood = images(self._arrays(PARTNER[cfg.dataset], cfg.data_dir or None).x_test, device)
         metrics, info = stored.evaluate_stored(s, data, x_ood, lambda done: print("  " + progress_line(done), flush=True))
+        # the device the metrics were now made on (a trial's tag names its own; Monte Carlo and latency depend on it)
+        info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         tracking.log_evaluation(self.client, run_id, metrics, info, EVAL_VERSION)
 
 
@@ -108,13 +110,17 @@ def reevaluate(client, runs: list, where: Where) -> list:
     try:
         for k, run in enumerate(runs):
             name = f"[{k + 1}/{len(runs)}] run {run.info.run_id} ({run.info.run_name}, eval_version {version(run)})"
-            s = ev.fetch(run)
-            if isinstance(s, str):
-                print(f"{name}: skipped: {s}", flush=True)
-                skipped.append(run)
-                continue
-            print(f"{name}: evaluating {len(s.cfg.protocol_cls.levels(s.cfg))} levels from its stored weights", flush=True)
-            ev.evaluate(run.info.run_id, s)
+            try:  # one run that cannot be evaluated (a damaged file, a device this machine lacks) stops no other
+                s = ev.fetch(run)
+                if not isinstance(s, str):
+                    print(f"{name}: evaluating {len(s.cfg.protocol_cls.levels(s.cfg))} levels from its stored weights",
+                          flush=True)
+                    ev.evaluate(run.info.run_id, s)
+                    continue
+            except Exception as e:  # reported per run; the pass goes on
+                s = f"{type(e).__name__}: {e}"
+            print(f"{name}: skipped: {s}", flush=True)
+            skipped.append(run)
     finally:
         torch.set_num_threads(threads)
     return skipped

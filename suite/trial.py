@@ -201,17 +201,25 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
     stored weights are evaluated by too: suite.stored; x_ood: out-of-distribution inputs, [N, 784] on
     the model's device; on_level: called as each level is evaluated). `store` holds the resumable
     progress and the finished results of the levels that retrain. Returns (metrics, info, artifacts);
-    info carries eval_version, the evaluation code's version (suite.evaluate.EVAL_VERSION)."""
+    info carries eval_version, the oldest version of the evaluation code among the levels' metrics
+    (suite.evaluate.EVAL_VERSION, unless a resumed trial finished a level under older code and kept
+    no weights to evaluate it again)."""
     store = {} if store is None else store
     model.eval()
     proto = cfg.protocol_cls(cfg, model, data, store, on_epoch, state)
-    out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol, "eval_version": str(EVAL_VERSION)}
+    out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
     masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
     thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
     evaluator = LevelEvaluator(cfg, [p for p, _, _ in masks], data.x_test, data.y_test, x_ood, on_level)
+    versions = []  # the evaluation version of each level's metrics: the run is tagged with the oldest
     for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)
         done = store.get(tag, {})
+        if "metrics" in done and done.get("eval_version", 1) != EVAL_VERSION and "weights" in done:
+            # finished by older evaluation code before an interruption: evaluated again from its kept weights,
+            # the protocol's own metrics (from retraining) kept
+            level, level_info = evaluator.evaluate(i, prune.held_model(model, done["weights"]), time.perf_counter())
+            done.update(metrics={**done["metrics"], **level}, info=level_info, eval_version=EVAL_VERSION)
         if "metrics" not in done:
             started = time.perf_counter()
             progress = store.setdefault(tag, {}) if proto.retrains(p) else {}
@@ -224,11 +232,13 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
             # a retrained level's weights, taken before its evaluation (held_state draws no random numbers)
             weights = prune.held_state(m) if proto.retrains(p) else None
             level, level_info = evaluator.evaluate(i, m, started)
-            done = {"metrics": {**own, **level}, "info": level_info}
+            done = {"metrics": {**own, **level}, "info": level_info, "eval_version": EVAL_VERSION}
             if proto.retrains(p):  # kept, with its sparse weights, so a resumed trial neither redoes nor loses the level
                 store[tag] = done = {"history": progress.get("history", []), **done, "weights": weights}
         out.update(done["metrics"])
         info.update(done["info"])
+        versions.append(done.get("eval_version", 1))  # 1: finished before levels recorded it, and no weights kept
+    info["eval_version"] = str(min(versions))
     out["weight_std"] = weight_std(model)
     # the levels model.pt and the mask cannot rebuild: those retrained (a level finished by a trial
     # state written before levels were kept has no weights; suite.export says so)

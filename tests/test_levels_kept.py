@@ -97,3 +97,34 @@ def test_export_of_a_retrained_level_is_the_level_model(protocol, extra, mnist, 
     old_id = tracking.log_result_locally(client, exp, old, {"device": "cpu"})
     with pytest.raises(export.ExportError, match="logged before retrained levels were kept"):
         export.export(old_id, 0.9, uri, tmp_path / "y", ["safetensors"])
+
+
+def test_a_level_finished_under_older_evaluation_code_is_evaluated_again_on_resume(mnist, fmnist):
+    """A retrained level that a trial state holds as finished by an older evaluation version (a trial
+    interrupted, the suite upgraded, the trial resumed) is evaluated again from its kept weights: its
+    level metrics become what the current code gives, its retraining metrics stay; without kept weights
+    it cannot be, and the run is tagged with that older version instead of the current one."""
+    from suite.evaluate import EVAL_VERSION
+    from suite.trial import evaluate_pruned
+    torch.set_num_threads(1)
+    cfg = tiny("sgd", protocol="finetune", finetune_epochs=1, sparsities=(0.0, 0.5))
+    r = run_trial(cfg, arrays=mnist, ood_images=fmnist.x_test)
+    model = build(cfg).eval()
+    model.load_state_dict(r.state_dict)
+    data = make_splits(mnist, cfg.val_size, cfg.train_subset, cfg.seed, torch.device("cpu"))
+    store: dict = {}
+    first, info, _ = evaluate_pruned(model, cfg, data, store)
+    assert info["eval_version"] == str(EVAL_VERSION) and store["p50"]["eval_version"] == EVAL_VERSION
+    old = copy.deepcopy(store)
+    old["p50"]["eval_version"] = 1
+    old["p50"]["metrics"]["test_acc_p50"] = -1.0  # what "older code" logged
+    again, info, _ = evaluate_pruned(model, cfg, data, old)
+    assert info["eval_version"] == str(EVAL_VERSION)
+    assert again["test_acc_p50"] == first["test_acc_p50"] and again["finetune_val_acc_p50"] == first["finetune_val_acc_p50"]
+    assert old["p50"]["history"] == store["p50"]["history"]  # nothing retrained
+    unkept = copy.deepcopy(store)
+    unkept["p50"]["eval_version"] = 1
+    unkept["p50"]["metrics"]["test_acc_p50"] = -1.0
+    del unkept["p50"]["weights"]
+    stale, info, _ = evaluate_pruned(model, cfg, data, unkept)
+    assert info["eval_version"] == "1" and stale["test_acc_p50"] == -1.0

@@ -17,7 +17,7 @@ from test_sweep import clean_env, cli
 from suite import tracking
 from suite.evaluate import EVAL_VERSION
 from suite.evaluate.__main__ import main
-from suite.trial import run_trial
+from suite.trial import run_trial, write_artifacts
 
 
 def logged(client, exp_id, cfg, mnist, fmnist) -> str:
@@ -169,3 +169,21 @@ def test_a_grid_is_evaluated_again_exactly_and_suite_run_reevaluates_instead_of_
                         "--out", str(tmp_path / "export"), "--format", "safetensors"], cwd=tmp_path, capture_output=True,
                        text=True, env=clean_env(), timeout=300)
     assert x.returncode == 0 and (tmp_path / "export" / "model_p90.safetensors").is_file(), x.stderr[-3000:]
+
+
+def test_a_damaged_run_is_reported_and_the_others_evaluated(store, mnist, fmnist, tmp_path, capsys):
+    """A run whose model.pt cannot be read (cut short) is one line and exit status 1; the pass goes on
+    to the next run instead of ending in a traceback."""
+    torch.set_num_threads(1)
+    uri, client, exp = store
+    good, r = logged(client, exp, tiny("sgd", sparsities=(0.0, 0.5)), mnist, fmnist)
+    write_artifacts(r, tmp_path / "art")
+    (tmp_path / "art" / "model.pt").write_bytes((tmp_path / "art" / "model.pt").read_bytes()[:100])
+    damaged = tracking.start_run(client, exp, r.config, {})
+    tracking.finish_run(client, damaged, r.metrics, {}, tmp_path / "art")
+    client.set_tag(damaged, "eval_version", "1")
+    assert main(["--experiment", "stored", "--tracking-uri", uri]) == 1
+    out = capsys.readouterr().out
+    assert f"run {damaged} " in out and "skipped: " in out.split(f"run {damaged} ")[1].splitlines()[0]
+    assert client.get_run(good).data.tags["eval_version"] == str(EVAL_VERSION)
+    assert client.get_run(damaged).data.tags["eval_version"] == "1"

@@ -4,6 +4,7 @@ the kept mask bit-packed over the flat parameter vector, then the kept values in
 vector is, per layer, its weight [out, in] row-major then its bias): a second implementation of the
 forward pass, sharing nothing with the suite's but the data reader."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_a_committed_model_gives_the_recorded_accuracy_and_sparsity(path, mnist,
         n_weights = 784 * cfg["hidden"][0] + sum(a * b for a, b in zip(cfg["hidden"], [*cfg["hidden"][1:], 10]))
         kept_weights = int(np.unpackbits(z["held"]).sum()) - sum(cfg["hidden"]) - 10  # biases are never pruned
     runs = pd.read_parquet(path.parent.parent / "runs.parquet")
-    tag = next(k[len("test_acc_"):] for k in runs[(runs.run_id == meta["run_id"])].key if k.startswith("test_acc_"))
+    tag = next(m[1] for k in runs[runs.run_id == meta["run_id"]].key if (m := re.fullmatch(r"test_acc_(p\d+|nat)", k)))
     recorded = runs[(runs.run_id == meta["run_id"]) & (runs.kind == "metric")].sort_values(["step", "timestamp"])
     last = recorded.groupby("key").value.last()
     assert acc == pytest.approx(last[f"test_acc_{tag}"], abs=1e-4)  # float32 sums in another order: 1 image at most

@@ -74,7 +74,9 @@ def headline_table(df: pd.DataFrame, with_compression: bool = False) -> tuple[Ta
                 mrow[SQUEEZE_COLUMN] = pd.to_numeric(squeeze.loc[lab, "compression"].split("x")[0], errors="coerce")
             shown = [lv for lv in dict.fromkeys(("p00", top)) if lv is not None]
             names = " / ".join("dense" if lv == "p00" else level_name(lv) for lv in shown)
-            row[MODEL_COLUMN.format(levels=names)] = " / ".join(model_epochs_text(d, lab, lv) for lv in shown)
+            # "-" where the method has no model at that level (gradual in training has no dense one)
+            row[MODEL_COLUMN.format(levels=names)] = " / ".join(
+                model_epochs_text(d, lab, lv) if (lab, lv) in s.index else "-" for lv in shown)
             row[EPOCHS_TRIAL] = trial_epochs_text(d, lab)
             rows.append(row)
             means.append(mrow)
