@@ -104,6 +104,18 @@ def experiment_file(db: Path, experiment: str) -> Path:
     return lock_folder(db) / f"{slug}.lock"
 
 
+def holder_of(f, wait_s: float = 1.0) -> Holder | None:
+    """The record in a locked file. Its holder writes it right after taking the flock, so a driver
+    refused in between finds the file empty: it reads again for up to wait_s before saying so."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        f.seek(0)
+        other = Holder.parse(f.read())
+        if other is not None or time.monotonic() > deadline:
+            return other
+        time.sleep(0.02)
+
+
 @contextmanager
 def file_lock(path: Path, me: Holder, what: str) -> Iterator[None]:
     """Hold an exclusive flock on `path` with `me` as its content, or raise the refusal naming the holder."""
@@ -112,7 +124,7 @@ def file_lock(path: Path, me: Holder, what: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise refusal(what, Holder.parse(f.read())) from None
+            raise refusal(what, holder_of(f)) from None
         f.truncate(0)
         f.write(me.record())
         f.flush()

@@ -176,3 +176,20 @@ def test_two_drivers_on_a_new_store_with_their_own_storage_paths_train_each_poin
     runs = client.search_runs([client.get_experiment_by_name("g").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
     assert len({r.data.tags["grid_key"] for r in runs}) == 3
+
+
+def test_a_refused_driver_waits_briefly_for_the_holders_record(tmp_path):
+    """Between the holder's flock and its record the file is empty: the refusal reads it again, so it
+    names the holder instead of "another driver", and gives up (None) when no record comes."""
+    import threading
+
+    from suite.locks import Holder, holder_of
+    path = tmp_path / "x.lock"
+    path.write_text("")
+    me = Holder.me(tmp_path)
+    with open(path, "r+") as f:
+        assert holder_of(f, wait_s=0.1) is None
+        writer = threading.Timer(0.2, lambda: path.write_text(me.record()))
+        writer.start()
+        assert holder_of(f, wait_s=2.0) == me
+        writer.join()
