@@ -200,6 +200,17 @@ class TrialConfig:
         d.update({k: v for k, v in flat.items() if k not in V1_KEY_DEFAULTS and v != base[k]})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+    def dense_key(self) -> str | None:
+        """The content address of the trial's training proper: the grid key of its one-shot twin at
+        level 0 (the same fields less the protocol's own settings and the levels, which act only after
+        training), so every protocol of one recipe, seed and dataset shares one dense net (suite/dense.py).
+        None where the protocol's training differs from plain training (Protocol.shares_dense)."""
+        if not self.protocol_cls.shares_dense(self):
+            return None
+        own = settings(self.protocol_cls)
+        flat = {k: v for k, v in self.to_dict().items() if k not in own}
+        return TrialConfig(**{**flat, "protocol": "oneshot", "sparsities": [0.0]}).grid_key()
+
     def label(self) -> str:
         """Human name of the configuration (SGD, Dropout p, BBB, ...; the protocol's suffix, e.g. '+ fine-tune')."""
         return self.method_cls.label(self) + self.protocol_cls.label_suffix
@@ -219,6 +230,8 @@ class TrialConfig:
                 "color": color}
         if cls.is_baseline(self) and proto.is_baseline:
             tags["baseline"] = "true"
+        if (dense := self.dense_key()) is not None:
+            tags["dense_key"] = dense
         return tags
 
 

@@ -210,7 +210,7 @@ def train(rt: Runtime, job: Job, client, runs: list) -> Driven | None:
         res = trial_resources(rt, pending)
         client = client or tracking.connect(rt.tracking_uri)
         exp_id, parent_id = open_experiment(client, job)
-        rows = run_job(Setup(client, exp_id, rt.storage, res, arrays), job, pending, parent_id)
+        rows = run_job(Setup(client, exp_id, rt.storage, res, arrays), job, pending, parent_id, [] if job.rerun else runs)
     finally:
         ray.shutdown()
     sweeps = len(job.levels) if isinstance(job, ScalingJob) else 1
@@ -383,8 +383,9 @@ def reap(client, exp_id: str) -> None:
         print(f"marked {reaped} run(s) left RUNNING by an interrupted sweep as KILLED")
 
 
-def run_job(setup: Setup, job: Job, pending: list[TrialConfig], parent_id: str | None) -> list[Row]:
-    """The sweep itself, one path per kind of job; returns its summary rows."""
+def run_job(setup: Setup, job: Job, pending: list[TrialConfig], parent_id: str | None, runs: list) -> list[Row]:
+    """The sweep itself, one path per kind of job; returns its summary rows. runs: the FINISHED runs
+    whose dense nets a grid's trials may start from (none with --rerun)."""
     if not pending:
         return []
     match job:
@@ -394,8 +395,35 @@ def run_job(setup: Setup, job: Job, pending: list[TrialConfig], parent_id: str |
             from .halving import run_search
             return run_search(setup, job, pending, {**job.tags, "mlflow.parentRunId": parent_id})
         case _:  # a grid's run
-            from .sweep import run_sweep
-            return run_sweep(setup, pending, job.experiment, {})
+            return sweep_sharing(setup, pending, job.experiment, runs)
+
+
+def sweep_sharing(setup: Setup, pending: list[TrialConfig], experiment: str, runs: list) -> list[Row]:
+    """A grid's sweep in two waves, so each dense net is trained once (suite/dense.py): the trials
+    whose net is in the store or that train it, then the others from the nets the first wave stored."""
+    from . import dense
+    from .sweep import STATE, resume_dir, run_sweep
+    root = dense.dense_dir(setup.storage, experiment)
+    dense.clear(root)  # a cache, rebuilt from the store: what an earlier sweep left may be stale
+    started = {t.grid_key() for t in pending if (resume_dir(setup.storage, experiment, t.grid_key()) / STATE).is_file()}
+    keys = [t.dense_key() for t in pending if t.dense_key() is not None]
+    shared = {k for k in keys if keys.count(k) > 1}
+    have = {k for k, r in dense.trainers(runs).items() if k in keys and dense.cache(setup.client, r, root)}
+    now, after = dense.waves(pending, have, started)
+    if shared or have:
+        print(f"dense nets: {sum(k in shared | have for k in keys)} trials share {len(shared | have)} "
+              f"({len(have)} in the store); {len(after)} trials wait for the {len(shared - have)} trained first")
+    try:
+        rows = run_sweep(setup, now, experiment, {})
+        if after:
+            wanted = {t.grid_key() for t in now if t.dense_key() in {a.dense_key() for a in after}}
+            trained = [setup.client.get_run(r.run_id) for r in rows if r.key in wanted and r.status == "FINISHED"]
+            for run in dense.trainers(trained).values():
+                dense.cache(setup.client, run, root)  # a net whose trainer failed: its trials train it themselves
+            rows += run_sweep(setup, after, experiment, {})
+    finally:
+        dense.clear(root)
+    return rows
 
 
 def concurrency_level(setup: Setup, experiment: str, trials: list[TrialConfig], k: int) -> list[Row]:

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
-from . import collapse, tracking  # noqa: E402
+from . import collapse, dense, tracking  # noqa: E402
 from .config import TrialConfig, from_dict  # noqa: E402
 from .data import Arrays  # noqa: E402
 from .evaluate.ood import PARTNER  # noqa: E402
@@ -95,7 +95,7 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     rdir = Path(config["resume_root"]) / cfg.grid_key()
     rdir.mkdir(parents=True, exist_ok=True)
 
-    resume = _latest_state(rdir)
+    resume = _latest_state(rdir) or dense.start_state(cfg, Path(config["dense_root"]))
     resumed_from = len(resume["history"]) if resume else 0
     node = ray.get_runtime_context().get_node_id()  # which machine trains it (a retry may move it)
     until = config["until"]
@@ -350,6 +350,7 @@ def run_round(setup: Setup, cb: SweepCallback, trials: list[TrialConfig], until:
     res = setup.res
     param_space = {"trial": tune.grid_search([t.to_dict() for t in trials]), "threads": max(1, int(res.cpus)),
                    "resume_root": str(resume_dir(setup.storage, cb.experiment, "")), "evaluate": cb.select is None,
+                   "dense_root": str(dense.dense_dir(setup.storage, cb.experiment)),
                    "until": until}
     fn = tune.with_resources(tune.with_parameters(trainable, arrays=setup.arrays), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(

@@ -22,6 +22,7 @@ import torch
 from . import collapse, methods, preflight, prune
 from .config import ConfigError, TrialConfig, all_keys, field_docs, from_dict
 from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
+from .dense import HISTORY
 from .evaluate import EVAL_VERSION
 from .evaluate.level import histograms, level_seed, weight_std
 from .evaluate.levels import LevelEvaluator, OnLevel, progress_line
@@ -52,9 +53,11 @@ class TrialResult:
 def write_artifacts(r: TrialResult, out: Path) -> None:
     """The MLflow artifacts of a trial: model.pt (state dict, loads with weights_only=True),
     weights_hist.npz, snr_hist.npz (bbb), levels/pNN.npz (each retrained level: prune.held_state)
-    and config.json. Compressed npz: a packed mask of a sparse level shrinks several-fold."""
+    config.json and history.json (training proper's epochs: with model.pt, the dense net other
+    protocols start from, suite/dense.py). Compressed npz: a packed mask of a sparse level shrinks several-fold."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(r.state_dict, out / "model.pt")
+    (out / HISTORY).write_text(json.dumps(r.history))
     for name, arrays in r.artifacts.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / name, **arrays)
@@ -122,8 +125,9 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     on_level: called as each level is evaluated (evaluate.levels.LevelDone), for progress lines.
 
     Timing: compile_s (torch.compile's code generation, triggered on one batch before training),
-    train_wall_s (the epochs), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
-    total_wall_s (everything, setup included; epochs trained before a resume count with their times)."""
+    train_wall_s (the epochs, a shared dense net's included), eval_wall_s (pruning, fine-tuning, evaluation, latency) and
+    total_wall_s (everything, setup included; epochs trained before a resume count with their times,
+    not those of a shared dense net: they are its trainer's)."""
     t_start = time.perf_counter()
     check_compiler(cfg)
     device = resolve_device(cfg.device)
@@ -146,14 +150,17 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
     # level tag -> progress or finished results of the protocol's levels that retrain; the state's
     # key stays "finetune" so resume folders written before protocols were plug-ins still resume
     levels: dict[str, dict] = {}
+    dense = resume.get("dense") if resume is not None else None  # started from a shared dense net (suite/dense.py)
     if resume is not None:
         model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
+        if "optimizer" in resume:  # a shared dense net carries none: training is over
+            opt.load_state_dict(resume["optimizer"])
         history, levels = list(resume["history"]), dict(resume.get("finetune", {}))
 
     def state() -> dict:
         return {"grid_key": cfg.grid_key(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "finetune": levels, "progress": epochs_trained(history, levels)}
+                "history": history, "finetune": levels, "progress": epochs_trained(history, levels),
+                **({"dense": dense} if dense else {})}
 
     def after_epoch(log: dict) -> None:
         cfg.protocol_cls.watch_training(cfg, log["epoch"], model, opt, levels)
@@ -172,7 +179,10 @@ def run_trial(cfg: TrialConfig, on_epoch: OnEpoch | None = None, arrays: Arrays 
         info["weight_noise"] = model.weight_noise
     if collapse.collapsed(history[-1]["val_acc"], model.sizes[-1]):
         info[collapse.TAG] = "true"  # info becomes run tags
-    resumed = sum(h["epoch_time_s"] for h in history[:len(resume["history"]) if resume else 0])
+    # epochs an earlier attempt of this trial trained count with their times; a shared net's do not
+    resumed = sum(h["epoch_time_s"] for h in history[dense["epochs"] if dense else 0:len(resume["history"]) if resume else 0])
+    if dense:
+        info["dense_from"] = dense["from"]
     if not evaluate:  # a search's recipe resumes at every rung it passes
         out["total_wall_s"] = time.perf_counter() - t_start + resumed
         return TrialResult(cfg, out, history, info)

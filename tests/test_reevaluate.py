@@ -134,6 +134,14 @@ def test_a_grid_is_evaluated_again_exactly_and_suite_run_reevaluates_instead_of_
     assert sorted(x.data.tags["protocol"] for x in runs) == ["finetune", "gradual", "iterative", "natural", "oneshot"]
     assert all(x.data.tags["eval_version"] == str(EVAL_VERSION) for x in runs)
     trial = {x.info.run_id: x.data.metrics for x in runs}
+    # the four SGD protocols share one dense net: the one-shot trial (fewest epochs) trains it first, the
+    # others start from it (their epochs of training proper are its epochs, logged to each run too)
+    assert "dense nets: 4 trials share 1 (0 in the store); 3 trials wait for the 1 trained first" in r.stdout
+    trainer = next(x for x in runs if x.data.tags["protocol"] == "oneshot")
+    shared = [x for x in runs if x.data.tags["method"] == "sgd" and x is not trainer]
+    assert "dense_from" not in trainer.data.tags and all(x.data.tags["dense_from"] == trainer.info.run_id for x in shared)
+    val = histories(client, [trainer, *shared])
+    assert all(val[x.info.run_id]["val_acc"] == val[trainer.info.run_id]["val_acc"] for x in shared)
 
     def evaluate(*args):
         return subprocess.run([sys.executable, "-m", "suite.evaluate", "--tracking-uri", uri, *args], cwd=tmp_path,

@@ -188,7 +188,7 @@ def driver_sweep(n: int, epochs: int, root: Path) -> dict:
         setup = Setup(client, exp_id, rt.storage, res, arrays)
         with timing(tracking, CALLS) as spent:
             load0, cpu0, t0 = load(), cpu_s(), time.perf_counter()
-            rows = driver.run_job(setup, job, trials, None)
+            rows = driver.run_job(setup, job, trials, None, [])
             wall, cpu, load1 = time.perf_counter() - t0, cpu_s() - cpu0, load()
     finally:
         ray.shutdown()

@@ -74,6 +74,14 @@ class Protocol:
         return 0
 
     @classmethod
+    def shares_dense(cls, cfg: TrialConfig) -> bool:
+        """Whether the trial's training proper is plain training, untouched by the protocol, so it may
+        start from the dense net another protocol of the same recipe trained (TrialConfig.dense_key).
+        Default: yes unless the protocol watches training (watch_training); one that does says when
+        its watching changes nothing a shared net lacks."""
+        return getattr(cls.watch_training, "__func__", None) is Protocol.watch_training.__func__
+
+    @classmethod
     def watch_training(cls, cfg: TrialConfig, epoch: int, model: Method, opt: torch.optim.Optimizer,
                        store: dict[str, dict]) -> None:
         """Called with the model and its optimiser after every training epoch, and before training

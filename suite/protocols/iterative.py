@@ -73,6 +73,10 @@ class Iterative(Protocol):
         return sum(map(len, cls.rounds(cfg).values())) * cfg.finetune_epochs
 
     @classmethod
+    def shares_dense(cls, cfg) -> bool:
+        return cfg.rewind_epoch < 0  # a rewind needs that epoch's weights, which a shared dense net lacks
+
+    @classmethod
     def watch_training(cls, cfg, epoch, model, opt, store) -> None:
         if epoch == cfg.rewind_epoch:
             store["rewind"] = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
