@@ -141,3 +141,16 @@ def test_cli_trains_bc_gnj(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())["metrics"]
     assert m["test_acc_p00"] > 0.5 and "sparsity_nat" in m
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bc_gnj", "bc_ghs"])
+def test_finetune_holds_the_mask_with_per_group_parameters(method, mnist):
+    """The held mask zeroes the [P] gradients only; the per-group scales train on, the pruned weights
+    stay exactly 0 (measured sparsity = the level) and the retrained level stays above chance."""
+    cfg = TrialConfig(method=method, hidden=(64,), epochs=1, train_subset=2000, val_size=1000, protocol="finetune",
+                      finetune_epochs=1, sparsities=(0.9,), test_samples=2, compile=False, lr=1e-2,
+                      **{f"{method[3:]}_thresholds": [-3.0]})
+    m = run_trial(cfg, arrays=mnist).metrics
+    assert m["sparsity_p90"] == pytest.approx(0.9, abs=1e-3) and m["test_acc_p90"] > 0.5

@@ -66,7 +66,8 @@ class GroupHorseshoe(GroupScaled):
 
     name = "bc_ghs"
     Params = GHSParams
-    scores = ("group", "magnitude")
+    # magnitude first: E[log s z~] is on each layer's own scale (fan-in), so a global level by it empties a layer
+    scores = ("magnitude", "group")
     thresholds_field = "ghs_thresholds"
     color = "#9edae5"
     order = 41.0
