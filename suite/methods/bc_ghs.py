@@ -14,7 +14,9 @@ KL / N, log sigma^2 -9 everywhere, layer 1's sigma^2 of w~ clipped as for GNJ. I
 authors' horseshoe code is not published): z~ = 1 (mu_za = mu_zb = 0), s_a at the prior's own scale
 tau0^2 and s_b so that s = 1 / sqrt(fan_in), and w~ ~ U(-1, 1), so the effective weights start as
 nn.Linear's. Pruning: a group whose E[log zeta_j] = m_j is below its layer's threshold is removed
-(the paper thresholds the group scales between their two clusters, sec. 5).
+(the paper thresholds the group scales between their two clusters, sec. 5). The default -9 is not yet
+checked against a full run: after 8 epochs on MNIST (lr 1e-3) m_j of layer 1 spans only -2.4..-1.6
+and no group is removed; the 200-epoch runs of grid bc are to show where the clusters settle.
 """
 from __future__ import annotations
 
