@@ -322,6 +322,7 @@ def validate(c: TrialConfig) -> None:
             _fail(name, getattr(c, name), " | ".join(allowed) + (f" for method={c.method}" if name == "pruner" else ""))
     c.params.check(_fail)
     c.protocol_params.check(_fail)
+    cls.check(c, _fail)
     positive = ("epochs", "batch_size", "train_samples", "test_samples")
     for name in positive:
         if getattr(c, name) < 1:

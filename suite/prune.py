@@ -78,14 +78,15 @@ def pruned_copy(model: Method, keep: Tensor) -> Method:
 def held_state(m: Method) -> dict[str, Tensor]:
     """A retrained level's model in its sparse form (CPU tensors): "held", its held mask (Method.held,
     bool [P]) packed 8 entries a byte (numpy.packbits' bit order, uint8 [ceil(P / 8)]), and for each
-    tensor of its state dict (every one a [P] vector: one per parameter kind) the values of the held
-    entries in index order. The pruned entries are left out: held_model sets them as hold_ does (their
+    [P] tensor of its state dict (one per parameter kind) the values of the held entries in index
+    order; any other tensor (a method's per-group parameters) whole. The pruned entries are left out:
+    held_model sets them as hold_ does (their
     log sigma^2 or log alpha may differ from the retrained model's, but every one multiplies a point
     weight of exactly 0, so the forward pass and every sample are the same). Reads the model only (no
     random numbers drawn)."""
     held = m.held.cpu()
     return {"held": torch.from_numpy(np.packbits(held.numpy())),
-            **{k: v.detach().cpu()[held] for k, v in m.state_dict().items()}}
+            **{k: v.detach().cpu()[held] if v.shape == held.shape else v.detach().cpu() for k, v in m.state_dict().items()}}
 
 
 @torch.no_grad()
@@ -97,7 +98,10 @@ def held_model(model: Method, state: Mapping[str, Tensor | np.ndarray]) -> Metho
     m = copy.deepcopy(model)
     m.hold_(keep.to(m.point_weights().device))
     for k, v in m.state_dict().items():  # the state dict's tensors share the parameters' storage
-        v[m.held] = torch.as_tensor(state[k], device=v.device)
+        if v.shape == m.held.shape:
+            v[m.held] = torch.as_tensor(state[k], device=v.device)
+        else:  # a per-group or per-layer tensor (Bayesian Compression's scales), stored whole
+            v.copy_(torch.as_tensor(state[k], device=v.device))
     return m
 
 

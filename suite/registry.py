@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 BUILTIN = ("suite.methods.sgd", "suite.methods.bbb", "suite.methods.sparse_vd", "suite.methods.l0",
+           "suite.methods.bc_gnj", "suite.methods.bc_ghs",
            "suite.protocols.oneshot", "suite.protocols.finetune", "suite.protocols.natural",
            "suite.protocols.gradual", "suite.protocols.gradual_train",
            "suite.protocols.iterative")

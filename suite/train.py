@@ -68,7 +68,8 @@ def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialCon
     epoch, train_loss, train_nll, train_kl (methods with a KL), val_acc, lr, step_time_ms (mean
     training step, data order included), epoch_time_s (steps + validation).
     With a held mask (model.held, the finetune protocol) the pruned entries' gradients are zeroed
-    before every step, so they and their Adam moments stay exactly 0."""
+    before every step, so they and their Adam moments stay exactly 0 (in every [P] parameter; a
+    method's per-group parameters, e.g. Bayesian Compression's scales, are not masked)."""
     phase = phase or training_phase(cfg)
     n = len(data.y_train)
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
@@ -90,7 +91,8 @@ def train(model: Method, opt: torch.optim.Optimizer, data: Splits, cfg: TrialCon
             loss.backward()
             if model.held is not None:
                 for p in model.parameters():
-                    p.grad.masked_fill_(~model.held, 0.0)
+                    if p.shape == model.held.shape:  # per-weight; a per-group or per-layer one trains on
+                        p.grad.masked_fill_(~model.held, 0.0)
             opt.step()
             model.after_step()
             if phase.on_step is not None:

@@ -21,6 +21,8 @@ BUILT_IN = {
     "BBB": (10.0, "#d62728"),
     "Sparse VD": (20.0, "#8c564b"),
     "L0": (30.0, "#e377c2"),
+    "BC-GNJ": (40.0, "#bcbd22"),
+    "BC-GHS": (41.0, "#9edae5"),
 }
 # Dropout p sorts by p between SGD and SGD + fine-tune (order p / 2) and takes the colour of the nearest of
 # the study's rates, so a searched rate (Dropout 0.5163) looks like the rate it replaces (Dropout 0.5)

@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ours BBB ({s} sample)": ours("bbb", x, y, s),
         f"ours BBB eager ({s} sample)": ours("bbb", x, y, s, compile=False),
         "ours Sparse VD": ours("sparse_vd", x, y),
+        "ours BC-GNJ (eager)": ours("bc_gnj", x, y),
+        "ours BC-GHS (eager)": ours("bc_ghs", x, y),
         "plain SGD (tensor loop)": plain_sgd(tensor_batches(x, y)),
         "plain SGD (DataLoader)": plain_sgd(loader_batches(root)),
         f"tutorial BBB (DataLoader, {s} sample)": tutorial_bbb(loader_batches(root), s),

@@ -130,6 +130,10 @@ class Method(nn.Module):
         """The configuration every other method is compared against in the report's claim check."""
         return False
 
+    @classmethod
+    def check(cls, cfg, fail) -> None:
+        """Checks of the method's settings against the rest of the config (e.g. the depth); default none."""
+
     # -- parameters
     def init_parameters(self) -> None:
         raise NotImplementedError
@@ -231,6 +235,10 @@ class Method(nn.Module):
 
     def natural_keep(self) -> Tensor | None:
         """Bool [P] mask of the weights the method itself keeps (if has_natural), else None."""
+        return None
+
+    def weight_variance(self) -> Tensor | None:
+        """Flat [P] posterior variance of each effective weight (0 where pruned, for biases), else None."""
         return None
 
     @torch.no_grad()
