@@ -24,7 +24,7 @@ from . import methods, prune
 from .config import ConfigError, TrialConfig, from_dict
 from .data import Splits
 from .evaluate.level import weight_std
-from .evaluate.levels import LevelEvaluator, OnLevel
+from .evaluate.levels import LevelEvaluator, OnLevel, validation
 from .methods import Method
 from .protocols.base import Protocol
 
@@ -92,7 +92,7 @@ def evaluate_stored(run: Stored, data: Splits, x_ood: torch.Tensor | None,
     metrics and weight_std, named as the trial logs them, and the level info (latency kernels)."""
     cfg, proto = run.cfg, protocol(run, data.x_test.device)
     levels = proto.levels(cfg)
-    evaluator = LevelEvaluator(cfg, levels, data.x_test, data.y_test, x_ood, on_level)
+    evaluator = LevelEvaluator(cfg, levels, data.x_test, data.y_test, x_ood, on_level, validation(cfg, data))
     out, info = {}, {}
     for i, p in enumerate(levels):
         started = time.perf_counter()

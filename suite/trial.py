@@ -25,7 +25,7 @@ from .data import Arrays, DataError, Splits, images, load_arrays, make_splits
 from .dense import HISTORY
 from .evaluate import EVAL_VERSION
 from .evaluate.level import histograms, level_seed, weight_std
-from .evaluate.levels import LevelEvaluator, OnLevel, progress_line
+from .evaluate.levels import LevelEvaluator, OnLevel, progress_line, validation
 from .evaluate.ood import PARTNER
 from .fpmode import flush_denormals
 from .methods import Method
@@ -220,7 +220,8 @@ def evaluate_pruned(model: Method, cfg: TrialConfig, data: Splits, store: dict[s
     out, info = {}, {"pruner": cfg.resolved_pruner, "protocol": cfg.protocol}
     masks = [(p, *proto.mask(p)) for p in proto.levels(cfg)]
     thresholds = [thr for p, _, thr in masks if not isinstance(p, str)]
-    evaluator = LevelEvaluator(cfg, [p for p, _, _ in masks], data.x_test, data.y_test, x_ood, on_level)
+    evaluator = LevelEvaluator(cfg, [p for p, _, _ in masks], data.x_test, data.y_test, x_ood, on_level,
+                               validation(cfg, data))
     versions = []  # the evaluation version of each level's metrics: the run is tagged with the oldest
     for i, (p, keep, _) in enumerate(masks):
         tag = prune.level_tag(p)

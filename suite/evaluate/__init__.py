@@ -5,6 +5,8 @@ on stored weights alike.
     ood.py      out-of-distribution detection (AUROC / AUPR of entropy scores) and rotation shift
     compact.py  a pruned MLP as the small dense MLP it is: widths, parameters, FLOPs (live and run)
     latency.py  dense, CSR and compacted forwards timed side by side in rounds; per-round speed-ups; sizes
+    bits.py     compression after pruning and after precision reduction: per-layer fixed-point bits (from
+                posterior variances, or chosen on validation data), sparse storage, the quantised accuracy
     level.py    one level's metrics (evaluate_level), its probes, the level seeds, the trained weights'
                 histograms
     levels.py   LevelEvaluator: a trial's levels evaluated in turn, each reseeded, with progress; the

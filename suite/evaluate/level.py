@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import prune
 from ..methods import Method
 from ..train import epoch_seed
-from . import compact, latency, metrics, ood
+from . import bits, compact, latency, metrics, ood
 
 if TYPE_CHECKING:  # config imports the protocols, which import this package's metrics
     from ..config import TrialConfig
@@ -62,11 +62,14 @@ def curve_levels(levels: Iterable[float | str]) -> set[float]:
 
 @torch.no_grad()
 def evaluate_level(m: Method, cfg: TrialConfig, x: Tensor, y: Tensor, tag: str, probe: Probes,
-                   shift_curve: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+                   shift_curve: bool = True, val: tuple[Tensor, Tensor] | None = None
+                   ) -> tuple[dict[str, float], dict[str, str]]:
     """One pruned model: accuracy, NLL, ECE (and their Monte Carlo ensemble versions), sparsity as
     the forward pass sees it (overall and per layer), out-of-distribution detection (scores of every
     test image against every image of probe.x_ood), accuracy / NLL / ECE under rotation (per angle if
-    shift_curve, their means always), latency, size and compaction (compact.py).
+    shift_curve, their means always), latency, size and compaction (compact.py), compression after
+    pruning and after precision reduction (bits.py; val: the validation split a point-estimate
+    method's precision is chosen on, None when there is none apart from the test split).
     Returns (metrics, info)."""
     m.eval()
     probs = m.predict(x)
@@ -86,7 +89,8 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: Tensor, y: Tensor, tag: str, 
     out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
     shape, small = compact.measure(m, tag)
     lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small})
-    return {**out, **lat, **shape}, info
+    compression, bits_info = bits.measure(m, small, x, y, val, tag)
+    return {**out, **lat, **shape, **compression}, {**info, **bits_info}
 
 
 def _weights(model: Method) -> Tensor:

@@ -20,6 +20,7 @@ from .level import curve_levels, evaluate_level, level_seed, probes
 
 if TYPE_CHECKING:  # config imports the protocols, which import this package's metrics
     from ..config import TrialConfig
+    from ..data import Splits
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,20 @@ class LevelDone:
 OnLevel = Callable[[LevelDone], None]
 
 
+def validation(cfg: TrialConfig, data: Splits) -> tuple[Tensor, Tensor] | None:
+    """The trial's validation split (x_val, y_val), None when val_size = 0 (it would be the test split,
+    which must choose nothing: a point-estimate method then gets no precision, evaluate.bits)."""
+    return (data.x_val, data.y_val) if cfg.val_size else None
+
+
 class LevelEvaluator:
     """Evaluates the levels of one trial on its test split x, y ([N, 784], [N]) and out-of-distribution
-    inputs x_ood ([M, 784] or None), all on the models' device; the probes are built once here."""
+    inputs x_ood ([M, 784] or None), all on the models' device; the probes are built once here.
+    val: the validation split (validation()) a point-estimate method's bit precision is chosen on."""
 
     def __init__(self, cfg: TrialConfig, levels: Sequence[float | str], x: Tensor, y: Tensor,
-                 x_ood: Tensor | None, on_level: OnLevel | None = None):
-        self.cfg, self.levels, self.x, self.y, self.on_level = cfg, list(levels), x, y, on_level
+                 x_ood: Tensor | None, on_level: OnLevel | None = None, val: tuple[Tensor, Tensor] | None = None):
+        self.cfg, self.levels, self.x, self.y, self.on_level, self.val = cfg, list(levels), x, y, on_level, val
         self.probe, self.curves = probes(x, y, x_ood), curve_levels(self.levels)
 
     @torch.no_grad()
@@ -53,7 +61,8 @@ class LevelEvaluator:
         p = self.levels[i]
         started = time.perf_counter() if started is None else started
         torch.manual_seed(level_seed(self.cfg.seed, i))
-        out, info = evaluate_level(m, self.cfg, self.x, self.y, prune.level_tag(p), self.probe, p in self.curves)
+        out, info = evaluate_level(m, self.cfg, self.x, self.y, prune.level_tag(p), self.probe, p in self.curves,
+                                   self.val)
         if self.on_level is not None:
             self.on_level(LevelDone(prune.level_tag(p), i, len(self.levels), out, time.perf_counter() - started))
         return out, info

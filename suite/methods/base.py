@@ -214,6 +214,11 @@ class Method(nn.Module):
         """Monte Carlo ensemble: mean of softmax over n weight samples, [N, 10] (if has_mc)."""
         return torch.stack([torch.softmax(self(x, self.sample()), -1) for _ in range(n)]).mean(0)
 
+    def weight_variance(self) -> Tensor | None:
+        """Flat [P] posterior variance of each weight; None for point-estimate methods. It sets a
+        layer's fixed-point precision (suite.evaluate.bits: Louizos, Ullrich & Welling 2017)."""
+        return None
+
     @torch.no_grad()
     def sample(self) -> Tensor | None:
         """One weight sample [P] for stochastic methods (None: deterministic). Sparsity is measured on

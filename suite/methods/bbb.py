@@ -77,6 +77,11 @@ class BBB(Method):
     def sigma(self) -> Tensor:
         return softplus(self.rho)
 
+    @torch.no_grad()
+    def weight_variance(self) -> Tensor:
+        """[P] posterior variances sigma^2 = softplus(rho)^2 (0 for a pruned weight)."""
+        return self.sigma() ** 2
+
     def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
         """Blundell eq. 8 per minibatch, divided by the batch size B so its scale matches the MLP's:
         loss = mean_s [ NLL_s / B + kl_weight * KL_s / B ] over train_samples weight samples s.

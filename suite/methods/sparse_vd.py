@@ -160,6 +160,11 @@ class SparseVD(Method):
         0 for biases, and exactly 0 for a pruned weight (theta = 0)."""
         return torch.where(self.is_weight, torch.exp(log_alpha) * self.theta * self.theta, 0.0)
 
+    @torch.no_grad()
+    def weight_variance(self) -> Tensor:
+        """[P] posterior variances alpha theta^2 of the weights (variance), 0 for biases and pruned weights."""
+        return self.variance(self.log_alpha())
+
     def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per minibatch: NLL / B + kl_weight * KL / B, the ELBO scaled like BBB's (Molchanov et al.
         2017, eq. 3 with the SGVB estimator and local reparameterisation). A held-pruned weight
