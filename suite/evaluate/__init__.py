@@ -22,4 +22,6 @@ Import the modules: `from suite.evaluate.level import evaluate_level`.
 # 2: OOD detection and the rotation shift on the full test splits (1: the first 2000 images, a biased
 # subset); masks break score ties by |point weight|, then index (prune.pruning_order); per-round
 # latency ratios with quartiles; flops_run.
-EVAL_VERSION = 2
+# 3: compression after pruning and after precision reduction per level (bits.py: bits_pNN,
+# compression_pruned_pNN, compression_bits_pNN, stored_bytes_pNN, quant_acc_pNN).
+EVAL_VERSION = 3

@@ -215,8 +215,8 @@ class Method(nn.Module):
         return torch.stack([torch.softmax(self(x, self.sample()), -1) for _ in range(n)]).mean(0)
 
     def weight_variance(self) -> Tensor | None:
-        """Flat [P] posterior variance of each weight; None for point-estimate methods. It sets a
-        layer's fixed-point precision (suite.evaluate.bits: Louizos, Ullrich & Welling 2017)."""
+        """Flat [P] posterior variance of each effective weight (0 where pruned and for biases); None for
+        point-estimate methods. It sets a layer's fixed-point precision (suite.evaluate.bits: Louizos, Ullrich & Welling 2017)."""
         return None
 
     @torch.no_grad()
@@ -240,10 +240,6 @@ class Method(nn.Module):
 
     def natural_keep(self) -> Tensor | None:
         """Bool [P] mask of the weights the method itself keeps (if has_natural), else None."""
-        return None
-
-    def weight_variance(self) -> Tensor | None:
-        """Flat [P] posterior variance of each effective weight (0 where pruned, for biases), else None."""
         return None
 
     @torch.no_grad()
