@@ -13,10 +13,17 @@ once the run is FINISHED. Ray gets no per-epoch checkpoint: it would write the s
 time to the same storage path, which is what saturates first at scale (docs/scale.md). Its one
 checkpoint per trial carries the final artifacts to the driver.
 Training reseeds per epoch (train.epoch_seed), so a resumed trial gives the same numbers.
+
+Reports: each carries only the epochs its process has not reported yet: the first one every epoch of
+its resume state too (a new driver's run, or a retried trial's driver, may lack any of them: the
+callback logs each epoch it has not logged, once), every later one the new epoch alone. So a report's
+size, and the driver's work per epoch, do not grow with the epochs trained; Tune keeps each trial's
+last result in its experiment state, rewritten at every snapshot (docs/scale.md).
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -99,14 +106,22 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     resumed_from = len(resume["history"]) if resume else 0
     node = ray.get_runtime_context().get_node_id()  # which machine trains it (a retry may move it)
     until = config["until"]
+    sent = 0  # epochs of the training history this process has reported (retraining epochs are not logged)
+
+    def report(epoch: int, history: list[dict], checkpoint: tune.Checkpoint | None = None, **extra) -> None:
+        nonlocal sent
+        new, sent = history[sent:], len(history)
+        tune.report({"epoch": epoch, "new_epochs": new, "resumed_from": resumed_from, "node_id": node, **extra},
+                    checkpoint=checkpoint)
+
     if until is not None and resumed_from >= until:  # already at its rung (the driver stopped before deciding)
-        tune.report({"epoch": resumed_from, "history": resume["history"], "resumed_from": resumed_from, "node_id": node})
+        report(resumed_from, resume["history"])
         return
 
     def on_epoch(log: dict, state) -> None:
         s = state()
         save_state(s, rdir, log["epoch"])
-        tune.report({"epoch": log["epoch"], "history": s["history"], "resumed_from": resumed_from, "node_id": node})
+        report(log["epoch"], s["history"])
 
     partner = arrays.get(PARTNER[cfg.dataset]) if config["evaluate"] else None  # a search gets no test images
     result = run_trial(cfg, on_epoch, arrays=arrays[cfg.dataset], resume=resume, evaluate=config["evaluate"],
@@ -115,9 +130,11 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     result.info["denormals_flushed"] = str(flushed).lower()
     with tempfile.TemporaryDirectory() as d:
         write_artifacts(result, Path(d))
-        tune.report({"epoch": cfg.epochs, "history": result.history, "final_metrics": result.metrics,
-                     "final_info": result.info, "resumed_from": resumed_from, "node_id": node},
-                    checkpoint=tune.Checkpoint.from_directory(d))
+        # one string, not a dict: Tune keeps statistics (max, min, means) of every number in a result, nested
+        # dicts flattened, for each trial in its experiment state; the final metrics need none of that.
+        # default=float: a metric may be a numpy or 0-d torch scalar (finish_run logs float(v) either way)
+        final = {"metrics": result.metrics, "info": result.info, "val_acc": result.history[-1]["val_acc"]}
+        report(cfg.epochs, result.history, tune.Checkpoint.from_directory(d), final=json.dumps(final, default=float))
 
 
 @dataclass(frozen=True)
@@ -258,15 +275,16 @@ class SweepCallback(tune.Callback):
         if result["resumed_from"] and row.resumed_from != result["resumed_from"]:
             row.resumed_from = result["resumed_from"]
             self._say(f"{row.name} resumed at epoch {row.resumed_from}")
-        new = [h for h in result["history"] if self.logged.get(run_id, 0) < h["epoch"] <= (self.until or h["epoch"])]
+        # a resumed trial's first report repeats epochs logged before (by this driver, before a retry): each is logged once
+        new = [h for h in result["new_epochs"] if self.logged.get(run_id, 0) < h["epoch"] <= (self.until or h["epoch"])]
         if new:
             tracking.log_epochs(self.client, run_id, new)
             self.logged[run_id] = self.done_epochs[key] = new[-1]["epoch"]
             self.epoch_s.setdefault(self.todo[key][0], []).extend(h["epoch_time_s"] for h in new)
             if self.select:
                 self.values.setdefault(key, {}).update((h["epoch"], h[self.select]) for h in new if self.select in h)
-        if "final_metrics" in result:
-            self.final[trial.trial_id] = result
+        if "final" in result:
+            self.final[trial.trial_id] = json.loads(result["final"])
         elif new:
             sel = f" {self.select} {new[-1][self.select]:.4f}" if self.select in new[-1] else ""  # what a search ranks by
             self._say(f"{row.name} epoch {new[-1]['epoch']}/{trial.config['trial']['epochs']} "
@@ -281,13 +299,13 @@ class SweepCallback(tune.Callback):
             self._say(f"{row.name} reached epoch {self.logged.get(run_id, 0)}: waiting for the other recipes")
             return
         with trial.checkpoint.as_directory() as d:
-            tracking.finish_run(self.client, run_id, res["final_metrics"], res["final_info"], Path(d))
+            tracking.finish_run(self.client, run_id, res["metrics"], res["info"], Path(d))
         shutil.rmtree(resume_dir(self.storage, self.experiment, key), ignore_errors=True)
-        m = res["final_metrics"]
+        m = res["metrics"]
         levels = sorted(int(k.rsplit("_p", 1)[1]) for k in m if k.startswith("test_acc_p"))
         row.status, row.wall_s = "FINISHED", m["total_wall_s"]
-        said = res["final_info"].get(collapse.TAG) == "true"
-        collapsed = f"; {collapse.warning(res['history'][-1]['val_acc'])}" if said else ""
+        said = res["info"].get(collapse.TAG) == "true"
+        collapsed = f"; {collapse.warning(res['val_acc'])}" if said else ""
         if not levels:  # trained only (a recipe search): the selection metric is on validation
             row.acc0 = m.get(self.select) if self.select else None
             self._say((f"{row.name} finished: {self.select} {row.acc0:.4f} in {row.wall_s:.0f}s" if row.acc0 is not None

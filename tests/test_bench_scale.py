@@ -87,6 +87,6 @@ def test_a_two_trial_driver_sweep_reports_consistent_figures(tmp_path):
         assert math.isclose(s["overhead_s_per_trial"], (s["wall_s"] - s["trial_wall_s_sum"]) / 2)
         calls = {k: v["calls"] for k, v in s["mlflow_s"].items()}
         assert calls == {"start_run": 2, "log_epochs": 2 * e, "finish_run": 2}  # one log_epochs per epoch result
-        assert s["driver_cpu_s_per_trial"] > 0
+        assert s["driver_cpu_s_per_trial"] > 0 and s["experiment_state_bytes_per_trial"] > 0
     cost = {e: by_epochs[e]["overhead_s_per_trial"] for e in (1, 2)}
     assert math.isclose(rep["overhead_s_per_logged_epoch"], cost[2] - cost[1])

@@ -262,3 +262,76 @@ def test_eta_counts_ended_trials_as_done_and_expects_asha_stops_in_a_search(tmp_
     assert eta("val_acc_mean") == pytest.approx((11.5 + 16.5) * 2.0)
     # a grid (no scheduler) expects every epoch: running 25 left, pending 30
     assert eta(None) == pytest.approx((25 + 30) * 2.0)
+
+
+def test_reports_carry_new_epochs_only_and_each_epoch_is_logged_once_across_a_retry_and_a_driver_restart(
+        tmp_path, mnist, monkeypatch):
+    """The real trainable and callback, with Tune's delivery played by hand: a trial crashes after
+    saving epoch 4's state, before reporting it; its retry (same driver, same run) crashes after saving
+    epoch 6; a new driver (a new run; the old one is KILLED) finishes it. A per-epoch report holds one
+    epoch (a resumed trial's first report: every epoch of its state too), so its bytes do not grow with
+    the epochs trained; and every run holds each of its epochs exactly once."""
+    import pickle
+    import shutil
+    import types
+    from numbers import Number
+
+    from ray import tune
+    from ray._private.dict import flatten_dict  # what Tune keeps statistics of: every number, dicts flattened
+
+    from suite import sweep, tracking
+    from suite.config import TrialConfig
+    from suite.sweep import Resources, Setup, SweepCallback, trainable
+
+    cfg = TrialConfig(method="sgd", hidden=(8,), train_subset=200, val_size=200, sparsities=(0.0,), compile=False,
+                      epochs=8)
+    client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    setup = Setup(client, tracking.ensure_experiment(client, "x"), tmp_path, Resources(1, 0, None), {"mnist": mnist})
+    config = {"trial": cfg.to_dict(), "threads": 1, "resume_root": str(sweep.resume_dir(tmp_path, "x", "")),
+              "evaluate": True, "until": None}
+    monkeypatch.setattr(sweep.ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "n"))
+    reports = []
+
+    class Crash(Exception):
+        pass
+
+    def attempt(cb, trial_id, crash_at=None):
+        trial = types.SimpleNamespace(trial_id=trial_id, config=config, checkpoint=None)
+        cb.on_trial_start(0, [], trial)
+
+        def report(result, checkpoint=None):
+            if result["epoch"] == crash_at:  # its state is saved, its report lost
+                raise Crash
+            reports.append(result)
+            if checkpoint is not None:  # Tune keeps it past the trainable's temporary folder
+                trial.checkpoint = tune.Checkpoint.from_directory(shutil.copytree(checkpoint.path, tmp_path / trial_id))
+            cb.on_trial_result(0, [], trial, result)
+        monkeypatch.setattr(sweep.tune, "report", report)
+        try:
+            trainable(config, {"mnist": mnist})
+        except Crash:
+            return
+        cb.on_trial_complete(0, [], trial)
+
+    first = SweepCallback(setup, [cfg], "x", {})
+    attempt(first, "a", crash_at=4)
+    attempt(first, "a", crash_at=6)  # Tune's retry: the same trial, from the state of epoch 4
+    first.close()                    # the driver stops; the next one starts a new run
+    second = SweepCallback(setup, [cfg], "x", {})
+    attempt(second, "b")             # from the state of epoch 6
+
+    assert [[h["epoch"] for h in r["new_epochs"]] for r in reports] == [
+        [1], [2], [3], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7], [8], []]
+    assert [r["resumed_from"] for r in reports] == [0, 0, 0, 4, 6, 6, 6]
+    one_epoch = [len(pickle.dumps(r)) for r in reports if len(r["new_epochs"]) == 1]  # epochs 1, 2, 3 and 8
+    assert len(one_epoch) == 4 and len(set(one_epoch)) == 1
+    assert sorted(k for k, v in flatten_dict(reports[-1]).items() if isinstance(v, Number)) == ["epoch", "resumed_from"]
+
+    killed, done = (client.get_run(first.rows[cfg.grid_key()].run_id), client.get_run(second.rows[cfg.grid_key()].run_id))
+    assert (killed.info.status, done.info.status) == ("KILLED", "FINISHED")
+    before = [(m.step, m.value) for m in client.get_metric_history(killed.info.run_id, "val_acc")]
+    after = [(m.step, m.value) for m in client.get_metric_history(done.info.run_id, "val_acc")]
+    assert [s for s, _ in sorted(before)] == [1, 2, 3, 4, 5] and [s for s, _ in sorted(after)] == list(range(1, 9))
+    assert sorted(after)[:5] == sorted(before)  # the new run re-logs the old one's epochs from the resume state
+    assert done.data.metrics["total_wall_s"] > 0 and "test_acc_p00" in done.data.metrics
+    assert not (tmp_path / "x" / "resume" / cfg.grid_key()).exists()  # removed once FINISHED

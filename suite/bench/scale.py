@@ -9,7 +9,8 @@ MLflow store, the storage path), measured for docs/scale.md's extrapolation to t
 --trials N: N tiny trials through the real driver steps (suite.driver, one trial at a time) into a
   temporary store, once per --epochs value and --repeat times: the sweep's wall time, the sum of the
   trials' own total_wall_s, (wall - sum) / N = the serial cost per trial outside the trials (driver and
-  Ray), the driver process's CPU seconds per trial, and the seconds spent in each MLflow call.
+  Ray), the driver process's CPU seconds per trial, the seconds spent in each MLflow call, and the bytes
+  per trial of Tune's experiment state at the end.
 Every record carries the load average: on a busy machine times grow, counts and bytes do not.
 """
 from __future__ import annotations
@@ -196,8 +197,10 @@ def driver_sweep(n: int, epochs: int, root: Path) -> dict:
     if bad or len(rows) != n:
         raise SystemExit(f"error: {len(bad)} of {n} bench trials did not finish ({bad[:3]}): see the log above.")
     walls = [r.wall_s for r in rows]
+    state = storage_report(rt.storage)["experiment_state_bytes_per_trial"]
     return {"trials": n, "epochs": epochs, "load": [load0, load1], "wall_s": wall, "trial_wall_s_sum": sum(walls),
             "overhead_s_per_trial": overhead(wall, walls), "driver_cpu_s_per_trial": cpu / n,
+            "experiment_state_bytes_per_trial": state and state["median"],
             "mlflow_s": {k: {"calls": c, "seconds": s} for k, (c, s) in spent.items()}}
 
 
