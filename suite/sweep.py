@@ -102,8 +102,10 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     rdir = Path(config["resume_root"]) / cfg.grid_key()
     rdir.mkdir(parents=True, exist_ok=True)
 
-    resume = _latest_state(rdir) or dense.start_state(cfg, Path(config["dense_root"]))
+    own = _latest_state(rdir)
+    resume = own or dense.start_state(cfg, Path(config["dense_root"]))
     resumed_from = len(resume["history"]) if resume else 0
+    shared = "" if own or resume is None else resume["dense"]["from"]  # the run whose dense net it starts from
     node = ray.get_runtime_context().get_node_id()  # which machine trains it (a retry may move it)
     until = config["until"]
     sent = 0  # epochs of the training history this process has reported (retraining epochs are not logged)
@@ -111,7 +113,8 @@ def trainable(config: dict, arrays: dict[str, Arrays]) -> None:
     def report(epoch: int, history: list[dict], checkpoint: tune.Checkpoint | None = None, **extra) -> None:
         nonlocal sent
         new, sent = history[sent:], len(history)
-        tune.report({"epoch": epoch, "new_epochs": new, "resumed_from": resumed_from, "node_id": node, **extra},
+        tune.report({"epoch": epoch, "new_epochs": new, "resumed_from": resumed_from, "dense_from": shared, "node_id": node,
+                     **extra},
                     checkpoint=checkpoint)
 
     if until is not None and resumed_from >= until:  # already at its rung (the driver stopped before deciding)
@@ -274,7 +277,8 @@ class SweepCallback(tune.Callback):
         row.nodes.add(result["node_id"])
         if result["resumed_from"] and row.resumed_from != result["resumed_from"]:
             row.resumed_from = result["resumed_from"]
-            self._say(f"{row.name} resumed at epoch {row.resumed_from}")
+            self._say(f"{row.name} starts from the dense net run {result['dense_from']} trained ({row.resumed_from} epochs)"
+                      if result.get("dense_from") else f"{row.name} resumed at epoch {row.resumed_from}")
         # a resumed trial's first report repeats epochs logged before (by this driver, before a retry): each is logged once
         new = [h for h in result["new_epochs"] if self.logged.get(run_id, 0) < h["epoch"] <= (self.until or h["epoch"])]
         if new:
