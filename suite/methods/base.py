@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..params import Params
+from .local_reparam import local_reparam_linear
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class Method(nn.Module):
         """x: [B, 784] -> logits [B, 10], computed from the flat [P] weights `flat` (default: the point
         estimate). var: optional flat [P] weight variances; then every layer outputs a sample of its
         pre-activation, mean + sqrt(x^2 var) * eps (the local reparameterisation trick, Kingma,
-        Salimans and Welling 2015, eq. 6), instead of the deterministic product."""
+        Salimans and Welling 2015, eq. 6; one fused layer, suite/methods/local_reparam.py), instead of
+        the deterministic product."""
         flat = self.point_weights() if flat is None else flat
         sizes = [math.prod(s.shape) for s in self.layout]
         # split (not slicing) so backward is a single concatenation of the gradients.
@@ -169,11 +171,11 @@ class Method(nn.Module):
         n_layers = len(self.sizes) - 1
         for i in range(n_layers):
             shape = self.layout[2 * i].shape
-            out = F.linear(h, parts[2 * i].view(shape), parts[2 * i + 1])
-            if vparts is not None:
-                std = F.linear(h * h, vparts[2 * i].view(shape), vparts[2 * i + 1]).clamp_min(1e-16).sqrt()
-                out = out + std * torch.randn_like(out)
-            h = out
+            if vparts is None:
+                h = F.linear(h, parts[2 * i].view(shape), parts[2 * i + 1])
+            else:
+                h = local_reparam_linear(h, parts[2 * i].view(shape), parts[2 * i + 1],
+                                         vparts[2 * i].view(shape), vparts[2 * i + 1])
             if i < n_layers - 1:
                 h = F.dropout(F.relu(h), self.dropout, self.training) if self.dropout > 0 else F.relu(h)
         return h
