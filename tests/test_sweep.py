@@ -279,7 +279,7 @@ def test_reports_carry_new_epochs_only_and_each_epoch_is_logged_once_across_a_re
     from ray import tune
     from ray._private.dict import flatten_dict  # what Tune keeps statistics of: every number, dicts flattened
 
-    from suite import sweep, tracking
+    from suite import dense, sweep, tracking
     from suite.config import TrialConfig
     from suite.sweep import Resources, Setup, SweepCallback, trainable
 
@@ -288,7 +288,7 @@ def test_reports_carry_new_epochs_only_and_each_epoch_is_logged_once_across_a_re
     client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     setup = Setup(client, tracking.ensure_experiment(client, "x"), tmp_path, Resources(1, 0, None), {"mnist": mnist})
     config = {"trial": cfg.to_dict(), "threads": 1, "resume_root": str(sweep.resume_dir(tmp_path, "x", "")),
-              "evaluate": True, "until": None}
+              "dense_root": str(dense.dense_dir(tmp_path, "x")), "evaluate": True, "until": None}
     monkeypatch.setattr(sweep.ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "n"))
     reports = []
 
