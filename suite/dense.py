@@ -78,26 +78,23 @@ def cache(client, run, root: Path) -> bool:
 
 
 def waves(pending: list[TrialConfig], have: set[str], started: set[str]) -> tuple[list[TrialConfig], list[TrialConfig]]:
-    """Split the pending trials: (now, after). have: dense keys whose net is cached; started: grid keys
-    with a resume state of their own (they go on from it). Per dense key without a net, one trainer
-    goes now (a started one, else the one training fewest epochs after its net) and the rest after."""
-    now, after = [], []
-    groups: dict[str, list[TrialConfig]] = {}
-    for t in pending:
-        key = t.dense_key()
-        if key is None or key in have or t.grid_key() in started:
+    """Split the pending trials, in their order: (now, after). have: dense keys whose net is cached;
+    started: grid keys with a resume state of their own (they go on from it). Per dense key without a
+    net, one trainer goes now (a started one, else the one training fewest epochs after its net) and
+    the rest after. Each trial's keys are computed once: a grid may hold 10,000 trials."""
+    keyed = [(t, t.dense_key(), t.grid_key() in started) for t in pending]
+    busy = {key for _, key, own in keyed if own}  # a started trial trains its key's net
+    now, groups = [], {}
+    for t, key, own in keyed:
+        if key is None or key in have or own:
             now.append(t)
         else:
             groups.setdefault(key, []).append(t)
     for key, ts in groups.items():
-        if any(t.grid_key() in started for t in pending if t.dense_key() == key):
-            after.extend(ts)  # a started trial of this key trains the net
-            continue
-        first = min(ts, key=lambda t: t.total_epochs)
-        now.append(first)
-        after.extend(t for t in ts if t is not first)
-    order = {t.grid_key(): i for i, t in enumerate(pending)}
-    return sorted(now, key=lambda t: order[t.grid_key()]), sorted(after, key=lambda t: order[t.grid_key()])
+        if key not in busy:
+            now.append(min(ts, key=lambda t: t.total_epochs))
+    first = {id(t) for t in now}
+    return [t for t in pending if id(t) in first], [t for t in pending if id(t) not in first]
 
 
 def clear(root: Path) -> None:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -406,17 +407,19 @@ def sweep_sharing(setup: Setup, pending: list[TrialConfig], experiment: str, run
     root = dense.dense_dir(setup.storage, experiment)
     dense.clear(root)  # a cache, rebuilt from the store: what an earlier sweep left may be stale
     started = {t.grid_key() for t in pending if (resume_dir(setup.storage, experiment, t.grid_key()) / STATE).is_file()}
-    keys = [t.dense_key() for t in pending if t.dense_key() is not None]
-    shared = {k for k in keys if keys.count(k) > 1}
+    dense_of = {t.grid_key(): t.dense_key() for t in pending}
+    keys = Counter(k for k in dense_of.values() if k is not None)
+    shared = {k for k, n in keys.items() if n > 1}
     have = {k for k, r in dense.trainers(runs).items() if k in keys and dense.cache(setup.client, r, root)}
     now, after = dense.waves(pending, have, started)
     if shared or have:
-        print(f"dense nets: {sum(k in shared | have for k in keys)} trials share {len(shared | have)} "
+        print(f"dense nets: {sum(n for k, n in keys.items() if k in shared | have)} trials share {len(shared | have)} "
               f"({len(have)} in the store); {len(after)} trials wait for the {len(shared - have)} trained first")
     try:
         rows = run_sweep(setup, now, experiment, {})
         if after:
-            wanted = {t.grid_key() for t in now if t.dense_key() in {a.dense_key() for a in after}}
+            waiting = {dense_of[t.grid_key()] for t in after}
+            wanted = {t.grid_key() for t in now if dense_of[t.grid_key()] in waiting}
             trained = [setup.client.get_run(r.run_id) for r in rows if r.key in wanted and r.status == "FINISHED"]
             for run in dense.trainers(trained).values():
                 dense.cache(setup.client, run, root)  # a net whose trainer failed: its trials train it themselves
