@@ -70,6 +70,41 @@ def test_point_weights_and_weight_variance_are_the_moments_of_the_samples(method
 
 
 @pytest.mark.parametrize("method", ["bc_gnj", "bc_ghs"])
+def test_per_example_input_scales_are_the_scaled_weights_of_each_example(method):
+    """x_j zeta_j through mu and sigma^2 is, for each example, the local reparameterisation of
+    weights zeta_j mu_ij with variances zeta_j^2 sigma_ij^2 (the per-weight form, one example at a time
+    with the same noise); and the scale draws of a batch are independent across examples."""
+    torch.manual_seed(0)
+    m = build(small(method))
+    with torch.no_grad():
+        m.z_log_var.add_(6.0)
+        m.log_sigma2.add_(5.0)
+    x = torch.rand(3, 784, dtype=torch.float64)
+    m = m.double()
+    zeta = m.scale_sample(3).detach()
+    var = torch.where(m.is_weight, torch.exp(m.log_sigma2), 0.0).detach()
+    torch.manual_seed(1)
+    got = m(x, m.mu.detach(), var, scale=zeta)
+    torch.manual_seed(1)
+    eps = [torch.randn(3, n, dtype=torch.float64) for n in m.sizes[1:]]  # the noise the batch drew, layer by layer
+    for b in range(3):
+        zw = m.per_weight(zeta[b], 1.0)
+        h = x[b:b + 1]
+        parts = (zw * m.mu.detach()).split([s.end - s.start for s in m.layout])
+        vparts = (zw * zw * var).split([s.end - s.start for s in m.layout])
+        for i in range(len(m.sizes) - 1):
+            w, v = parts[2 * i].view(m.layout[2 * i].shape), vparts[2 * i].view(m.layout[2 * i].shape)
+            h = h @ w.T + parts[2 * i + 1] + ((h * h) @ v.T).clamp_min(1e-16).sqrt() * eps[i][b]
+            h = torch.relu(h) if i < len(m.sizes) - 2 else h
+        torch.testing.assert_close(got[b:b + 1], h, rtol=1e-10, atol=1e-10)
+    draws = m.scale_sample(20_000).detach()
+    first, second = m.scale_moments()
+    torch.testing.assert_close(draws.mean(0), first.detach(), rtol=0.05, atol=1e-3)
+    c = torch.corrcoef(torch.stack([draws[:-1, 5], draws[1:, 5]]))[0, 1]
+    assert abs(float(c)) < 0.05  # consecutive examples draw independently
+
+
+@pytest.mark.parametrize("method", ["bc_gnj", "bc_ghs"])
 def test_natural_keep_removes_whole_units_and_prunes_to_exact_zeros(method):
     torch.manual_seed(0)
     m = build(small(method))

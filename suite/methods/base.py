@@ -155,22 +155,27 @@ class Method(nn.Module):
         return mask
 
     # -- the one forward pass every method and every metric uses
-    def forward(self, x: Tensor, flat: Tensor | None = None, var: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, flat: Tensor | None = None, var: Tensor | None = None,
+                scale: Tensor | None = None) -> Tensor:
         """x: [B, 784] -> logits [B, 10], computed from the flat [P] weights `flat` (default: the point
         estimate). var: optional flat [P] weight variances; then every layer outputs a sample of its
         pre-activation, mean + sqrt(x^2 var) * eps (the local reparameterisation trick, Kingma,
         Salimans and Welling 2015, eq. 6; one fused layer, suite/methods/local_reparam.py), instead of
-        the deterministic product."""
+        the deterministic product. scale: optional [B, G] per-example factors of every layer's inputs
+        (G = the layers' input widths summed; Bayesian Compression's group scales, drawn per example)."""
         flat = self.point_weights() if flat is None else flat
         sizes = [math.prod(s.shape) for s in self.layout]
         # split (not slicing) so backward is a single concatenation of the gradients.
         parts, vparts = flat.split(sizes), (var.split(sizes) if var is not None else None)
+        sparts = scale.split(self.sizes[:-1], dim=1) if scale is not None else None
         h = x
         if self.input_dropout and self.dropout > 0:
             h = F.dropout(h, self.dropout, self.training)
         n_layers = len(self.sizes) - 1
         for i in range(n_layers):
             shape = self.layout[2 * i].shape
+            if sparts is not None:
+                h = h * sparts[i]
             if vparts is None:
                 h = F.linear(h, parts[2 * i].view(shape), parts[2 * i + 1])
             else:

@@ -8,10 +8,12 @@ next layer), so a group whose scale the prior shrinks away removes a whole unit.
 Jeffreys, zeta ~ N(mu_z, alpha mu_z^2)) and bc_ghs.py (horseshoe, zeta = s z~ log-normal) supply the
 scale's posterior: a sample, its first two moments, its KL and which groups it keeps.
 
-Training: one scale sample per minibatch, then the Gaussian weights given it by the local
-reparameterisation trick through the suite's one forward pass (mean zeta mu, variance zeta^2 sigma^2,
-exact given zeta): an unbiased estimate of the ELBO. The authors' code draws zeta per example (lower
-variance); that needs a per-example input scale inside the forward pass, which it does not take.
+Training: as the authors' code, one scale sample per example and group, applied to the layer's
+inputs (x_j zeta_j: the multiplicative noise of group variational dropout), then the Gaussian w~
+given it by the local reparameterisation trick (mean (x zeta) mu, variance (x zeta)^2 sigma^2, exact
+given zeta), all through the suite's one forward pass: an unbiased estimate of the ELBO whose noise is
+independent across the examples of a minibatch (one draw per minibatch, as this suite first did,
+shares it: higher-variance gradients).
 Biases are deterministic (no variance, no KL), as for Sparse VD; the KL of w~ given the scale is
 sum_ij 0.5 (sigma^2 + mu^2 - 1 - log sigma^2) for both priors (eq. 8: N(z mu, z^2 sigma^2) against
 N(0, z^2) cancels z).
@@ -60,8 +62,8 @@ class GroupScaled(Method):
     field_defaults = {"lr": 1e-3}  # the authors' code: Adam at its default 1e-3
 
     # -- what the prior's subclass supplies, all over groups [G]
-    def scale_sample(self) -> Tensor:
-        """One differentiable sample of every group's scale zeta."""
+    def scale_sample(self, n: int) -> Tensor:
+        """[n, G]: n independent differentiable samples of every group's scale zeta."""
         raise NotImplementedError
 
     def scale_moments(self) -> tuple[Tensor, Tensor]:
@@ -119,10 +121,9 @@ class GroupScaled(Method):
         """NLL / B + kl_weight * (KL of the scales + KL of w~ given them) / B, the ELBO scaled like the
         other methods' (with uniform weighting, KL / N per example, as the authors' code). A
         held-pruned weight (mu = 0, sigma = 0) leaves the KL of w~."""
-        zeta = self.per_weight(self.scale_sample(), 1.0)
         in_kl = self.is_weight if self.held is None else self.is_weight & self.held
-        var = torch.where(in_kl, zeta * zeta * torch.exp(self.log_sigma2), 0.0)
-        nll = F.cross_entropy(self(x, zeta * self.mu, var), y)
+        var = torch.where(in_kl, torch.exp(self.log_sigma2), 0.0)
+        nll = F.cross_entropy(self(x, self.mu, var, scale=self.scale_sample(len(x))), y)
         ls = self.log_sigma2
         kl_w = torch.where(in_kl, 0.5 * (torch.exp(ls) + self.mu * self.mu - 1.0 - ls), 0.0).sum()
         kl = (self.group_kl() + kl_w) * (kl_weight / len(x))
@@ -153,7 +154,7 @@ class GroupScaled(Method):
     def sample(self) -> Tensor:
         """One joint sample: zeta ~ q per group, w~ ~ N(mu, sigma^2); pruned weights stay exactly 0."""
         sigma = torch.where(self.is_weight, torch.exp(0.5 * self.log_sigma2), 0.0)
-        return self.per_weight(self.scale_sample(), 1.0) * (self.mu + sigma * torch.randn_like(self.mu))
+        return self.per_weight(self.scale_sample(1)[0], 1.0) * (self.mu + sigma * torch.randn_like(self.mu))
 
     # -- pruning
     def group_keep(self) -> Tensor:

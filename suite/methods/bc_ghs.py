@@ -102,10 +102,11 @@ class GroupHorseshoe(GroupScaled):
         ms, vs, mz, vz = self.log_scale()
         return ms[self.layer_of] + mz, vs[self.layer_of] + vz
 
-    def scale_sample(self) -> Tensor:
+    def scale_sample(self, n: int) -> Tensor:
+        """Per example: one log s per layer, shared by its groups (the joint is exact), one log z~ per group."""
         ms, vs, mz, vz = self.log_scale()
-        log_s = ms + vs.sqrt() * torch.randn_like(ms)
-        return torch.exp(log_s[self.layer_of] + mz + vz.sqrt() * torch.randn_like(mz))
+        log_s = ms + vs.sqrt() * torch.randn(n, len(ms), device=ms.device)
+        return torch.exp(log_s[:, self.layer_of] + mz + vz.sqrt() * torch.randn(n, len(mz), device=mz.device))
 
     def scale_moments(self) -> tuple[Tensor, Tensor]:
         m, v = self.mean_var()

@@ -59,8 +59,8 @@ class GroupNJ(GroupScaled):
         """[G] log alpha = log sigma_z^2 - log(mu_z^2 + 1e-8) (the 1e-8 keeps mu_z = 0 finite)."""
         return self.z_log_var - torch.log(self.z_mu * self.z_mu + 1e-8)
 
-    def scale_sample(self) -> Tensor:
-        return self.z_mu + torch.exp(0.5 * self.z_log_var) * torch.randn_like(self.z_mu)
+    def scale_sample(self, n: int) -> Tensor:
+        return self.z_mu + torch.exp(0.5 * self.z_log_var) * torch.randn(n, self.n_groups, device=self.z_mu.device)
 
     def scale_moments(self) -> tuple[Tensor, Tensor]:
         return self.z_mu, self.z_mu * self.z_mu + torch.exp(self.z_log_var)
