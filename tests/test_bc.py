@@ -112,8 +112,8 @@ def test_natural_keep_removes_whole_units_and_prunes_to_exact_zeros(method):
     with torch.no_grad():
         if method == "bc_gnj":  # log alpha of those groups far above every threshold
             m.z_mu[[pixel, 784 + hidden]] = 1e-3
-        else:  # E[log s z~] far below the threshold
-            m.z_mu[[pixel, 784 + hidden]] = -40.0
+        else:  # Var[log z~] of those groups large: log alpha far above the threshold
+            m.z_log_var[[pixel, 784 + hidden]] = 2.0
     keep = m.natural_keep()
     w1 = keep[:40 * 784].view(40, 784)
     w2 = keep[40 * 785:40 * 785 + 30 * 40].view(30, 40)
@@ -125,6 +125,17 @@ def test_natural_keep_removes_whole_units_and_prunes_to_exact_zeros(method):
     for flat in (None, pruned.sample()):
         assert prune.measured_sparsity(pruned, x, False, flat)[0] == pytest.approx((40 + 30 + 783) / (40 * 784 + 30 * 40 + 300))
     assert torch.equal(pruned.weight_variance()[~keep], torch.zeros(int((~keep).sum())))
+
+
+def test_ghs_log_alpha_is_the_scales_variance_over_its_squared_mean():
+    """log alpha_j = log(Var[zeta_j] / E[zeta_j]^2), here from the scale's first two moments."""
+    torch.manual_seed(0)
+    m = build(small("bc_ghs")).double()
+    with torch.no_grad():
+        m.z_log_var.normal_(-2.0, 1.5)
+        m.s_log_var.normal_(-3.0, 0.5)
+    first, second = (t.detach() for t in m.scale_moments())
+    torch.testing.assert_close(m.log_alpha().detach(), torch.log((second - first ** 2) / first ** 2), rtol=1e-9, atol=1e-9)
 
 
 def test_a_held_level_keeps_its_group_parameters_through_its_sparse_state():
