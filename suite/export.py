@@ -1,6 +1,7 @@
 """Export a finished run's pruned model as the small dense network it is (suite.evaluate.compact).
 
-    python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors] [--overwrite]
+    python -m suite.export --run-id ID --level 98 [--tracking-uri URI] [--out DIR] [--format onnx|safetensors|quantised]
+                           [--overwrite]
 
 Loads the run's model.pt (the trained, unpruned state dict) and config.json artifacts, rebuilds the
 model at the level exactly as the trial's evaluation did (suite.stored: the protocol's mask from the
@@ -18,6 +19,16 @@ compacts it, and writes into DIR (default export/<run id>; files already there a
                          dense compacted weights, hidden widths padded with zero units to a multiple
                          of 16 as in CompactMLP's forward, checked against torch with onnxruntime
                          (max abs difference <= 1e-5)
+  with --format quantised (not by default: a point-estimate method's precision needs the run's dataset):
+  model_pNN.q            the compacted net at the precision the evaluation stored it at (suite.evaluate.bits:
+                         the same fraction bits, recomputed, and checked equal to the run's logged bits_lK_pNN,
+                         stored_bytes_pNN and bits_format_pNN), bit-packed as bits.py counts it
+                         (suite.evaluate.packed): 8 + 4 x layers bytes of file header, then exactly
+                         stored_bytes_pNN rounded up to a whole byte; read back and compared before writing
+  model_pNN.q.onnx       the dequantised net (float32 weights code x 2^-F), checked with onnxruntime against
+                         the quantised torch net (max abs difference <= 1e-5)
+  model_pNN.json         its "quantised" entry: the file's bytes, the stored bits, the compression
+                         32 x dense parameters / file bits, fraction and value bits and format per layer
 Inputs are as in training: the 28x28 image, row-major, as pixel / 255 in [0, 1]. Outputs are
 logits; softmax gives the probabilities of the deterministic prediction (Method.predict).
 
@@ -55,6 +66,17 @@ Loader without this project (numpy only):
             return h
         return predict
 
+Quantised file without this project: copy decode() from suite/evaluate/packed.py (numpy only), then
+
+    mask, layers = decode(open("export/RUN/model_p98.q", "rb").read())
+
+    def predict_q(x):  # x: float32 [N, 784] -> logits [N, 10]
+        h = x[:, mask]
+        for i, (w, b) in enumerate(layers):
+            h = h @ w.T + b
+            h = np.maximum(h, 0) if i < len(layers) - 1 else h
+        return h
+
 Bayesian models export their point weights, the weights of the deterministic prediction (BBB: the
 posterior mean; Sparse VD: theta; L0: theta times the test-time gate). The Monte Carlo ensemble
 would need, per kept weight, its noise as well (BBB: sigma; Sparse VD: alpha theta^2; L0: the gate's
@@ -77,11 +99,18 @@ from pathlib import Path
 import torch
 
 from . import preflight, prune, stored
-from .evaluate import compact
+from .config import TrialConfig
+from .data import DataError, load_arrays, make_splits
+from .evaluate import bits, compact, packed
+from .evaluate.levels import validation
+from .methods import Method
 from .preflight import PreflightError
 
-FORMATS = ("safetensors", "onnx")
-NEEDS = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}  # onnxruntime: the check, if present
+FORMATS = ("safetensors", "onnx", "quantised")
+DEFAULT_FORMATS = ("safetensors", "onnx")  # quantised may need the dataset (the validation rule): asked for
+NEEDS = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript"),
+         "quantised": ("onnx", "onnxscript")}  # onnxruntime: the check, if present
+SUFFIXES = {"safetensors": (".safetensors", ".json"), "onnx": (".onnx",), "quantised": (".q", ".q.onnx", ".json")}
 TOLERANCE = 1e-5
 
 
@@ -113,8 +142,7 @@ def parse_level(text: str) -> float | str:
 def outputs(out: Path, level: float | str, formats: list[str]) -> list[Path]:
     """The files an export writes."""
     stem = out / f"model_{prune.level_tag(level)}"
-    return [Path(f"{stem}{suffix}") for f in formats for suffix in {"safetensors": (".safetensors", ".json"),
-                                                                    "onnx": (".onnx",)}[f]]
+    return list(dict.fromkeys(Path(f"{stem}{suffix}") for f in formats for suffix in SUFFIXES[f]))
 
 
 def check_out(out: Path, level: float | str, formats: list[str], overwrite: bool) -> None:
@@ -138,10 +166,10 @@ def evaluated_levels(run) -> list[str]:
     return sorted(tags, key=lambda t: (t == "nat", int(t[1:]) if t != "nat" else 0))
 
 
-def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> stored.Stored:
+def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> tuple[stored.Stored, dict[str, float], dict[str, str]]:
     """What the run stored (suite.stored.read: config, model.pt, the level's levels/pNN.npz where
-    its protocol retrains it), downloaded into dst; the run must have evaluated `level` (another
-    level's pruned model was never measured)."""
+    its protocol retrains it), downloaded into dst, and its logged metrics and tags; the run must have
+    evaluated `level` (another level's pruned model was never measured)."""
     try:
         client = preflight.open_store(uri)
     except PreflightError as e:
@@ -158,7 +186,7 @@ def load_run(run_id: str, uri: str, level: float | str, dst: Path) -> stored.Sto
         raise ExportError(f"run {run_id} was not evaluated at level {prune.level_tag(level)}: its levels are "
                           f"{', '.join(levels) or 'none'}; pass one of them as --level (98 for p98).")
     try:
-        return stored.read(Path(client.download_artifacts(run_id, "", str(dst))), [level])
+        return stored.read(Path(client.download_artifacts(run_id, "", str(dst))), [level]), run.data.metrics, run.data.tags
     except stored.MissingArtifacts as e:
         raise ExportError(f"run {run_id}: {e}; it cannot be exported at {prune.level_tag(level)}.") from None
 
@@ -174,6 +202,14 @@ def layer_tensors(w: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
     return {name: w}
 
 
+def write_json(c: compact.CompactMLP, meta: dict, stem: Path) -> Path:
+    """model_pNN.json at `stem`: meta and the compacted net's shapes."""
+    path = Path(f"{stem}.json")
+    path.write_text(json.dumps({**meta, "input_window": [c.lo, c.hi], "input_index": c.index.tolist(), "widths": c.widths,
+                                "layer_shapes": [list(w.shape) for w, _ in c.layers()]}, indent=1))
+    return path
+
+
 def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Path]:
     """model_pNN.safetensors and model_pNN.json at `stem`."""
     from safetensors import SafetensorError
@@ -185,10 +221,7 @@ def write_safetensors(c: compact.CompactMLP, meta: dict, stem: Path) -> list[Pat
         save_file(tensors, f"{stem}.safetensors", metadata={"json": stem.name + ".json"})
     except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
         raise OSError(str(e)) from e
-    Path(f"{stem}.json").write_text(json.dumps({**meta, "input_window": [c.lo, c.hi], "input_index": c.index.tolist(),
-                                               "widths": c.widths, "layer_shapes": [list(w.shape) for w, _ in c.layers()]},
-                                              indent=1))
-    return [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]
+    return [Path(f"{stem}.safetensors"), write_json(c, meta, stem)]
 
 
 def write_onnx(c: compact.CompactMLP, x: torch.Tensor, stem: Path) -> tuple[Path, str]:
@@ -207,12 +240,81 @@ def write_onnx(c: compact.CompactMLP, x: torch.Tensor, stem: Path) -> tuple[Path
     return path, f"onnxruntime matches torch: max abs difference {diff:.1e} on {len(x)} inputs"
 
 
+def stored_precision(cfg: TrialConfig, m: Method, c: compact.CompactMLP) -> tuple[list[int | None], str]:
+    """The fraction bits of the level's stored layers as the evaluation chose them (bits.precision): the
+    posterior variances, or the run's own validation split (make_splits of its dataset, sizes and seed)."""
+    val = None
+    if m.weight_variance() is None and cfg.val_size:  # val_size 0: no validation split (levels.validation)
+        try:
+            arrays = load_arrays(cfg.dataset, cfg.data_dir or None)
+        except DataError as e:
+            raise ExportError(f"the validation rule needs {cfg.dataset}'s validation split: {e}") from None
+        val = validation(cfg, make_splits(arrays, cfg.val_size, cfg.train_subset, cfg.seed, torch.device("cpu")))
+    chosen = bits.precision(m, c, val)
+    if chosen is None:
+        raise ExportError(f"{cfg.method} has no posterior variances and the run has no validation split (val_size 0): "
+                          "its evaluation chose no precision, so there is none to store; export safetensors or onnx.")
+    return chosen
+
+
+def check_logged(metrics: dict[str, float], tags: dict[str, str], tag: str, value_bits: list[int], stored_bits: int,
+                 formats: list[str]) -> str:
+    """The recomputed storage against what the run logged at `tag` (bits_lK_, stored_bytes_, bits_format_):
+    an error naming every difference; a run evaluated before bits.py existed logged none (not checked)."""
+    want = {**{f"bits_l{i + 1}_{tag}": float(b) for i, b in enumerate(value_bits)}, f"stored_bytes_{tag}": stored_bits / 8}
+    differ = [f"{k} logged {metrics[k]:g}, now {v:g}" for k, v in want.items() if k in metrics and metrics[k] != v]
+    logged_formats = tags.get(f"bits_format_{tag}")
+    if logged_formats is not None and logged_formats != ",".join(formats):
+        differ.append(f"bits_format_{tag} logged {logged_formats}, now {','.join(formats)}")
+    if differ:
+        raise ExportError(f"the stored precision recomputed at {tag} is not the one the run logged ({'; '.join(differ)}): "
+                          "it was evaluated by other code or on another device; evaluate it again here (python -m "
+                          "suite.evaluate --run-id ID --force) and export it then.")
+    if not any(k in metrics for k in want) and logged_formats is None:
+        return f"not checked against the run: it logged no stored_bytes_{tag} (evaluated before bits.py)"
+    return f"equal to the run's logged bits_lK_{tag}, stored_bytes_{tag} and bits_format_{tag}"
+
+
+def quantised_net(c: compact.CompactMLP, q: bits.Layers) -> compact.CompactMLP:
+    """The compacted net with its stored layers q (bits.quantised of bits.stored_layers(c)): the first
+    layer's live columns put back into the input window."""
+    (w0, b0), *rest = q
+    window = w0.new_zeros(w0.shape[0], c.hi - c.lo)
+    window[:, c.index - c.lo] = w0
+    return compact.CompactMLP(c.index, [(window, b0), *rest], c.dense_widths).eval()
+
+
+def quantised_level(cfg: TrialConfig, m: Method, c: compact.CompactMLP, tag: str, metrics: dict[str, float], tags: dict[str, str]
+             ) -> tuple[bytes, compact.CompactMLP, dict, str]:
+    """The level's quantised net: model_pNN.q's bytes (suite.evaluate.packed), the same net in torch, its
+    entry of model_pNN.json and a report line. The file read back by packed.decode must give exactly the
+    quantised layers, and its body exactly bits.stored_bits: that is what makes its size the figure."""
+    frac, rule = stored_precision(cfg, m, c)
+    layers = bits.stored_layers(c)
+    q, value_bits = bits.quantised(layers, frac)
+    n_bits, formats = bits.stored_bits(q, value_bits, m.sizes[0])
+    logged = check_logged(metrics, tags, tag, value_bits, n_bits, formats)
+    raw = packed.encode(layers, frac, c.index, m.sizes[0])
+    mask, back = packed.decode(raw)
+    if mask.nonzero()[0].tolist() != c.index.tolist() or not all(
+            torch.equal(torch.from_numpy(w), wq) and torch.equal(torch.from_numpy(b), bq) for (w, b), (wq, bq) in zip(back, q)):
+        raise ExportError("model_pNN.q does not read back as the quantised net: please report it with the run.")
+    front = packed.file_header_bytes(len(q))
+    entry = {"file": f"model_{tag}.q", "bytes": len(raw), "file_header_bytes": front, "stored_bits": n_bits,
+             "stored_bytes": n_bits / 8, "compression": 32 * m.n_params / (8 * len(raw)),
+             "compression_stored": 32 * m.n_params / n_bits, "rule": rule, "fraction_bits": frac,
+             "value_bits": value_bits, "formats": formats, "logged": logged}
+    line = (f"  model_{tag}.q = {front} bytes of file header + ceil({n_bits} stored bits / 8) = {len(raw):,} bytes "
+            f"(stored_bytes_{tag} {n_bits / 8:g}, {rule}: F {frac}, b {value_bits}, {','.join(formats)}); {logged}")
+    return raw, quantised_net(c, q), entry, line
+
+
 @torch.no_grad()
 def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[str]) -> list[str]:
     """Write the formats for one run and level; returns the report lines (sizes, checks)."""
     require(formats)
     with tempfile.TemporaryDirectory() as d:
-        run = load_run(run_id, uri, level, Path(d))
+        run, logged, tags = load_run(run_id, uri, level, Path(d))
         pt_bytes = (Path(d) / "model.pt").stat().st_size
     cfg, proto = run.cfg, stored.protocol(run)
     # the level as the run evaluated it: --level 98 is the run's p98, which may be 0.984
@@ -235,6 +337,9 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
              f"compacted forward matches the pruned model (max abs difference {diff:.1e})",
              f"  model.pt (training state, every parameter kind): {pt_bytes:>11,} bytes",
              f"  dense float32 point weights:                     {dense:>11,} bytes"]
+    if "quantised" in formats:
+        raw, cq, meta["quantised"], line = quantised_level(cfg, m, c, tag, logged, tags)
+        lines.append(line)
     files = []
     try:  # into a temporary folder inside `out` (one file system: the renames are atomic), then renamed
         out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +350,11 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
                 path, check = write_onnx(c, x, stem)
                 written.append(path)
                 lines.append(f"  {check}")
+            if "quantised" in formats:
+                Path(f"{stem}.q").write_bytes(raw)
+                path, check = write_onnx(cq, x, Path(f"{stem}.q"))
+                written += [Path(f"{stem}.q"), path] + ([] if "safetensors" in formats else [write_json(c, meta, stem)])
+                lines.append(f"  dequantised net: {check}")
             for p in written:
                 files.append(out / p.name)
                 os.replace(p, files[-1])
@@ -264,13 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", help="output folder (default: export/<run id>)")
     ap.add_argument("--format", action="append", choices=FORMATS,
-                    help="safetensors (+ JSON) or onnx; repeat for both (default: both)")
+                    help="safetensors (+ JSON), onnx, or quantised (model_pNN.q at the level's stored precision, its "
+                    "dequantised ONNX, + JSON); repeat for several (default: safetensors and onnx)")
     ap.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out "
                     "(default: refuse)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path("export") / args.run_id)
     try:
-        formats = args.format or list(FORMATS)
+        formats = args.format or list(DEFAULT_FORMATS)
         require(formats)
         level = parse_level(args.level)
         check_out(out, level, formats, args.overwrite)

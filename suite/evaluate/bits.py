@@ -63,12 +63,17 @@ def variance_fraction_bits(var: Tensor) -> int:
     return math.ceil(int(per_weight.sum()) / per_weight.numel())  # exact: integer sum over count
 
 
+def fixed_point(w: Tensor, frac_bits: int) -> Tensor:
+    """w's integer codes at frac_bits fraction bits: round(w 2^F), float64 (exact: |code| < 2^53)."""
+    return torch.round(w.double() * 2.0 ** frac_bits)
+
+
 def quantise(w: Tensor, frac_bits: int | None) -> tuple[Tensor, int]:
     """w rounded to the nearest multiple of 2^-frac_bits, and its value width b (sign + the magnitude
     bits of the largest code); frac_bits None: w as it is, 32 bits (float32)."""
     if frac_bits is None:
         return w, 32
-    code = torch.round(w.double() * 2.0 ** frac_bits)
+    code = fixed_point(w, frac_bits)
     magnitude = int(code.abs().max()).bit_length() if code.numel() else 0
     return (code * 2.0 ** -frac_bits).to(w.dtype), 1 + magnitude
 
@@ -81,11 +86,17 @@ def relative_index_entries(w: Tensor, k: int) -> int:
     return int(((gaps + 2 ** k - 1) // 2 ** k).sum())
 
 
-def weight_bits(w: Tensor, b: int) -> tuple[int, str]:
-    """Bits of weight matrix w at b bits per value, in the cheaper format: (bits, "dense" | "sparse kK")."""
+def cheapest(w: Tensor, b: int) -> tuple[int, int]:
+    """Bits of weight matrix w at b bits per value in the cheaper format, and its index width k (0: dense)."""
     dense = w.numel() * b
     sparse, k = min((relative_index_entries(w, k) * (k + b), k) for k in INDEX_BITS)
-    return (sparse, f"sparse k{k}") if sparse < dense else (dense, "dense")
+    return (sparse, k) if sparse < dense else (dense, 0)
+
+
+def weight_bits(w: Tensor, b: int) -> tuple[int, str]:
+    """Bits of weight matrix w at b bits per value, in the cheaper format: (bits, "dense" | "sparse kK")."""
+    bits, k = cheapest(w, b)
+    return bits, f"sparse k{k}" if k else "dense"
 
 
 def logits(layers: Layers, h: Tensor, start: int = 0) -> Tensor:
@@ -154,6 +165,21 @@ def stored_bits(layers: Layers, value_bits: list[int], n_inputs: int) -> tuple[i
 
 
 @torch.no_grad()
+def precision(model: Method, c: CompactMLP, val: tuple[Tensor, Tensor] | None) -> tuple[list[int | None], str] | None:
+    """The fraction bits of each of c's stored layers (c: model's compaction) and the rule that chose
+    them: the posterior variances of the model's kept weights, else the validation split val [x [N, 784],
+    y]; None when the model has no variances and val is None (no precision is chosen)."""
+    var = model.weight_variance()
+    if var is not None:
+        segs = [s for s in model.layout if not s.is_bias]
+        kept = [w != 0 for w, _ in point_layers(model)]
+        return [variance_fraction_bits(var[s.start:s.end].view(s.shape)[k]) for s, k in zip(segs, kept)], "posterior variance"
+    if val is None:
+        return None
+    return validation_fraction_bits(stored_layers(c), val[0][:, c.index], val[1]), "validation"
+
+
+@torch.no_grad()
 def measure(model: Method, c: CompactMLP, x: Tensor, y: Tensor, val: tuple[Tensor, Tensor] | None,
             tag: str) -> tuple[dict[str, float], dict[str, str]]:
     """Compression of a pruned model (c its compaction, compact.compact) at level `tag`: after pruning
@@ -165,16 +191,10 @@ def measure(model: Method, c: CompactMLP, x: Tensor, y: Tensor, val: tuple[Tenso
     kept = [w != 0 for w, _ in pruned]
     nonzero = sum(int(k.sum()) for k in kept)
     out = {f"compression_pruned_{tag}": dense_w / nonzero} if nonzero else {}
-    var = model.weight_variance()
-    if var is None and val is None:
+    chosen = precision(model, c, val)
+    if chosen is None:
         return out, {}
-    layers = stored_layers(c)
-    if var is not None:
-        segs = [s for s in model.layout if not s.is_bias]
-        frac = [variance_fraction_bits(var[s.start:s.end].view(s.shape)[k]) for s, k in zip(segs, kept)]
-        rule = "posterior variance"
-    else:
-        frac, rule = validation_fraction_bits(layers, val[0][:, c.index], val[1]), "validation"
+    (frac, rule), layers = chosen, stored_layers(c)
     q, value_bits = quantised(layers, frac)
     bits, formats = stored_bits(q, value_bits, model.sizes[0])
     n_kept = [int((w != 0).sum()) for w, _ in layers]
