@@ -69,7 +69,7 @@ class GroupHorseshoe(GroupScaled):
     name = "bc_ghs"
     Params = GHSParams
     # magnitude first: E[log s z~] is on each layer's own scale (fan-in), so a global level by it empties a layer
-    scores = ("magnitude", "group")
+    scores = ("magnitude", "group")  # unit_score("group"): the group's own E[log zeta] (GroupScaled.unit_score)
     thresholds_field = "ghs_thresholds"
     color = "#9edae5"
     order = 41.0

@@ -42,7 +42,7 @@ class GroupNJ(GroupScaled):
 
     name = "bc_gnj"
     Params = GNJParams
-    scores = ("group", "magnitude")
+    scores = ("group", "magnitude")  # unit_score("group"): the group's own -log alpha (GroupScaled.unit_score)
     thresholds_field = "gnj_thresholds"
     color = "#bcbd22"
     order = 40.0
