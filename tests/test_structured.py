@@ -1,18 +1,23 @@
 """Structured pruning (prune_structure: units): whole input units go, so a level is a smaller dense
 net. Masks counted by hand on a chosen net, the structure checked on any net, tighten's masks only
 shrinking, and a units trial through the real trial code and its stored re-evaluation."""
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from test_gradual_train import states
+from test_gradual_train import tiny as tiny_gradual
 from test_protocols import tiny
 from test_stored import assert_reproduces, evaluated_again
 
-from suite import prune
+from suite import prune, stored
 from suite.analysis import runsfile
 from suite.config import ConfigError, TrialConfig, load_grid
+from suite.data import make_splits
 from suite.evaluate import compact
 from suite.methods import build
+from suite.protocols import PROTOCOLS
 from suite.protocols.base import tighten
 from suite.trial import run_trial
 
@@ -140,3 +145,24 @@ def test_a_units_trial_fine_tunes_whole_units_and_is_evaluated_again_the_same(mn
     one = run_trial(tiny(prune_structure="units", sparsities=(0.0, 0.5, 0.9)), arrays=mnist, ood_images=fmnist.x_test)
     got, _ = evaluated_again(one, mnist, fmnist, tmp_path)  # stored.model_at rebuilds each units mask
     assert_reproduces(got, one.metrics, ["p00", "p50", "p90"])
+
+
+def test_gradual_train_holds_whole_units_and_its_model_pt_rebuilds_the_mask(mnist):
+    torch.set_num_threads(1)
+    cfg = tiny_gradual(prune_structure="units")
+    r, saved = states(cfg, mnist)
+    model = build(cfg)
+    weights, earlier = model.weight_entries(), torch.ones(model.n_params, dtype=torch.bool)
+    for state in saved:
+        held = state["finetune"]["gradual_train"]["held"]
+        assert torch.equal(earlier & held, held)  # only shrinks
+        assert torch.equal(held, model.units_keep(model.reduce_units(held.float(), "max") > 0) | ~weights)
+        earlier = held
+    assert r.metrics["sparsity_p90"] >= 0.9
+    model.load_state_dict(r.state_dict)
+    keep, thr = PROTOCOLS["gradual_train"](cfg, model.eval(), None, {}).mask(0.9)
+    assert torch.equal(keep, earlier) and math.isfinite(thr)  # the held mask, from the weights alone; its score threshold
+    data = make_splits(mnist, cfg.val_size, cfg.train_subset, cfg.seed, torch.device("cpu"))
+    got, _ = stored.evaluate_stored(stored.Stored(cfg, r.state_dict, {}), data, None)
+    for k in ("test_acc_p90", "test_nll_p90", "sparsity_p90", "compact_width_l1_p90"):
+        assert got[k] == r.metrics[k], k
