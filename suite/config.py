@@ -26,6 +26,7 @@ from .registry import METHODS, PROTOCOLS
 DATASETS = ("mnist", "fmnist")
 OPTIMIZERS = ("adam", "sgd")
 PRUNE_SCOPES = ("global", "layer")
+PRUNE_STRUCTURES = ("weights", "units")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIME_FIELDS = ("compile", "device", "data_dir")
 # Chosen so every reasonable method reaches them within 50 epochs (MNIST MLPs plateau near 98 %,
@@ -103,6 +104,8 @@ class TrialConfig:
     """Pruning levels evaluated after training (fraction of prunable weights set to zero)."""
     prune_scope: str = "global"
     """global: one threshold over all layers; layer: the same fraction pruned in every layer."""
+    prune_structure: str = "weights"
+    """weights: prune single weights; units: whole input units (a pixel or hidden unit and its weights), so a level is a smaller dense net."""
     prune_biases: bool = False
     """Also prune biases (counted in the sparsity denominator)."""
     pruner: str = "auto"
@@ -315,7 +318,7 @@ def _fail(name: str, value, allowed: str) -> typing.NoReturn:
 def validate(c: TrialConfig) -> None:
     """Range and choice checks; types were coerced already. Raises ConfigError naming the field."""
     cls = c.method_cls
-    choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "prune_scope": PRUNE_SCOPES, "protocol": PROTOCOLS,
+    choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "prune_scope": PRUNE_SCOPES, "prune_structure": PRUNE_STRUCTURES, "protocol": PROTOCOLS,
                "device": DEVICES, "pruner": ("auto", *cls.scores, "random")}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:

@@ -327,7 +327,8 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
         raise ExportError(f"the compacted network differs from the pruned model by {diff:.2e}: please report it.")
     tag = prune.level_tag(level)
     meta = {"run_id": run_id, "method": cfg.method, "label": cfg.label(), "dataset": cfg.dataset, "level": tag,
-            "pruner": cfg.resolved_pruner, "prune_scope": cfg.prune_scope, "prune_biases": cfg.prune_biases,
+            "pruner": cfg.resolved_pruner, "prune_scope": cfg.prune_scope, "prune_structure": cfg.prune_structure,
+            "prune_biases": cfg.prune_biases,
             "sparsity": prune.measured_sparsity(m, x[:10], cfg.prune_biases)[0], "dense_widths": c.dense_widths,
             "weights": "point estimate (Method.point_weights)", "activation": "relu between layers, none after the last",
             "input": "x [N, 784] float32: 28x28 pixels row-major / 255", "output": "logits [N, 10]",

@@ -1,4 +1,4 @@
-"""Unstructured pruning after training: importance scores -> keep mask -> zeros in the forward pass.
+"""Pruning after training: importance scores -> keep mask (weights, or whole input units) -> zeros in the forward pass.
 
 One path for every method: a model exposes a flat importance score over its flat parameter vector
 (L1 |w|, SNR |mu|/sigma, or random) and a prune_ that writes the zeros into the tensors its forward
@@ -30,8 +30,14 @@ def prunable(model: Method, prune_biases: bool) -> Tensor:
     return torch.ones(model.n_params, dtype=torch.bool) if prune_biases else model.weight_entries()
 
 
-def scores(model: Method, kind: str, seed: int) -> Tensor:
-    """Flat [P] importance, lower = pruned first. random is seeded so a trial stays reproducible."""
+def scores(model: Method, kind: str, seed: int, structure: str = "weights") -> Tensor:
+    """Flat [P] importance, lower = pruned first. random is seeded so a trial stays reproducible.
+    structure units: every weight carries its input unit's score (Method.unit_score; random: one draw
+    per unit), every bias +inf, so a caller marks pruned entries -inf as it does for weights."""
+    if structure == "units":
+        g = (torch.rand(model.n_groups, generator=torch.Generator().manual_seed(seed)) if kind == "random"
+             else model.unit_score(kind).detach().float().cpu())
+        return model.per_weight(g, float("inf")).cpu()
     if kind == "random":
         return torch.rand(model.n_params, generator=torch.Generator().manual_seed(seed))
     return model.score(kind).float().cpu()
@@ -47,12 +53,15 @@ def pruning_order(score: Tensor, magnitude: Tensor) -> Tensor:
     return by_magnitude[torch.sort(score[by_magnitude], stable=True).indices]
 
 
-def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method) -> tuple[Tensor, float]:
+def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method,
+              structure: str = "weights") -> tuple[Tensor, float]:
     """Bool [P] keep mask pruning exactly round(sparsity * n) allowed entries (global) or that
     fraction of every weight matrix / bias vector (layer), first in pruning_order: lowest score, ties
     by the smaller |point weight| (model.point_weights(): the weights the prediction uses), then the lower
-    flat index. Also returns the score threshold (largest pruned score; -inf if none; NaN for layer
-    scope, where every layer has its own) for the plots."""
+    flat index; structure units: whole input units (unit_mask). Also returns the score threshold (largest
+    pruned score; -inf if none; NaN for layer scope, where every layer has its own) for the plots."""
+    if structure == "units":
+        return unit_mask(score, allowed, sparsity, scope, model)
     keep = torch.ones_like(allowed)
     magnitude = model.point_weights().detach().abs().float().cpu()
     groups = [allowed.nonzero().squeeze(1)] if scope == "global" else [
@@ -66,6 +75,56 @@ def keep_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model
         keep[low] = False
         threshold = max(threshold, float(score[low].max()))
     return keep, threshold if scope == "global" else float("nan")
+
+
+def unit_mask(score: Tensor, allowed: Tensor, sparsity: float, scope: str, model: Method) -> tuple[Tensor, float]:
+    """Structured pruning (Louizos, Ullrich & Welling 2017 prune neurons): whole input units, so the
+    pruned net is a smaller dense net. score: [P] as scores(structure="units") gives it, pruned entries
+    -inf; a unit scores the max over its column (-inf: nothing of it is left). Units go in pruning_order
+    (ties by the RMS of the column's |point weight|, then the lower unit index) until at least
+    round(sparsity * n) allowed entries are removed (global; layer: of every layer); a removed unit
+    takes its column, and a hidden one its row and bias in the layer before (Method.units_keep), all
+    counted. Units scoring -inf always go, so a mask that only shrinks stays exact (tighten); the
+    output units never go. The level may overshoot: the sparsity is measured, as always.
+    Counting a prefix of c_i units of layer i's input and r_i of its output (r_i = c_{i+1}, 0 for the
+    last layer) removes c_i n_out + r_i n_in - c_i r_i weights (inclusion-exclusion), plus r_i biases
+    when they are prunable, so every prefix is counted at once."""
+    g_score = model.reduce_units(score, "max")
+    g_mag = model.reduce_units(model.point_weights().detach().abs().float().cpu(), "rms")
+    slices, widths = model.group_slices(), model.sizes
+    biases = bool(allowed[model.layout[1].start])  # prunable() allows every bias or none
+    n_layers = len(slices)
+
+    def removed(i: int, c: Tensor, r: Tensor) -> Tensor:
+        """Entries of layer i removed by c of its input units and r of its output units."""
+        return c * widths[i + 1] + r * widths[i] - c * r + (r if biases else 0)
+
+    drop = torch.zeros(model.n_groups, dtype=torch.bool)
+    if scope == "global":
+        order = pruning_order(g_score, g_mag)
+        layer = torch.cat([torch.full((sl.stop - sl.start,), i) for i, sl in enumerate(slices)])[order]
+        c = torch.cat([torch.zeros(1, n_layers, dtype=torch.long),
+                       torch.nn.functional.one_hot(layer, n_layers).cumsum(0)])  # [G + 1, layers]: units per prefix
+        r = torch.cat([c[:, 1:], torch.zeros(len(c), 1, dtype=torch.long)], 1)
+        count = sum(removed(i, c[:, i], r[:, i]) for i in range(n_layers))
+        k = round(sparsity * int(allowed.sum()))
+        enough = (count >= k).nonzero()
+        t = max(int(enough[0]) if len(enough) else model.n_groups, int(torch.isneginf(g_score).sum()))
+        drop[order[:t]] = True
+        threshold = float(g_score[order[:t]].max()) if t else float("-inf")
+    else:  # from the output layer back: each layer's count depends on the rows its next layer removes
+        r = 0
+        for i in reversed(range(n_layers)):
+            sl = slices[i]
+            order = pruning_order(g_score[sl], g_mag[sl])
+            k = round(sparsity * (widths[i] * widths[i + 1] + (widths[i + 1] if biases else 0)))
+            counts = removed(i, torch.arange(widths[i] + 1), torch.tensor(r))
+            enough = (counts >= k).nonzero()
+            t = max(int(enough[0]) if len(enough) else widths[i], int(torch.isneginf(g_score[sl]).sum()))
+            drop[sl.start + order[:t]] = True
+            r = t
+        threshold = float("nan")
+    return model.units_keep(~drop) | ~allowed, threshold
 
 
 def pruned_copy(model: Method, keep: Tensor) -> Method:

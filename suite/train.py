@@ -122,10 +122,10 @@ def pruned_val_acc(model: Method, cfg: TrialConfig, data: Splits) -> dict[str, f
     if not cfg.val_sparsities:
         return {}
     allowed = prune.prunable(model, cfg.prune_biases)
-    score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
+    score = prune.scores(model, cfg.resolved_pruner, cfg.seed, cfg.prune_structure)
     out = {}
     for p in cfg.val_sparsities:
-        keep, _ = prune.keep_mask(score, allowed, p, cfg.prune_scope, model)
+        keep, _ = prune.keep_mask(score, allowed, p, cfg.prune_scope, model, cfg.prune_structure)
         out[f"val_acc_{prune.level_tag(p)}"] = evaluate_acc(prune.pruned_copy(model, keep), data.x_val, data.y_val)
     out["val_acc_mean"] = sum(out.values()) / len(out)  # the area under validation accuracy vs the listed levels, per level
     return out

@@ -14,6 +14,7 @@ registered with @register in its own file (ARCHITECTURE.md, "How to add a method
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -108,6 +109,7 @@ class Method(nn.Module):
         self.sizes = [784, *cfg.hidden, 10]
         self.layout = make_layout(self.sizes)
         self.n_params = self.layout[-1].end
+        self.n_groups = sum(self.sizes[:-1])  # input units of every layer (a unit = one column W_i[:, j])
         self.dropout, self.input_dropout = 0.0, False
         self.held: Tensor | None = None  # bool [P] mask held during fine-tuning (hold_)
         self.init_parameters()
@@ -244,6 +246,57 @@ class Method(nn.Module):
         """Zero the pruned entries (keep: bool [P]) in every tensor the forward pass reads; a pruned
         stochastic weight must sample to exactly 0."""
         raise NotImplementedError
+
+    # -- input units: unit j of layer i is the column W_i[:, j] (a pixel for layer 0, a hidden unit for
+    # the later layers); a [G] tensor holds one value per unit, layer by layer (G = n_groups)
+    def group_slices(self) -> list[slice]:
+        """The units of each layer within a [G] tensor."""
+        ends = [0, *itertools.accumulate(self.sizes[:-1])]
+        return [slice(a, b) for a, b in zip(ends, ends[1:])]
+
+    def per_weight(self, g: Tensor, bias: float) -> Tensor:
+        """[G] per-unit values -> [P]: each weight W_i[o, j] gets its input unit's g, each bias `bias`."""
+        parts = []
+        for sl, seg in zip(self.group_slices(), self.layout[::2]):
+            n_out, n_in = seg.shape
+            parts += [g[sl].expand(n_out, n_in).reshape(-1), g.new_full((n_out,), bias)]
+        return torch.cat(parts)
+
+    def units_keep(self, g: Tensor) -> Tensor:
+        """Bool [G] kept units -> bool [P]: W_i[o, j] is kept when input unit j is kept and, for a hidden
+        output o, o's own unit as an input of the next layer is (a unit nothing reads needs no inputs:
+        Louizos et al. 2017's masks); a hidden unit's bias goes with it; the output units always stay.
+        A hidden unit left with no input is a constant the compaction folds."""
+        ones = torch.ones(self.sizes[-1], dtype=torch.bool, device=g.device)
+        parts = []
+        for sl, out in zip(self.group_slices(), [*self.group_slices()[1:], None]):
+            o = g[out] if out is not None else ones
+            parts += [(o[:, None] & g[None, sl]).reshape(-1), o]
+        return torch.cat(parts)
+
+    def reduce_units(self, values: Tensor, how: str, live: Tensor | None = None) -> Tensor:
+        """[P] -> [G]: each unit's "rms" (root mean square), "mean" or "max" of `values` over its column's
+        entries that are `live` (bool [P], default all) and not NaN (a pruned BBB weight's SNR is 0 / 0);
+        -inf for a unit with none."""
+        out = []
+        for seg in self.layout[::2]:
+            v = values[seg.start:seg.end].view(seg.shape)
+            ok = ~torch.isnan(v) if live is None else live[seg.start:seg.end].view(seg.shape) & ~torch.isnan(v)
+            if how == "max":
+                out.append(v.masked_fill(~ok, float("-inf")).amax(0))
+                continue
+            n = ok.sum(0)
+            r = torch.where(ok, v * v if how == "rms" else v, 0.0).sum(0) / n.clamp_min(1)
+            out.append((r.sqrt() if how == "rms" else r).masked_fill(n == 0, float("-inf")))
+        return torch.cat(out)
+
+    def unit_score(self, kind: str) -> Tensor:
+        """[G] score of every input unit for prune_structure units, lower = removed first; kind is one of
+        self.scores. Default: the root mean square of score(kind) over the unit's weights still held (a
+        score >= 0 such as |w| or SNR): a mean, so units of fan-out 500 and 10 compare across layers
+        (magnitude: the unit's L2 norm / sqrt(fan-out)). A method whose score can be negative
+        overrides it (the mean: Sparse VD's -log alpha)."""
+        return self.reduce_units(self.score(kind).float(), "rms", self.held)
 
     def natural_keep(self) -> Tensor | None:
         """Bool [P] mask of the weights the method itself keeps (if has_natural), else None."""

@@ -55,6 +55,7 @@ class BBB(Method):
     name = "bbb"
     Params = BBBParams
     scores = ("snr", "magnitude")
+    # unit_score: the default root mean square, as SNR and |mu| are >= 0 (a unit of low SNR is mostly noise)
     has_kl = has_mc = compiled_kernels = True
     weight_noise = "threefry4x32-20"
     color = "#d62728"

@@ -20,7 +20,6 @@ N(0, z^2) cancels z).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -91,7 +90,6 @@ class GroupScaled(Method):
             fail(cls.thresholds_field, list(t), f"one value, or one per layer ({n} with hidden={list(cfg.hidden)})")
 
     def init_parameters(self) -> None:
-        self.n_groups = sum(self.sizes[:-1])
         self.mu = nn.Parameter(self.uniform_init())
         self.log_sigma2 = nn.Parameter(torch.full((self.n_params,), self.p.bc_log_sigma2_init))
         self.register_buffer("is_weight", self.weight_entries(), persistent=False)
@@ -102,19 +100,6 @@ class GroupScaled(Method):
 
     def init_groups(self) -> None:
         raise NotImplementedError
-
-    def group_slices(self) -> list[slice]:
-        """The groups of each layer within a [G] tensor."""
-        ends = [0, *itertools.accumulate(self.sizes[:-1])]
-        return [slice(a, b) for a, b in zip(ends, ends[1:])]
-
-    def per_weight(self, g: Tensor, bias: float) -> Tensor:
-        """[G] per-group values -> [P]: each weight W_i[o, j] gets its input unit's g, each bias `bias`."""
-        parts = []
-        for sl, seg in zip(self.group_slices(), self.layout[::2]):
-            n_out, n_in = seg.shape
-            parts += [g[sl].expand(n_out, n_in).reshape(-1), g.new_full((n_out,), bias)]
-        return torch.cat(parts)
 
     # -- training
     def objective(self, x: Tensor, y: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -166,22 +151,19 @@ class GroupScaled(Method):
         return keep
 
     def natural_keep(self) -> Tensor:
-        """Bool [P]: W_i[o, j] is kept when input unit j's group is kept and, for a hidden output o, o's
-        own group as an input of the next layer is (a unit nothing reads needs no inputs: the authors'
-        masks); every bias is kept. A hidden unit left with no input is a constant the compaction folds."""
-        g = self.group_keep()
-        keep_in = self.per_weight(g.float(), 1.0) > 0
-        out = []
-        for sl, seg in zip(self.group_slices()[1:] + [None], self.layout[::2]):
-            n_out, n_in = seg.shape
-            o = g[sl] if sl is not None else torch.ones(n_out, dtype=torch.bool, device=g.device)
-            out += [o[:, None].expand(n_out, n_in).reshape(-1), torch.ones(n_out, dtype=torch.bool, device=g.device)]
-        return keep_in & torch.cat(out)
+        """Bool [P]: the weights of the kept groups (Method.units_keep: a unit nothing reads loses its
+        inputs too, the authors' masks); every bias is kept."""
+        return self.units_keep(self.group_keep()) | ~self.is_weight
 
     def score(self, kind: str) -> Tensor:
         if kind == "group":  # every weight of a group scores as its group; biases last
             return self.per_weight(self.group_score().detach(), float("inf"))
         return super().score(kind)
+
+    def unit_score(self, kind: str) -> Tensor:
+        if kind == "group":  # the prior's own per-group score (it may be negative: never a root mean square)
+            return self.group_score().detach()
+        return super().unit_score(kind)
 
     @torch.no_grad()
     def prune_(self, keep: Tensor) -> None:

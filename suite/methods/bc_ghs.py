@@ -76,7 +76,8 @@ class GroupHorseshoe(GroupScaled):
     name = "bc_ghs"
     Params = GHSParams
     # magnitude first, as bc_gnj: in the first 200-epoch run, weights ranked by their group's noise lose far
-    # more at global levels (validation accuracy at 90 %: 0.52 against 0.98 by magnitude)
+    # more at global levels (validation accuracy at 90 %: 0.52 against 0.98 by magnitude); unit_score("group")
+    # is the group's own -log alpha (GroupScaled.unit_score)
     scores = ("magnitude", "group")
     thresholds_field = "ghs_thresholds"
     color = "#9edae5"

@@ -44,7 +44,7 @@ class GroupNJ(GroupScaled):
     Params = GNJParams
     # magnitude first: ranking single weights by their group's -log alpha loses far more at global levels
     # (first 200-epoch MNIST run, validation accuracy at 90 %: 0.60 against 0.98 by magnitude); whole units
-    # go at the natural level
+    # go at the natural level, and unit_score("group") is the group's own -log alpha (GroupScaled.unit_score)
     scores = ("magnitude", "group")
     thresholds_field = "gnj_thresholds"
     color = "#bcbd22"

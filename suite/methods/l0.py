@@ -79,6 +79,7 @@ class L0(Method):
     name = "l0"
     Params = L0Params
     scores = ("magnitude", "gate")
+    # unit_score: the default root mean square, as |theta z| and the open probability are >= 0
     has_kl = has_mc = has_natural = True
     color = "#e377c2"
     order = 30.0

@@ -184,6 +184,11 @@ class SparseVD(Method):
             return -self.log_alpha().detach()
         return super().score(kind)
 
+    def unit_score(self, kind: str) -> Tensor:
+        if kind == "log_alpha":  # -log alpha < 0 for noisy weights: the mean (-log of alpha's geometric mean), not an RMS
+            return self.reduce_units(self.score(kind).float(), "mean", self.held)
+        return super().unit_score(kind)
+
     def natural_keep(self) -> Tensor:
         """Bool [P]: weights with log alpha <= threshold, and every bias."""
         return (self.log_alpha().detach() <= self.p.threshold) | ~self.is_weight

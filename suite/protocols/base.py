@@ -49,7 +49,7 @@ class Protocol:
         self.cfg, self.model, self.data, self.store = cfg, model, data, store
         self.on_epoch, self.state = on_epoch, state
         self.allowed = prune.prunable(model, cfg.prune_biases)
-        self.score = prune.scores(model, cfg.resolved_pruner, cfg.seed)
+        self.score = prune.scores(model, cfg.resolved_pruner, cfg.seed, cfg.prune_structure)
 
     # -- configuration (no model needed)
     @classmethod
@@ -92,7 +92,7 @@ class Protocol:
     # -- one trial's sweep
     def mask(self, level: float | str) -> tuple[Tensor, float]:
         """Bool [P] keep mask of a level and its score threshold (for the score histograms' plots)."""
-        return prune.keep_mask(self.score, self.allowed, level, self.cfg.prune_scope, self.model)
+        return prune.keep_mask(self.score, self.allowed, level, self.cfg.prune_scope, self.model, self.cfg.prune_structure)
 
     def prune_level(self, i: int, level: float | str, keep: Tensor, progress: dict) -> tuple[Method, dict[str, float]]:
         """The model evaluated at level number i (never self.model itself) and metrics of the
@@ -141,12 +141,13 @@ class Protocol:
 
 def tighten(m: Method, cfg: TrialConfig, sparsity: float, rewind: dict | None = None) -> None:
     """Prune m further, to `sparsity`, by the score of its current weights, and hold that mask:
-    what is pruned already stays pruned (its score counts as -inf), so the masks only shrink.
+    what is pruned already stays pruned (its score counts as -inf; structure units: so does a unit
+    with nothing left, and the others score over their held weights), so the masks only shrink.
     rewind: a state dict whose weights the kept entries are reset to first (the pruned ones stay 0)."""
-    score = prune.scores(m, cfg.resolved_pruner, cfg.seed)
+    score = prune.scores(m, cfg.resolved_pruner, cfg.seed, cfg.prune_structure)
     if m.held is not None:
         score[~m.held.cpu()] = float("-inf")
-    keep, _ = prune.keep_mask(score, prune.prunable(m, cfg.prune_biases), sparsity, cfg.prune_scope, m)
+    keep, _ = prune.keep_mask(score, prune.prunable(m, cfg.prune_biases), sparsity, cfg.prune_scope, m, cfg.prune_structure)
     if rewind is not None:
         m.load_state_dict(rewind)
     m.hold_(keep)

@@ -71,10 +71,14 @@ class GradualTrain(Protocol):
     def mask(self, level):
         """The held mask, rebuilt from the trained weights alone (model.pt is all a re-evaluation has):
         the held entries are exactly the zeros of the point weights (prune_), so they score -inf and
-        are the round(s_f n) lowest, the count tighten pruned; the threshold is that of the score."""
+        are the round(s_f n) lowest, the count tighten pruned (structure units: the units with nothing
+        left, all of which go); the threshold is that of the score (units: of the units removed)."""
         zeros = self.model.point_weights().detach().cpu() == 0
         keep, _ = prune.keep_mask(self.score.masked_fill(zeros, float("-inf")), self.allowed, level,
-                                  self.cfg.prune_scope, self.model)
+                                  self.cfg.prune_scope, self.model, self.cfg.prune_structure)
         pruned = self.score[self.allowed & ~keep]
+        if self.cfg.prune_structure == "units":  # a unit's score sits on every weight of its column
+            units = self.model.reduce_units(self.score, "max")
+            pruned = units[self.model.reduce_units(keep.float(), "max") == 0]
         return keep, float(pruned.max()) if self.cfg.prune_scope == "global" and len(pruned) else math.nan
 
