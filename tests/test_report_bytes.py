@@ -120,6 +120,14 @@ def test_an_arm_with_no_level_within_the_target_says_so():
     assert t.cells.loc["SGD", "level"] == "-"
     assert t.cells.loc["SGD", "test error %"] == "none meets the target (lowest 3.00% at 0 %)"
     assert t.cells.loc["SGD", "stored kB"] == "-"
+    assert t.cells.loc["SGD", "epochs per trial"] == "10"
+    # no arm within the target: every row says so, the columns stay, and there is no verdict
+    none = {label: (v, b, {tag: ((0.97, 0.97), *rest) for tag, (_, *rest) in lv.items()}) for label, (v, b, lv) in ARMS.items()}
+    for table in (footprint.bytes_table(frame(none), "mnist"), footprint.latency_table(frame(none), "mnist")):
+        assert table.cells["level"].eq("-").all() and table.cells.iloc[:, 2].eq("-").all()
+        assert "none meets the target" in table.markdown() and "none meets" in table.html("t")
+    assert "compacted ms b1000" in footprint.latency_table(frame(none), "mnist").cells
+    assert footprint.verdict(frame(none), "mnist") == []
 
 
 def test_the_verdict_names_the_winners_and_whether_they_are_bayesian():

@@ -85,7 +85,7 @@ def _best(g: pd.DataFrame, bar: float, col: str) -> str | None:
     """The level of one arm's rows g with the smallest mean `col` among those whose mean error meets the bar."""
     means = g.groupby("level")[["error", col]].mean()
     means = means.loc[sorted(means.index, key=level_key)]
-    ok = means[(means.error <= bar + 1e-12) & means[col].notna()]
+    ok = means[compression.within(means.error, bar) & means[col].notna()]
     return ok[col].idxmin() if not ok.empty else None
 
 
@@ -94,9 +94,10 @@ def _num(h: pd.DataFrame, col: str, digits: int, scale: float = 1.0, note: str =
     return cell(v.mean(), v.std(), len(v), digits, note) if len(v) else "-"
 
 
-def _pick(df: pd.DataFrame, dataset: str, col: str, columns) -> Table:
+def _pick(df: pd.DataFrame, dataset: str, col: str, header: str, columns) -> Table:
     """Per arm with `col` logged: its level of smallest mean `col` within the error target, as `columns(h)` cells
-    (h its runs at that level) after level and test error, with the budgets; the smallest mean in bold."""
+    (h its runs at that level; `header` the cell of `col`) after level and test error, with the budgets; the
+    smallest mean in bold. An arm with no level within the target says so, its cells "-"."""
     d = df[df.dataset == dataset]
     lv = levels(d)
     lv = lv[lv.label.isin(lv.loc[lv[col].notna(), "label"])]
@@ -110,7 +111,8 @@ def _pick(df: pd.DataFrame, dataset: str, col: str, columns) -> Table:
         level = _best(g, bar, col)
         if level is None:
             low = g.groupby("level").error.mean()
-            rows[label] = {"level": "-", "test error %": f"{NONE_MEETS} (lowest {low.min():.2%} at {level_name(low.idxmin())})"}
+            rows[label] = {"level": "-", "test error %": f"{NONE_MEETS} (lowest {low.min():.2%} at {level_name(low.idxmin())})",
+                           **columns(g.iloc[:0]), EPOCHS_MODEL: "-", EPOCHS_TRIAL: trial_epochs_text(d, label)}
             means[label] = np.nan
             continue
         h = g[g.level == level]
@@ -118,15 +120,14 @@ def _pick(df: pd.DataFrame, dataset: str, col: str, columns) -> Table:
                        "test error %": _num(h, "error", 2, 100), **columns(h),
                        EPOCHS_MODEL: model_epochs_text(d, label, level), EPOCHS_TRIAL: trial_epochs_text(d, label)}
         means[label] = h[col].mean()
-    cells = pd.DataFrame.from_dict(rows, orient="index").fillna("-")
-    header = next(c for c in cells.columns if c not in ("level", "test error %"))
+    cells = pd.DataFrame.from_dict(rows, orient="index")
     return Table(cells, pd.DataFrame({header: pd.Series(means)}), False)
 
 
 def bytes_table(df: pd.DataFrame, dataset: str) -> Table:
     """Per arm that logged stored_bytes: the level stored in the fewest bytes within the error target, with its
     compression after pruning and after precision reduction, bits per weight and quantised test error."""
-    return _pick(df, dataset, "stored_bytes", lambda h: {
+    return _pick(df, dataset, "stored_bytes", "stored kB", lambda h: {
         "stored kB": _num(h, "stored_bytes", 1, 1e-3), "x after pruning": _num(h, "compression_pruned", 1),
         "x after precision": _num(h, "compression_bits", 1), "bits / weight": _num(h, "bits", 1),
         "quantised error %": _num(h, "quant_error", 2, 100)})
@@ -141,7 +142,7 @@ def latency_table(df: pd.DataFrame, dataset: str) -> Table:
             out[f"compacted ms b{b}"] = _num(h, f"latency_compact_b{b}_ms", 3)
             out[f"speed-up x b{b}"] = _num(h, f"x_compact_b{b}", 2, note=payoff.spread(h, f"x_compact_b{b}"))
         return out
-    t = _pick(df, dataset, LATENCY, columns)
+    t = _pick(df, dataset, LATENCY, "compacted ms b1000", columns)
     unlogged = [c for c in t.cells.columns if c.endswith("b1") and (t.cells[c] == "-").all()]
     return Table(t.cells.drop(columns=unlogged), t.means, t.higher) if unlogged else t
 
