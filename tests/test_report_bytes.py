@@ -135,7 +135,7 @@ def test_the_verdict_names_the_winners_and_whether_they_are_bayesian():
         "MNIST: the fewest bytes within the error target are Sparse VD's (Bayesian), 9.2 kB at its natural level; the "
         "fewest of a non-Bayesian arm: SGD's, 31.0 kB (3.4x as many).",   # 31.0 / 9.2
         "MNIST: the lowest latency at batch 1000 within the error target is BBB's (Bayesian), 0.320 ms at 90 % pruned, 6.27x "
-        "the dense forward's speed; the lowest of a non-Bayesian arm: SGD's, 0.600 ms (1.9x as long)."]  # (2/.3+2/.34)/2
+        "the dense forward's speed; the lowest of a non-Bayesian arm: SGD's, 0.600 ms (1.88x as long)."]  # (2/.3+2/.34)/2
 
 
 def test_arms_without_bytes_metrics_are_named_with_the_reason():

@@ -62,7 +62,7 @@ FEWEST = "{name}: the fewest bytes within the error target are {label}'s ({kind}
 FEWEST_OTHER = "; the fewest of a {kind} arm: {label}'s, {kb:.1f} kB ({ratio:.1f}x as many)"
 FASTEST = ("{name}: the lowest latency at batch 1000 within the error target is {label}'s ({kind}), {ms:.3f} ms at {level}, "
            "{x:.2f}x the dense forward's speed{other}.")
-FASTEST_OTHER = "; the lowest of a {kind} arm: {label}'s, {ms:.3f} ms ({ratio:.1f}x as long)"
+FASTEST_OTHER = "; the lowest of a {kind} arm: {label}'s, {ms:.3f} ms ({ratio:.2f}x as long)"
 NO_OTHER = "; no {kind} arm has a level within the target to compare"
 KIND = {True: "Bayesian", False: "not Bayesian"}       # the winner, in brackets
 ARM_KIND = {True: "Bayesian", False: "non-Bayesian"}   # "a ... arm"
