@@ -183,6 +183,12 @@ def baseline_label(df: pd.DataFrame) -> str | None:
     return labels[0] if labels else None
 
 
+def bayesian(df: pd.DataFrame, label: str) -> bool:
+    """Is the label's method Bayesian: does its objective hold a KL term to a prior (Method.has_kl, so its runs log
+    train_kl)? BBB, Sparse VD, L0 and Bayesian Compression are; SGD and Dropout (a point estimate) are not."""
+    return "train_kl" in df and bool(df.loc[df.label == label, "train_kl"].notna().any())
+
+
 def level_key(level: str) -> float:
     """Sort key of a level name: p00 < p50 < p99 < nat."""
     return np.inf if level == NAT else int(level[1:])

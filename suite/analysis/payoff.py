@@ -61,13 +61,11 @@ def levels(df: pd.DataFrame) -> pd.DataFrame:
     per-round median where logged, else the ratio of the medians) and their quartiles `x_{kernel}_b{B}_q25` / `_q75`
     (NaN where not logged), the FLOPs ratios `flops_x_nonzero`, `flops_x_compact` and `flops_x_run`, the sizes in MB
     and the compacted widths `width_l{i}`."""
-    out = compression.levels(df)
-    for metric in [*(f"latency_{k}_b{b}_ms" for k in ("dense", *KERNELS) for b in BATCHES), *SIZES,
-                   *(f"latency_speedup_{k}_b{b}{q}" for k in KERNELS for b in BATCHES for q in ("", "_q25", "_q75")),
-                   *(f"flops_{k}" for k in ("dense", "nonzero", "compact", "run")),
-                   *sorted({m[: m.rindex("_")] for m in df.columns if m.startswith("compact_width_l")})]:
-        long = by_level(df, metric)[["run_id", "level", metric]]
-        out = out.merge(long, on=["run_id", "level"], how="left") if not long.empty else out.assign(**{metric: np.nan})
+    out = joined(compression.levels(df), df,
+                 [*(f"latency_{k}_b{b}_ms" for k in ("dense", *KERNELS) for b in BATCHES), *SIZES,
+                  *(f"latency_speedup_{k}_b{b}{q}" for k in KERNELS for b in BATCHES for q in ("", "_q25", "_q75")),
+                  *(f"flops_{k}" for k in ("dense", "nonzero", "compact", "run")),
+                  *sorted({m[: m.rindex("_")] for m in df.columns if m.startswith("compact_width_l")})])
     for k in KERNELS:
         for b in BATCHES:
             of_medians = out[f"latency_dense_b{b}_ms"] / out[f"latency_{k}_b{b}_ms"]
@@ -79,6 +77,14 @@ def levels(df: pd.DataFrame) -> pd.DataFrame:
     for s in SIZES:
         out[s] = out[s] / 1e6
     out = out.rename(columns={c: "width_" + c.removeprefix("compact_width_") for c in out if c.startswith("compact_width_")})
+    return out
+
+
+def joined(out: pd.DataFrame, df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """`out` (rows per run and level) with a column per per-level metric of df; NaN where a run did not log it."""
+    for metric in metrics:
+        long = by_level(df, metric)[["run_id", "level", metric]]
+        out = out.merge(long, on=["run_id", "level"], how="left") if not long.empty else out.assign(**{metric: np.nan})
     return out
 
 

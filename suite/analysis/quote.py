@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import compression, cost, payoff, scaling
+from . import compression, cost, footprint, payoff, scaling
 from .levels import METRICS, level_table
 from .load import AnalysisError, load_file
 from .table import COLLAPSED_NOTE, DAGGER, Table, budget_table, level_name
@@ -46,6 +46,8 @@ KINDS = {
     "cost": (("dataset",), cost.cost_table),
     "inference": (("dataset",), lambda df, ds: cost.cost_table(df, ds, cost.INFERENCE_COST)),
     "compression": (("dataset",), lambda df, ds: compression.compression_table(df, ds)[0]),
+    "bytes": (("dataset",), footprint.bytes_table),
+    "latency": (("dataset",), footprint.latency_table),
     "budget": (("dataset",), budget_table),
     "speedup": (("dataset",), payoff.speedup_table),
     "width": (("cost",), scaling.width_table),

@@ -10,8 +10,8 @@ is checked (the server answers, a sqlite file is sound) and so is the output fol
 each file is written whole or not at all.
 
 Each section of the report is one module holding its tables, figures and prose (headline, accuracy,
-cost, scaling, compression, payoff, trust, references, recipes, training); this one puts them in order,
-with the intro, and writes report.md and index.html, two renderings of one structure (document.py).
+cost, scaling, compression, footprint (bytes and latency), payoff, trust, references, recipes, training); this
+one puts them in order, with the intro, and writes report.md and index.html, two renderings of one structure (document.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..preflight import PreflightError, check_writable_folder, open_store, tracking_uri
-from . import accuracy, compression, cost, headline, payoff, recipes, references, scaling, training, trust
+from . import accuracy, compression, cost, footprint, headline, payoff, recipes, references, scaling, training, trust
 from .document import Section, finish, images, to_html, to_markdown
 from .files import replacing
 from .load import DATASET_NAMES, AnalysisError, Experiment, history, load, load_file, ordered_datasets
@@ -88,6 +88,7 @@ def sections(exp: Experiment, out: Path, against: Experiment | None = None) -> l
             *per_dataset,
             *scaling.sections(df, tdir),
             compression.section(exp, out),
+            footprint.section(exp, out),
             payoff.section(exp, out),
             trust.section(exp, out),
             references.section(df, tdir),
