@@ -215,8 +215,15 @@ class TrialConfig:
         return TrialConfig(**{**flat, "protocol": "oneshot", "sparsities": [0.0]}).grid_key()
 
     def label(self) -> str:
-        """Human name of the configuration (SGD, Dropout p, BBB, ...; the protocol's suffix, e.g. '+ fine-tune')."""
-        return self.method_cls.label(self) + self.protocol_cls.label_suffix
+        """Human name of the configuration (SGD, Dropout p, BBB, ...; the protocol's suffix, e.g. '+ fine-tune';
+        ' (units)' for structured pruning, so the analysis never pools it with the same arm pruning weights,
+        nor compares it with published weight-pruning results, which are matched by label)."""
+        units = " (units)" if self.prune_structure == "units" else ""
+        return self.method_cls.label(self) + self.protocol_cls.label_suffix + units
+
+    def label_order(self) -> float:
+        """Where the label sorts: the method's order, the protocol's offset, a structured arm just after its twin."""
+        return self.method_cls.label_order(self) + self.protocol_cls.order_offset + 0.01 * (self.prune_structure == "units")
 
     def run_name(self) -> str:
         """MLflow run name: label, dataset, seed and the start of the grid_key."""
@@ -229,9 +236,8 @@ class TrialConfig:
         color = proto.baseline_color if proto.baseline_color and cls.is_baseline(self) else cls.label_color(self)
         tags = {"grid_key": self.grid_key(), "method": self.method, "dataset": self.dataset,
                 "dropout": str(getattr(self.params, "dropout", 0.0)), "seed": str(self.seed), "label": self.label(),
-                "protocol": self.protocol, "label_order": f"{cls.label_order(self) + proto.order_offset:g}",
-                "color": color}
-        if cls.is_baseline(self) and proto.is_baseline:
+                "protocol": self.protocol, "label_order": f"{self.label_order():g}", "color": color}
+        if cls.is_baseline(self) and proto.is_baseline and self.prune_structure == "weights":
             tags["baseline"] = "true"
         if (dense := self.dense_key()) is not None:
             tags["dense_key"] = dense

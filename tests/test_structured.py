@@ -129,6 +129,16 @@ def test_the_field_is_validated_and_leaves_every_released_key_alone():
     assert TrialConfig(prune_structure="units").grid_key() != TrialConfig().grid_key()
 
 
+def test_a_units_arm_has_its_own_label_after_its_twin_and_is_never_the_baseline():
+    weights = TrialConfig(method="sgd", dropout=0.0)
+    units = TrialConfig(method="sgd", dropout=0.0, prune_structure="units")
+    assert weights.label() == "SGD" and units.label() == "SGD (units)"
+    nxt = TrialConfig(method="sgd", dropout=0.0, protocol="finetune", finetune_epochs=1)  # the next protocol's arm
+    order = [float(c.run_tags()["label_order"]) for c in (weights, units, nxt)]
+    assert order == sorted(order) and len(set(order)) == 3
+    assert weights.run_tags().get("baseline") == "true" and "baseline" not in units.run_tags()
+
+
 def test_a_units_trial_fine_tunes_whole_units_and_is_evaluated_again_the_same(mnist, fmnist, tmp_path):
     torch.set_num_threads(1)
     cfg = tiny(protocol="finetune", finetune_epochs=1, prune_structure="units")
