@@ -302,23 +302,28 @@ def test_a_tiny_widths_run_writes_a_row_per_width_and_the_kernels_at_both_ends(t
 
 
 def test_compact_mode_times_nets_that_compute_the_window_forward(tmp_path, capsys):
-    """--compact: the padded and unpadded nets it times compute the same logits as a plain forward over
-    the input window with their unpadded weights, and the JSON holds one row per width."""
+    """--compact: the padded and unpadded nets it times, and the gather forward, compute the same logits as
+    a plain forward over the input window with their unpadded weights, whose columns are zero exactly at
+    the window's dead pixels (--live of 681 live), and the JSON holds one row per width."""
     from suite.bench import compacted
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(7, 784, generator=gen)
     for padded in (False, True):
-        net = compacted.compacted(67, padded, torch.Generator().manual_seed(2))
+        net = compacted.compacted(67, padded, torch.Generator().manual_seed(2), live=300)
+        assert len(net.index) == 300 and net.lo == 67 and net.hi == 748
+        assert int((net.weight_0 != 0).any(0).sum()) == 300  # random weights are never 0
         h = x[:, 67:748]
         for k, (w, b) in enumerate(net.layers()):
             h = h @ w.T + b
             h = h.clamp_min(0) if k < 2 else h
         torch.testing.assert_close(net(x), h, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(net.gather_forward(x), h, rtol=1e-5, atol=1e-4)
         assert net._run_weight_0.shape[0] == (80 if padded else 67)  # 67 units pad to 5 x 16
     out = tmp_path / "c.json"
-    assert cli.main(["--compact", "60,67", "--threads", "1", "--json", str(out)]) == 0
+    assert cli.main(["--compact", "60,67", "--live", "300", "--threads", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["compact"]
     assert [r["width"] for r in rows] == [60, 67]
     for r in rows:
         assert r["padded_speedup"] == pytest.approx(r["dense_ms"] / r["padded_ms"])
-    assert "681-67-49-10" in capsys.readouterr().out
+        assert r["gather_speedup"] == pytest.approx(r["dense_ms"] / r["gather_ms"]) and r["live"] == 300
+    assert "681 (300 live)-67-49-10" in capsys.readouterr().out

@@ -108,7 +108,7 @@ def test_an_all_pruned_layer_leaves_constant_logits():
     c = compact.compact(m)
     assert c.widths == [0, 0, 10]
     x = torch.rand(4, 784)
-    assert (c(x) - m(x)).abs().max() <= 1e-5
+    assert (c(x) - m(x)).abs().max() <= 1e-5 and (c.gather_forward(x) - m(x)).abs().max() <= 1e-5
     assert (m(x) - m(x[:1])).abs().max() == 0  # the same logits for every input
 
 
@@ -126,6 +126,7 @@ def test_every_method_compacts_to_its_own_prediction(method, kw, level):
     logits = c(x)
     assert (torch.softmax(logits, -1) - m.predict(x)).abs().max() <= 1e-5
     assert (logits - m(x)).abs().max() <= 1e-5
+    assert (c.gather_forward(x) - m(x)).abs().max() <= 1e-5  # the live pixels copied out: the same logits
     assert c.widths[-1] == 10 and all(a <= b for a, b in zip(c.widths, m.sizes))
     if level == 0.98:  # 657 of 32,860 weights left: whole units must have gone
         assert sum(c.widths[:-1]) < sum(m.sizes[:-1])
@@ -136,6 +137,6 @@ def test_measure_names_every_metric_with_the_level():
     out, c = compact.measure(m, "p98")
     assert out["compact_width_l1_p98"] == 2 and out["flops_compact_p98"] == 60 and out["flops_run_p98"] == 928
     assert all(k.endswith("_p98") for k in out)
-    lat, _ = latency.measure(m, torch.rand(1000, 784), "p98", others={"compact": c})
+    lat, _ = latency.measure(m, torch.rand(1000, 784), "p98", others={"compact": c.readers()})
     for b in (1, 1000):
         assert lat[f"latency_compact_b{b}_ms_p98"] > 0

@@ -59,14 +59,16 @@ def test_ratio_statistics_are_per_round_median_and_quartiles():
 
 def test_measure_logs_per_round_speedups_of_the_fastest_kernel(monkeypatch):
     """Injected per-round times: torch CSR has the lower median (1.5 ms vs scipy's 3), so the sparse
-    speed-up is dense / torch CSR per round: 2, 4, 6, 10. Compacted: 4, 4, 3, 5 -> sorted 3, 4, 4, 5:
-    median 4, q25 3 + 0.75 = 3.75, q75 4 + 0.25 = 4.25."""
-    rounds = {"dense": [4, 8, 6, 10], "torch_csr": [2, 2, 1, 1], "scipy_csr": [3, 3, 3, 3], "compact": [1, 2, 2, 2]}
+    speed-up is dense / torch CSR per round: 2, 4, 6, 10. Compacted: the gather's median 2 beats the
+    window's 3, so its rounds 4, 4, 3, 5 count -> sorted 3, 4, 4, 5: median 4, q25 3 + 0.75 = 3.75,
+    q75 4 + 0.25 = 4.25."""
+    rounds = {"dense": [4, 8, 6, 10], "sparse/torch_csr": [2, 2, 1, 1], "sparse/scipy_csr": [3, 3, 3, 3],
+              "compact/window": [3, 3, 3, 3], "compact/gather": [1, 2, 2, 2]}
     monkeypatch.setattr(latency, "round_times_ms", lambda fns, device, **kw: {k: rounds[k] for k in fns})
     m = pruned("sgd", 0.9)
-    out, info = latency.measure(m, torch.rand(1000, 784), "p90", others={"compact": m.forward})
+    out, info = latency.measure(m, torch.rand(1000, 784), "p90", others={"compact": {"window": m.forward, "gather": m.forward}})
     for b in (1, 1000):
-        assert info[f"sparse_format_b{b}_p90"] == "torch_csr"
+        assert info[f"sparse_format_b{b}_p90"] == "torch_csr" and info[f"compact_format_b{b}_p90"] == "gather"
         assert out[f"latency_dense_b{b}_ms_p90"] == 7 and out[f"latency_sparse_b{b}_ms_p90"] == 1.5
         assert out[f"latency_compact_b{b}_ms_p90"] == 2 and out[f"latency_rounds_b{b}_p90"] == 4
         speedups = {k + q: out[f"latency_speedup_{k}_b{b}{q}_p90"] for k in ("sparse", "compact") for q in ("", "_q25", "_q75")}
@@ -103,10 +105,10 @@ def test_dense_forward_is_timed_on_weights_computed_before_the_timing(monkeypatc
 def test_other_forwards_are_timed_beside_dense_only_if_they_agree_with_it():
     m = pruned("sgd", 0.9)
     x = torch.rand(1000, 784)
-    out, _ = latency.measure(m, x, "p90", others={"same": m.forward})
+    out, _ = latency.measure(m, x, "p90", others={"same": {"only": m.forward}})
     assert out["latency_same_b1000_ms_p90"] > 0 and out["latency_same_b1_ms_p90"] > 0
     with pytest.raises(AssertionError):
-        latency.measure(m, x, "p90", others={"off": lambda xb: m(xb) + 1e-2})
+        latency.measure(m, x, "p90", others={"off": {"only": lambda xb: m(xb) + 1e-2}})
 
 
 def _hold(path, seconds, started):

@@ -173,6 +173,12 @@ def test_the_section_writes_both_tables_and_the_quote_kinds_build_them(tmp_path)
     assert mnist.blocks[0].text == "Error target: mean test error <= 2.0%."
     assert [b.items for b in mnist.blocks if b.kind == "list"] == [footprint.verdict(df, "mnist")]
     assert payoff.SINGLE_NOTE in [b.text for b in mnist.blocks]   # SGD's and BBB's speed-ups: ratios of medians
+    # every arm was evaluated before version 4: all three timed the window only, in the latency table's order
+    window = footprint.WINDOW_ONLY.format(labels="SGD, BBB, Sparse VD", since=4)
+    assert window in [b.text for b in mnist.blocks]
+    df.loc[df.label != "BBB", "eval_version"] = 4
+    assert footprint.WINDOW_ONLY.format(labels="BBB", since=4) in [b.text for b in footprint.section(
+        experiment(df), tmp_path).subsections[0].blocks]
     for kind, builder in (("bytes", footprint.bytes_table), ("latency", footprint.latency_table)):
         names, build = quote.KINDS[kind]
         assert names == ("dataset",) and build(df, "mnist").cells.equals(builder(df, "mnist").cells)

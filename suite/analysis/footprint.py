@@ -34,6 +34,7 @@ from .table import (
 )
 
 BITS_SINCE = 3   # the evaluation version (tag eval_version) that added stored_bytes_<level> (suite.evaluate.EVAL_VERSION)
+GATHER_SINCE = 4  # ... that times the compacted forward both ways (window, gather) and reports the faster
 BYTES = ("stored_bytes", "compression_pruned", "compression_bits", "bits", "quant_acc")
 LATENCY = "latency_compact_b1000_ms"
 
@@ -57,6 +58,10 @@ RETRAIN = ("evaluated before version {since}, which added them, and {which} no w
 NO_RULE = ("evaluated at version {since} or later, but with no precision rule: a point-estimate method chooses its bits "
            "on the validation split, and these runs had none (val_size 0; docs/bits.md)")
 NO_LATENCY = "No compacted-forward latency ({metric}_pNN) for {labels}: runs before the compaction metrics."
+WINDOW_ONLY = ("Compacted forward of {labels} timed reading the input window only (evaluation version < {since}; from "
+               "{since} on the faster of the window and a gather of the live pixels, which wins when a few hundred "
+               "pixels are scattered over a wide window, docs/performance.md): `python -m suite.evaluate` times them "
+               "again from their stored weights.")
 NONE_MEETS = "none meets the target"
 FEWEST = "{name}: the fewest bytes within the error target are {label}'s ({kind}), {kb:.1f} kB at {level}{other}."
 FEWEST_OTHER = "; the fewest of a {kind} arm: {label}'s, {kb:.1f} kB ({ratio:.1f}x as many)"
@@ -209,6 +214,9 @@ def section(exp: Experiment, out: Path) -> Section:
             blocks.append(table(lt.write(out / "tables", f"latency_{ds}")))
             if payoff.single(levels(d)):
                 blocks.append(text(payoff.SINGLE_NOTE, note=True))
+        window = [lab for lab in lt.cells.index if (d.loc[d.label == lab, "eval_version"] < GATHER_SINCE).any()]
+        if window:
+            blocks.append(text(WINDOW_ONLY.format(labels=", ".join(window), since=GATHER_SINCE), note=True))
         slow = [lab for lab in ordered_labels(d) if lab not in set(lt.cells.index)]
         if slow:
             blocks.append(text(NO_LATENCY.format(metric=LATENCY, labels=", ".join(slow)), note=True))

@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                       help="instead, time the compacted LeNet-300-100 forward of Sparse VD's natural-level shapes "
                            "with W first-layer units (e.g. 52,60,64,66,80), unpadded and padded, against the dense "
                            "forward at batch 1000")
+    ap.add_argument("--live", type=int, default=507, metavar="N",
+                    help="with --compact: live pixels of the 681-pixel window, for the gather forward (default 507, "
+                         "Sparse VD's; Bayesian Compression keeps about 260-400)")
     return ap
 
 
@@ -213,10 +216,11 @@ def main_compact(args: argparse.Namespace) -> int:
     """--compact: the compacted forward's speed-up over the dense one at each first-layer width."""
     machine, load = describe(), [os.getloadavg()[0]]
     print(header(machine))
-    print(f"load average {load[0]:.1f}; first-layer widths {', '.join(map(str, args.compact))}, batch 1000")
+    print(f"load average {load[0]:.1f}; first-layer widths {', '.join(map(str, args.compact))}, {args.live} live pixels, "
+          "batch 1000")
     if warning := load_warning(load[0], machine["cores"]):
         print(warning)
-    rows = race_compact(args.compact)
+    rows = race_compact(args.compact, args.live)
     print_compact(rows)
     load.append(os.getloadavg()[0])
     out = Path(args.json)

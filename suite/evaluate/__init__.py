@@ -24,4 +24,7 @@ Import the modules: `from suite.evaluate.level import evaluate_level`.
 # latency ratios with quartiles; flops_run.
 # 3: compression after pruning and after precision reduction per level (bits.py: bits_pNN,
 # compression_pruned_pNN, compression_bits_pNN, stored_bytes_pNN, quant_acc_pNN).
-EVAL_VERSION = 3
+# 4: the compacted forward's latency is the faster of reading the input window and gathering the live
+# pixels (compact.CompactMLP.readers, tag compact_format_bB_pNN); Bayesian Compression's numeric levels
+# rank single weights by magnitude.
+EVAL_VERSION = 4

@@ -21,6 +21,8 @@ MLP beside the dense and CSR forwards.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,9 +35,12 @@ class CompactMLP(nn.Module):
     every live one, in place; then y = h W_i^T + b_i per layer, ReLU after all but the last. Weights are
     buffers (`weight_i`, `bias_i`, `index`: the live inputs): an inference model, exported as its state
     dict. `dense_widths` are the pruned model's widths, for the ratios.
-    Why a window and not a gather of the live inputs: the gather copies every live pixel of the batch,
-    which at these widths costs more than multiplying the few dead pixels inside the window (whose
-    columns of weight_0 are zero), and MNIST's dead pixels are mostly the border (docs/performance.md).
+    Two ways to read the input, the same logits: `forward` multiplies the window in place (the dead
+    pixels inside it against zero columns of weight_0), `gather_forward` first copies the live pixels
+    out (index_select). Which is faster depends on the net: with most pixels live (Sparse VD, SGD)
+    the copy costs more than the few dead columns, with a few hundred pixels scattered over a wide
+    window (Bayesian Compression) the dead columns cost more (docs/performance.md); `readers()` gives
+    both and suite.evaluate.latency times them side by side and reports the faster. Exports use the window.
     The forward runs on copies whose hidden widths are padded with zero units to a multiple of PAD
     floats (zero rows, zero bias, so ReLU gives 0, and zero columns in the next layer): the same
     logits, and the GEMM kernels work in whole vector registers, which was faster at batch 1000 at
@@ -55,6 +60,7 @@ class CompactMLP(nn.Module):
         for i, (w, b) in enumerate(self._padded(layers)):
             self.register_buffer(f"_run_weight_{i}", w, persistent=False)
             self.register_buffer(f"_run_bias_{i}", b, persistent=False)
+        self.register_buffer("_run_gather_weight_0", self._run_weight_0[:, index - self.lo].contiguous(), persistent=False)
 
     def _padded(self, layers: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
         out, n_in = [], None
@@ -71,12 +77,19 @@ class CompactMLP(nn.Module):
         return [(getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}")) for i in range(self.n_layers)]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x[:, self.lo:self.hi]
-        for i in range(self.n_layers):
-            h = F.linear(h, getattr(self, f"_run_weight_{i}"), getattr(self, f"_run_bias_{i}"))
-            if i < self.n_layers - 1:
-                h = F.relu(h)
+        return self._rest(F.linear(x[:, self.lo:self.hi], self._run_weight_0, self._run_bias_0))
+
+    def gather_forward(self, x: Tensor) -> Tensor:
+        return self._rest(F.linear(x.index_select(1, self.index), self._run_gather_weight_0, self._run_bias_0))
+
+    def _rest(self, h: Tensor) -> Tensor:
+        for i in range(1, self.n_layers):
+            h = F.linear(F.relu(h), getattr(self, f"_run_weight_{i}"), getattr(self, f"_run_bias_{i}"))
         return h
+
+    def readers(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """The two forwards by how they read the input (class docstring), for latency.measure's candidates."""
+        return {"window": self.forward, "gather": self.gather_forward}
 
     @property
     def widths(self) -> list[int]:
@@ -153,7 +166,7 @@ def stats(model: Method, c: CompactMLP) -> dict[str, float]:
 @torch.no_grad()
 def measure(model: Method, tag: str) -> tuple[dict[str, float], CompactMLP]:
     """Compaction metrics of one pruned model at level `tag` (compact_width_l{i}, params_*, flops_*, each
-    suffixed _tag) and the compacted MLP; suite.evaluate.latency.measure(others={"compact": c}) checks its
+    suffixed _tag) and the compacted MLP; suite.evaluate.latency.measure(others={"compact": c.readers()}) checks its
     logits against the model's forward at every timed batch size before timing it."""
     model.eval()
     c = compact(model)

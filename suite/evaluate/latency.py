@@ -143,47 +143,53 @@ def exclusive(path: Path = LOCK):
 
 @torch.no_grad()
 def measure(model: Method, x: Tensor, tag: str, mc_samples: int = 0, lock: bool = True,
-            others: dict[str, Callable[[Tensor], Tensor]] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+            others: dict[str, dict[str, Callable[[Tensor], Tensor]]] | None = None
+            ) -> tuple[dict[str, float], dict[str, str]]:
     """Latency and size metrics for one pruned model; x: [>=1000, 784] inputs on the model's device.
     mc_samples > 0 (BBB) also times the Monte Carlo ensemble prediction (latency_mc_bB_ms_tag).
-    others: more forwards of the same network, timed beside the rest as latency_{name}_bB_ms_tag
-    (the compacted MLP: name compact); each must give the dense forward's outputs.
+    others: more forwards of the same network by name, each as candidate implementations (the
+    compacted MLP: name compact, candidates CompactMLP.readers()); every candidate must give the dense
+    forward's outputs, all are timed side by side and the fastest is reported as
+    latency_{name}_bB_ms_tag, its candidate's name as info {name}_format_bB_tag (as for the CSR kernels).
     lock: hold the node's latency lock (`exclusive`) while timing; False only to measure what it prevents.
-    Returns (metrics named as in docs/mlflow.md's metric table with suffix tag, info {sparse_format_bB_tag: fastest kernel})."""
+    Returns (metrics named as in docs/mlflow.md's metric table with suffix tag, info {sparse_format_bB_tag:
+    fastest kernel, {name}_format_bB_tag: fastest candidate of each of others})."""
     with exclusive() if lock else contextlib.nullcontext():
         return _measure(model, x, tag, mc_samples, others or {})
 
 
 def _measure(model: Method, x: Tensor, tag: str, mc_samples: int,
-             others: dict[str, Callable[[Tensor], Tensor]]) -> tuple[dict[str, float], dict[str, str]]:
+             others: dict[str, dict[str, Callable[[Tensor], Tensor]]]) -> tuple[dict[str, float], dict[str, str]]:
     model.eval()
     device = x.device
-    candidates = {"torch_csr": _torch_csr}
+    builders = {"torch_csr": _torch_csr}
     if device.type == "cpu":
-        candidates["scipy_csr"] = _scipy_csr
+        builders["scipy_csr"] = _scipy_csr
     sparse, sizes = {}, {}
-    for name, build in candidates.items():
+    for name, build in builders.items():
         sparse[name], sizes[name] = build(model)
-    same = {**sparse, **others}
+    groups = {"sparse": sparse, **others}   # forward name -> {candidate: fn}; the fastest candidate speaks for it
     out: dict[str, float] = {"size_dense_bytes_" + tag: float(model.n_params * 4)}
     info = {}
     weights = model.point_weights().detach()
     for bsz in BATCHES:
         xb = x[:bsz]
         want = model(xb, weights)
-        for fwd in same.values():
-            torch.testing.assert_close(fwd(xb), want, rtol=1e-4, atol=1e-4)  # same numbers, or no timing
-        times = round_times_ms({"dense": lambda: model(xb, weights), **{k: (lambda f=f: f(xb)) for k, f in same.items()}},
-                               device)
+        fns = {"dense": lambda: model(xb, weights)}
+        for g, cands in groups.items():
+            for c, f in cands.items():
+                torch.testing.assert_close(f(xb), want, rtol=1e-4, atol=1e-4)  # same numbers, or no timing
+                fns[f"{g}/{c}"] = lambda f=f: f(xb)
+        times = round_times_ms(fns, device)
         ms = {k: statistics.median(v) for k, v in times.items()}
-        best = min(sparse, key=ms.get)
-        out[f"latency_sparse_b{bsz}_ms_{tag}"] = ms[best]
-        info[f"sparse_format_b{bsz}_{tag}"] = best
-        out.update({f"latency_{k}_b{bsz}_ms_{tag}": ms[k] for k in ("dense", *others)})
+        out[f"latency_dense_b{bsz}_ms_{tag}"] = ms["dense"]
         out[f"latency_rounds_b{bsz}_{tag}"] = float(len(times["dense"]))
-        for k, name in ((best, "sparse"), *((k, k) for k in others)):
-            stats = ratio_quartiles(times["dense"], times[k])
-            out.update({f"latency_speedup_{name}_b{bsz}{q}_{tag}": v for q, v in zip(("", "_q25", "_q75"), stats)})
+        for g, cands in groups.items():
+            best = min(cands, key=lambda c: ms[f"{g}/{c}"])
+            info[f"{g}_format_b{bsz}_{tag}"] = best
+            out[f"latency_{g}_b{bsz}_ms_{tag}"] = ms[f"{g}/{best}"]
+            stats = ratio_quartiles(times["dense"], times[f"{g}/{best}"])
+            out.update({f"latency_speedup_{g}_b{bsz}{q}_{tag}": v for q, v in zip(("", "_q25", "_q75"), stats)})
         if mc_samples:  # n forwards and n weight draws: timed on its own, not to slow the rounds above
             out[f"latency_mc_b{bsz}_ms_{tag}"] = medians_ms({"mc": lambda: model.predict_mc(xb, mc_samples)}, device)["mc"]
     out["size_csr_bytes_" + tag] = float(sizes[info[f"sparse_format_b1000_{tag}"]])

@@ -88,7 +88,7 @@ def evaluate_level(m: Method, cfg: TrialConfig, x: Tensor, y: Tensor, tag: str, 
         out.update(ood.detection(probs, m.predict(probe.x_ood), tag, samples, samples_ood))
     out.update(ood.shift(m.predict, probe.rotated, probe.y_rotated, tag, per_angle=shift_curve))
     shape, small = compact.measure(m, tag)
-    lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small})
+    lat, info = latency.measure(m, x, tag, cfg.test_samples if m.has_mc else 0, others={"compact": small.readers()})
     compression, bits_info = bits.measure(m, small, x, y, val, tag)
     return {**out, **lat, **shape, **compression}, {**info, **bits_info}
 
