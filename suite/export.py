@@ -326,7 +326,9 @@ def export(run_id: str, level: float | str, uri: str, out: Path, formats: list[s
     if not diff <= TOLERANCE:
         raise ExportError(f"the compacted network differs from the pruned model by {diff:.2e}: please report it.")
     tag = prune.level_tag(level)
-    meta = {"run_id": run_id, "method": cfg.method, "label": cfg.label(), "dataset": cfg.dataset, "level": tag,
+    # the grid key finds the run again where its id changed (a runs file imported into another store)
+    meta = {"run_id": run_id, "grid_key": cfg.grid_key(), "method": cfg.method, "label": cfg.label(),
+            "dataset": cfg.dataset, "seed": cfg.seed, "level": tag,
             "pruner": cfg.resolved_pruner, "prune_scope": cfg.prune_scope, "prune_structure": cfg.prune_structure,
             "prune_biases": cfg.prune_biases,
             "sparsity": prune.measured_sparsity(m, x[:10], cfg.prune_biases)[0], "dense_widths": c.dense_widths,

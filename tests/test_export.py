@@ -89,7 +89,8 @@ def test_export_of_a_logged_run_reproduces_the_pruned_model(method, mnist, tmp_p
     got_np = docstring_loader()(str(stem))(x.numpy())
     assert np.abs(got_np - want.numpy()).max() <= 1e-5
     meta = json.loads(stem.with_suffix(".json").read_text())
-    assert meta["run_id"] == run_id and meta["widths"][-1] == 10 and len(meta["input_index"]) == meta["widths"][0]
+    assert meta["run_id"] == run_id and meta["grid_key"] == cfg.grid_key() and meta["seed"] == cfg.seed
+    assert meta["widths"][-1] == 10 and len(meta["input_index"]) == meta["widths"][0]
     lo, hi = meta["input_window"]
     assert lo == meta["input_index"][0] and hi == meta["input_index"][-1] + 1 and meta["layer_shapes"][0][1] == hi - lo
     assert stem.with_suffix(".safetensors").stat().st_size < 4 * model.n_params  # smaller than the dense weights
