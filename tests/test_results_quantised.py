@@ -40,7 +40,7 @@ def test_a_committed_quantised_model_is_what_its_run_logged(path, mnist, fmnist)
     level, m = meta["level"], logged(path.parents[1], meta["grid_key"])
     raw = path.read_bytes()
     mask, layers = decode(raw)
-    assert len(raw) == 8 + 4 * len(layers) + math.ceil(8 * m[f"stored_bytes_{level}"] - 1e-6)
+    assert len(raw) == 8 + 4 * len(layers) + math.ceil(m[f"stored_bytes_{level}"] - 1e-9)
     widths = [int(mask.sum()), *(w.shape[0] for w, _ in layers)]
     assert widths == [*(int(m[f"compact_width_l{i}_{level}"]) for i in range(len(layers))), 10]
     assert 0 < sum(int(np.count_nonzero(w)) for w, _ in layers) <= m[f"params_nonzero_{level}"]

@@ -60,8 +60,8 @@ NO_RULE = ("evaluated at version {since} or later, but with no precision rule: a
 NO_LATENCY = "No compacted-forward latency ({metric}_pNN) for {labels}: runs before the compaction metrics."
 WINDOW_ONLY = ("Compacted forward of {labels} timed reading the input window only (evaluation version < {since}; from "
                "{since} on the faster of the window and a gather of the live pixels, which wins when a few hundred "
-               "pixels are scattered over a wide window, docs/performance.md): `python -m suite.evaluate` times them "
-               "again from their stored weights.")
+               "pixels are scattered over a wide window, docs/performance.md). `python -m suite.evaluate` times again "
+               "the runs that kept their weights; runs imported from a runs file keep these figures.")
 NONE_MEETS = "none meets the target"
 FEWEST = "{name}: the fewest bytes within the error target are {label}'s ({kind}), {kb:.1f} kB at {level}{other}."
 FEWEST_OTHER = "; the fewest of a {kind} arm: {label}'s, {kb:.1f} kB ({ratio:.1f}x as many)"
