@@ -13,8 +13,9 @@ on the test set stays).
 
 FLOPs per example count 2 per multiply-add of a weight matrix (a multiply and an add; bias adds
 and ReLUs, O(width), are left out). flops_compact counts the live units (the net's size); flops_run what
-the timed forward multiplies: the whole input window and the padded widths, so the FLOPs ratio a
-measured speed-up is read against. Blalock et al. 2020 ("What is the state of neural network
+the window forward multiplies: the whole input window and the padded widths, so the FLOPs ratio a
+measured speed-up is read against (the gather forward, when it is the faster, multiplies the live
+pixels only, between the two). Blalock et al. 2020 ("What is the state of neural network
 pruning?") ask for this theoretical speed-up beside the compression ratio; ShrinkBench counts 1 per
 multiply-add, which gives the same ratios. Latency: suite.evaluate.latency times the compacted
 MLP beside the dense and CSR forwards.
