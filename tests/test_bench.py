@@ -327,3 +327,7 @@ def test_compact_mode_times_nets_that_compute_the_window_forward(tmp_path, capsy
         assert r["padded_speedup"] == pytest.approx(r["dense_ms"] / r["padded_ms"])
         assert r["gather_speedup"] == pytest.approx(r["dense_ms"] / r["gather_ms"]) and r["live"] == 300
     assert "681 (300 live)-67-49-10" in capsys.readouterr().out
+    for bad in ("1", "682", "many"):   # one line naming the range, before anything is timed
+        with pytest.raises(SystemExit):
+            cli.main(["--compact", "60", "--live", bad, "--json", str(out)])
+        assert "from 2 (its two ends) to 681" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                       help="instead, time the compacted LeNet-300-100 forward of Sparse VD's natural-level shapes "
                            "with W first-layer units (e.g. 52,60,64,66,80), unpadded and padded, against the dense "
                            "forward at batch 1000")
-    ap.add_argument("--live", type=int, default=507, metavar="N",
+    ap.add_argument("--live", type=live_pixels, default=507, metavar="N",
                     help="with --compact: live pixels of the 681-pixel window, for the gather forward (default 507, "
                          "Sparse VD's; Bayesian Compression keeps about 260-400)")
     return ap
@@ -62,6 +62,16 @@ def processes(value: str) -> int:
     if n < 2:
         raise argparse.ArgumentTypeError(f"{n}: a range over processes needs at least 2 (e.g. --processes 5)")
     return n
+
+
+def live_pixels(value: str) -> int:
+    """--live: live pixels of the compacted bench's window, its two ends included."""
+    from .compacted import WINDOW
+    span = WINDOW[1] - WINDOW[0]
+    if not value.strip().isdigit() or not 2 <= int(value) <= span:
+        raise argparse.ArgumentTypeError(f"{value!r}: give the live pixels of the {span}-pixel window as an integer "
+                                         f"from 2 (its two ends) to {span} (e.g. --live 266)")
+    return int(value)
 
 
 def widths(value: str) -> list[int]:
